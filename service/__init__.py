@@ -1,0 +1,1 @@
+"""status-proxy: webhooks for an OpenAI-style video upstream that has none."""

@@ -1,0 +1,1 @@
+"""The HTTP API: routes only; behaviour lives in the modules they call."""

@@ -1,0 +1,44 @@
+"""Dependencies shared by the routes: the runtime and the caller's key."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.api.errors import ApiError
+from service.runtime import Runtime, key_digest
+
+_bearer = HTTPBearer(auto_error=False, description="One of STATUS_PROXY_API_KEYS")
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_owner(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The caller's identity: the hash of its key ("" when the API is open)."""
+    digests: list[bytes] = runtime.key_digests
+    if not digests:
+        return ""
+    if credentials is None:
+        raise ApiError(401, "an API key is required: Authorization: Bearer <key>")
+    given = key_digest(credentials.credentials)
+    found = False
+    for digest in digests:  # every key is compared, so timing tells nothing
+        found |= hmac.compare_digest(given, digest)
+    if not found:
+        raise ApiError(401, "the API key is not valid")
+    return given.hex()
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,0 +1,155 @@
+"""Routes under /v1/registrations."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from service import callbacks, ids, registrations
+from service.api.deps import OwnerDep, RuntimeDep
+from service.api.errors import ApiError, responses
+from service.models import (
+    AttemptPublic,
+    Page,
+    Redelivery,
+    RegistrationCreate,
+    RegistrationPublic,
+    RegistrationState,
+)
+
+router = APIRouter(prefix="/v1/registrations", tags=["registrations"])
+
+RegistrationId = Annotated[str, Path(max_length=64, description="A registration id, reg_…")]
+Limit = Annotated[int, Query(ge=1, le=100, description="Page size, 1-100")]
+After = Annotated[str | None, Query(max_length=64, description="The last id of the previous page")]
+
+
+def _known(registration_id: str) -> str:
+    if not ids.looks_like("reg", registration_id):
+        raise ApiError(404, "no such registration")
+    return registration_id
+
+
+def _cursor(after: str | None, prefix: str) -> str | None:
+    if after is not None and not ids.looks_like(prefix, after):
+        raise ApiError(422, f"after must be an id of the form {prefix}_…", "after")
+    return after
+
+
+def _page(items: list[Any], has_more: bool) -> Any:
+    return Page(
+        data=items,
+        first_id=items[0].id if items else None,
+        last_id=items[-1].id if items else None,
+        has_more=has_more,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": RegistrationPublic, "description": "already registered"}}
+    | responses(400, 401, 409, 413, 422),
+)
+async def create_registration(
+    body: RegistrationCreate, owner: OwnerDep, runtime: RuntimeDep, response: Response
+) -> RegistrationPublic:
+    """Watch a task and deliver its terminal event to the callback URL."""
+    try:
+        await callbacks.check(body.callback_url, runtime.settings.callback_allow_private)
+    except callbacks.CallbackRejected as exc:
+        raise ApiError(422, str(exc), "callback_url") from None
+    try:
+        created = await registrations.create(
+            runtime.db, owner, body, time.time(), runtime.settings.poll_interval_min
+        )
+    except registrations.Conflict as exc:
+        raise ApiError(409, str(exc), exc.param) from None
+    if created.created:
+        runtime.kick_poller()
+    else:
+        response.status_code = status.HTTP_200_OK
+    if created.events:
+        runtime.kick_delivery()
+    return created.registration
+
+
+@router.get("", responses=responses(401, 422))
+async def list_registrations(
+    owner: OwnerDep,
+    runtime: RuntimeDep,
+    task_id: Annotated[str | None, Query(max_length=200)] = None,
+    state: RegistrationState | None = None,
+    limit: Limit = 20,
+    after: After = None,
+) -> Page[RegistrationPublic]:
+    """The caller's registrations, newest first."""
+    items, has_more = await registrations.page(
+        runtime.db, owner, limit, _cursor(after, "reg"), task_id, state
+    )
+    return _page(items, has_more)
+
+
+@router.get("/{registration_id}", responses=responses(401, 404, 422))
+async def get_registration(
+    registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep
+) -> RegistrationPublic:
+    """One registration, with the task's latest snapshot."""
+    try:
+        return await registrations.get(runtime.db, owner, _known(registration_id))
+    except registrations.NotFound:
+        raise ApiError(404, "no such registration") from None
+
+
+@router.delete("/{registration_id}", responses=responses(401, 404, 409, 422))
+async def cancel_registration(
+    registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep
+) -> RegistrationPublic:
+    """Cancel; no webhook follows."""
+    try:
+        return await registrations.cancel(runtime.db, owner, _known(registration_id), time.time())
+    except registrations.NotFound:
+        raise ApiError(404, "no such registration") from None
+    except registrations.Conflict as exc:
+        raise ApiError(409, str(exc)) from None
+
+
+@router.get("/{registration_id}/deliveries", responses=responses(401, 404, 422))
+async def list_deliveries(
+    registration_id: RegistrationId,
+    owner: OwnerDep,
+    runtime: RuntimeDep,
+    limit: Limit = 20,
+    after: After = None,
+) -> Page[AttemptPublic]:
+    """Delivery attempts, oldest first."""
+    try:
+        items, has_more = await registrations.deliveries(
+            runtime.db, owner, _known(registration_id), limit, _cursor(after, "att")
+        )
+    except registrations.NotFound:
+        raise ApiError(404, "no such registration") from None
+    return _page(items, has_more)
+
+
+@router.post(
+    "/{registration_id}/redeliver",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=responses(401, 404, 409, 422),
+)
+async def redeliver(
+    registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep
+) -> Redelivery:
+    """Send the terminal event again, with the same webhook-id."""
+    try:
+        event_id = await registrations.redeliver(
+            runtime.db, owner, _known(registration_id), time.time()
+        )
+    except registrations.NotFound:
+        raise ApiError(404, "no such registration") from None
+    except registrations.Conflict as exc:
+        raise ApiError(409, str(exc)) from None
+    runtime.kick_delivery()
+    return Redelivery(registration_id=registration_id, event_id=event_id)

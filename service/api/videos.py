@@ -1,0 +1,60 @@
+"""Routes under /v1/videos: the cached snapshot, fetched through when untracked."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Path, Response
+
+from service.api.deps import OwnerDep, RuntimeDep
+from service.api.errors import ApiError, responses
+from service.models import TASK_ID_PATTERN, Task
+
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
+tasks = Task.__table__  # type: ignore[attr-defined]
+
+TaskId = Annotated[str, Path(max_length=200, description="The upstream task id")]
+
+_SNAPSHOT = {
+    200: {
+        "description": "The upstream video object, exactly as the upstream sent it",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+        "headers": {"Age": {"schema": {"type": "integer"}, "description": "Seconds since read"}},
+    }
+}
+
+
+def valid_task_id(task_id: str) -> str:
+    if not TASK_ID_PATTERN.fullmatch(task_id) or ".." in task_id:
+        raise ApiError(422, "task_id has characters or a form that is not allowed", "task_id")
+    return task_id
+
+
+@router.get(
+    "/{task_id}",
+    response_class=Response,
+    responses=_SNAPSHOT | responses(401, 404, 422, 502, 504),
+)
+async def get_video(task_id: TaskId, _owner: OwnerDep, runtime: RuntimeDep) -> Response:
+    """The latest stored snapshot, with no upstream request; untracked tasks are fetched once."""
+    valid_task_id(task_id)
+    async with runtime.db.read() as conn:
+        row = (
+            await conn.execute(
+                sa.select(tasks.c.snapshot, tasks.c.snapshot_at).where(tasks.c.task_id == task_id)
+            )
+        ).first()
+    if row is not None and row.snapshot is not None:
+        age = max(0, int(time.time() - row.snapshot_at))
+        return Response(row.snapshot, media_type="application/json", headers={"Age": str(age)})
+    fetch = await runtime.upstream.fetch(task_id)
+    runtime.metrics.upstream_requests.labels(fetch.outcome).inc()
+    if fetch.outcome == "ok":
+        return Response(fetch.body, media_type="application/json", headers={"Age": "0"})
+    if fetch.outcome == "not_found":
+        raise ApiError(404, "the upstream has no such task", "task_id")
+    if fetch.outcome == "timeout":
+        raise ApiError(504, "the upstream did not answer in time")
+    raise ApiError(502, fetch.detail or "the upstream failed")

@@ -1,0 +1,143 @@
+"""Callback URLs: their shape, and the guard that keeps deliveries off private networks."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+MAX_LENGTH = 2048
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+
+class CallbackRejected(ValueError):
+    """The callback URL is not acceptable."""
+
+
+def parse(url: str) -> SplitResult:
+    """Check the URL's shape: absolute http(s), a host, no user-info, no odd characters."""
+    if len(url) > MAX_LENGTH:
+        raise CallbackRejected(f"callback_url must be at most {MAX_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise CallbackRejected("callback_url must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise CallbackRejected(f"callback_url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise CallbackRejected("callback_url must be an absolute http or https URL")
+    if not parts.hostname:
+        raise CallbackRejected("callback_url must name a host")
+    if "@" in parts.netloc:
+        raise CallbackRejected("callback_url must not contain user-info")
+    if port == 0:
+        raise CallbackRejected("callback_url has an invalid port")
+    return parts
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether an address is globally routable, looking through mapped and tunnelled forms."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return is_public(embedded)
+    if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
+        return False
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_private
+        or address.is_reserved
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_unspecified
+    )
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _NAT64 or address in _NAT64_LOCAL:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    # IPv4-compatible ::a.b.c.d (deprecated, but still parsed by some stacks)
+    if int(address) >> 32 == 0 and int(address) > 1:
+        return ipaddress.IPv4Address(int(address))
+    return None
+
+
+async def resolve(host: str, port: int, allow_private: bool) -> list[dict[str, Any]]:
+    """Resolve ``host``; refuse it when any address is not public (unless allowed)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(
+            host.rstrip(".") or host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+    except (OSError, UnicodeError) as exc:
+        raise CallbackRejected(f"callback host {host!r} does not resolve") from exc
+    if not infos:
+        raise CallbackRejected(f"callback host {host!r} does not resolve")
+    results = []
+    for family, _type, proto, _canon, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if not allow_private and not is_public(address):
+            raise CallbackRejected(f"callback host {host!r} resolves to a non-public address")
+        results.append(
+            {
+                "hostname": host,
+                "host": str(address),
+                "port": int(sockaddr[1]),
+                "family": family,
+                "proto": proto,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        )
+    return results
+
+
+async def check(url: str, allow_private: bool) -> None:
+    """Validate a callback URL, resolving its host unless private callbacks are allowed."""
+    parts = parse(url)
+    if allow_private:
+        return
+    host = parts.hostname or ""
+    await resolve(host, parts.port or (443 if parts.scheme == "https" else 80), False)
+
+
+class GuardedResolver(AbstractResolver):
+    """An aiohttp resolver that vets every address it hands out, so connections go
+    only to the addresses that were checked (no DNS-rebinding window)."""
+
+    def __init__(self, allow_private: bool) -> None:
+        self.allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            results = await resolve(host, port, self.allow_private)
+        except CallbackRejected as exc:
+            raise OSError(str(exc)) from None
+        return [ResolveResult(**item) for item in results]  # type: ignore[typeddict-item]
+
+    async def close(self) -> None:
+        return None
+
+
+def connector(allow_private: bool, limit: int) -> aiohttp.TCPConnector:
+    """A connector whose every connection went through the guard."""
+    return aiohttp.TCPConnector(
+        resolver=GuardedResolver(allow_private), limit=limit, limit_per_host=limit
+    )

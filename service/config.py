@@ -1,0 +1,101 @@
+"""Settings, read from STATUS_PROXY_* environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; durations are seconds."""
+
+    model_config = SettingsConfigDict(env_prefix="STATUS_PROXY_", extra="ignore")
+
+    database_url: str = "sqlite:///./data/status-proxy.db"
+    upstream_base_url: str = "https://octopusx.ai"
+    upstream_api_key: SecretStr | None = None
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = None
+    callback_allow_private: bool = False
+    poll_interval_min: float = Field(5.0, gt=0)
+    poll_interval_max: float = Field(30.0, gt=0)
+    upstream_rate_limit: float = Field(20.0, ge=0)  # 0 switches the limit off
+    upstream_max_concurrency: int = Field(16, ge=1)
+    upstream_timeout: float = Field(30.0, gt=0)
+    task_timeout: float = Field(86400.0, gt=0)
+    not_found_grace: float = Field(120.0, ge=0)
+    delivery_timeout: float = Field(15.0, gt=0)
+    delivery_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
+    delivery_concurrency: int = Field(64, ge=1)
+    upload_limit: int = Field(50 * 1024 * 1024, ge=1)
+    log_level: str = "INFO"
+    # A "completed" answer without a video_url is polled this many more times before
+    # the webhook goes out anyway.
+    empty_video_retries: int = Field(3, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("delivery_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("delivery_retry_schedule")
+    @classmethod
+    def _non_negative(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(wait < 0 for wait in value):
+            raise ValueError("retry waits must not be negative")
+        return value
+
+    @field_validator("upstream_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("the webhook secret must start with whsec_")
+        return value
+
+    @model_validator(mode="after")
+    def _interval_order(self) -> Settings:
+        if self.poll_interval_max < self.poll_interval_min:
+            raise ValueError("POLL_INTERVAL_MAX must be at least POLL_INTERVAL_MIN")
+        return self
+
+    @property
+    def async_database_url(self) -> str:
+        """The database URL with the async driver SQLAlchemy needs."""
+        return async_url(self.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.async_database_url.startswith("sqlite")
+
+
+def async_url(url: str) -> str:
+    """Normalise a plain database URL to its async driver."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("the database URL needs a scheme, e.g. sqlite:///./data/status-proxy.db")
+    base = scheme.split("+", 1)[0].lower()
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    if base in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg://{rest}"
+    raise ValueError(f"unsupported database scheme {scheme!r}: use sqlite or postgresql")

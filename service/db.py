@@ -1,0 +1,125 @@
+"""The database: engines, transactions, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from service.config import Settings
+
+# Any constant works; replicas only need to agree on it.
+MIGRATION_LOCK_KEY = 0x5354_5058
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: inside the installed package, or at the repo's top."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RuntimeError("the migrations folder is missing from this installation")
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+class Database:
+    """Owns the engines; hands out write transactions and read connections."""
+
+    def __init__(self, settings: Settings) -> None:
+        url = make_url(settings.async_database_url)
+        self.is_sqlite = url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            if url.database and url.database != ":memory:":
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = _sqlite_engine(url.render_as_string(False), "BEGIN IMMEDIATE")
+            self.read_engine = _sqlite_engine(url.render_as_string(False), "BEGIN")
+        else:
+            self.engine = create_async_engine(
+                url, pool_size=10, max_overflow=10, pool_pre_ping=True
+            )
+            self.read_engine = self.engine
+        # SQLite has one writer; queueing writers here keeps them off its busy handler.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that commits on success and rolls back on error."""
+        async with self._write_lock or nullcontext(), self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads."""
+        async with self.read_engine.connect() as conn:
+            yield conn
+
+    def insert_ignore(self, table: sa.Table, values: dict[str, Any]) -> Any:
+        """``INSERT … ON CONFLICT DO NOTHING`` in this database's dialect."""
+        dialect = sqlite if self.is_sqlite else postgresql
+        return dialect.insert(table).values(**values).on_conflict_do_nothing()
+
+    async def migrate(self) -> None:
+        """Apply migrations up to head (under an advisory lock on PostgreSQL)."""
+        async with self.write() as conn:
+            if not self.is_sqlite:
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            await conn.run_sync(_upgrade)
+
+    async def at_head(self) -> bool:
+        """Whether the schema is at the newest migration."""
+        async with self.read() as conn:
+            rows = await conn.exec_driver_sql("SELECT version_num FROM alembic_version")
+            current = {row[0] for row in rows}
+        return current == self._heads
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+
+def _upgrade(connection: Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _sqlite_engine(url: str, begin: str) -> AsyncEngine:
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, say when a transaction begins.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "busy_timeout=30000",
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine

@@ -1,0 +1,132 @@
+"""``status-proxy demo``: the simulator, a receiver and the service, wired up on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from service import simulator
+from service.cli import Server
+from service.config import Settings
+from service.db import Database
+from service.main import create_app
+from service.receiver import Delivery, Receiver
+from service.runtime import load_secret
+
+
+def listen() -> socket.socket:
+    """A socket on a free port of 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+class Background:
+    """One uvicorn server running in this event loop."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.sock = listen()
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False)
+        self.server = Server(config)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Background:
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
+        while not self.server.started:
+            if self.task.done():
+                await self.task
+            await asyncio.sleep(0.02)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await self.task
+
+
+def _show(delivery: Delivery) -> None:
+    event = delivery.json
+    data = event["data"]
+    mark = "signature verified" if delivery.verified else "SIGNATURE MISMATCH"
+    print(
+        f"  webhook {event['type']:<16} status={data.get('status')!s:<11} "
+        f"progress={data.get('progress')!s:<4} {mark}  webhook-id={event['id']}"
+    )
+    if event["type"] != "video.progress":
+        print(json.dumps(event, indent=2))
+
+
+async def run(timeout: float = 60.0) -> int:
+    """Create a task upstream, register it, and print each webhook until the last one."""
+    upstream = simulator.Simulator(api_key="demo-upstream-key", duration=8.0)
+    done = asyncio.Event()
+
+    def arrived(delivery: Delivery) -> None:
+        _show(delivery)
+        if delivery.json["type"] != "video.progress":
+            done.set()
+
+    receiver = Receiver(on_delivery=arrived)
+    with tempfile.TemporaryDirectory() as folder:
+        async with Background(upstream.create_app()) as sim:
+            settings = Settings(
+                database_url=f"sqlite:///{Path(folder) / 'demo.db'}",
+                upstream_base_url=sim.url,
+                upstream_api_key="demo-upstream-key",
+                callback_allow_private=True,
+                poll_interval_min=1.0,
+                poll_interval_max=3.0,
+                log_level="WARNING",
+            )
+            async with (
+                Background(receiver.create_app()) as hooks,
+                Background(create_app(settings)) as proxy,
+                httpx.AsyncClient(timeout=10) as client,
+            ):
+                receiver.secret = await _secret(settings)
+                print(f"status-proxy on {proxy.url}, upstream simulator on {sim.url}")
+                created = await client.post(
+                    f"{sim.url}/v1/videos",
+                    headers={"Authorization": "Bearer demo-upstream-key"},
+                    json={"model": "doubao-seedance-1-0-pro", "prompt": "a cat surfing"},
+                )
+                task_id = created.json()["id"]
+                print(f"created upstream task {task_id}")
+                registration = await client.post(
+                    f"{proxy.url}/v1/registrations",
+                    json={
+                        "task_id": task_id,
+                        "callback_url": f"{hooks.url}/webhooks/video",
+                        "events": ["video.completed", "video.failed", "video.progress"],
+                        "metadata": {"order_id": "42"},
+                    },
+                )
+                print(f"registered: HTTP {registration.status_code} {registration.json()['id']}")
+                started = time.monotonic()
+                try:
+                    await asyncio.wait_for(done.wait(), timeout)
+                except TimeoutError:
+                    print(f"no terminal webhook within {timeout:g}s")
+                    return 1
+                took = time.monotonic() - started
+                print(f"terminal webhook arrived {took:.1f}s after registering")
+    return 0
+
+
+async def _secret(settings: Settings) -> str:
+    db = Database(settings)
+    try:
+        return await load_secret(db, settings)
+    finally:
+        await db.dispose()

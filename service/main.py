@@ -1,0 +1,45 @@
+"""The ASGI application; the lifespan owns every resource."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import logs
+from service.api import errors, health, registrations, videos
+from service.api.limits import BodyLimit
+from service.config import Settings
+from service.runtime import Runtime
+
+
+def create_app(
+    settings: Settings | None = None, workers: bool = True, migrate: bool = True
+) -> FastAPI:
+    """Build the app; nothing is opened until the lifespan starts."""
+    settings = settings or Settings()
+    logs.configure(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings, workers=workers)
+        app.state.runtime = runtime
+        try:
+            await runtime.start(migrate=migrate)
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="status-proxy",
+        version="0.1.0",
+        summary="Webhooks for an OpenAI-style video upstream that has none.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(BodyLimit, upload_limit=settings.upload_limit)
+    app.include_router(registrations.router)
+    app.include_router(videos.router)
+    app.include_router(health.router)
+    return app

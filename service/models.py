@@ -1,0 +1,236 @@
+"""Database tables and the API's request and response schemas."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Generic, Literal, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlmodel import Column, SQLModel
+from sqlmodel import Field as Col
+
+EventType = Literal["video.completed", "video.failed", "video.progress"]
+TERMINAL_EVENTS: tuple[EventType, ...] = ("video.completed", "video.failed")
+EVENT_ORDER: tuple[EventType, ...] = ("video.completed", "video.failed", "video.progress")
+RegistrationState = Literal["active", "delivered", "failed", "ended", "cancelled"]
+
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+METADATA_LIMIT = 4096
+CALLBACK_URL_LIMIT = 2048
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+class Task(SQLModel, table=True):
+    """One upstream task, polled once however many registrations it has."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        sa.Index("ix_tasks_due", "state", "next_poll_at"),
+        sa.Index("ix_tasks_watch_started", "state", "watch_started_at"),
+    )
+
+    task_id: str = Col(primary_key=True, max_length=200)
+    # watching: polled; idle: nobody needs it; ended: upstream terminal; given_up: by us
+    state: str = Col(max_length=16)
+    outcome: str | None = Col(default=None, max_length=16)  # completed | failed once terminal
+    raw_status: str | None = Col(default=None, max_length=64)
+    progress: int | None = None
+    snapshot: str | None = Col(default=None, sa_column=Column(sa.Text, nullable=True))
+    snapshot_at: float | None = None
+    created_at: float
+    watch_started_at: float
+    next_poll_at: float
+    interval: float
+    polled_at: float | None = None
+    lease_until: float | None = None
+    not_found_since: float | None = None
+    errors: int = 0
+    empty_completions: int = 0
+    ended_at: float | None = None
+
+
+class Registration(SQLModel, table=True):
+    """A client's wish to hear about one task at one callback URL."""
+
+    __tablename__ = "registrations"
+    __table_args__ = (
+        sa.Index("ix_registrations_owner", "owner", "id"),
+        sa.Index("ix_registrations_task", "task_id", "state"),
+        sa.Index(
+            "ux_registrations_active",
+            "dedupe_key",
+            unique=True,
+            sqlite_where=sa.text("state = 'active'"),
+            postgresql_where=sa.text("state = 'active'"),
+        ),
+    )
+
+    id: str = Col(primary_key=True, max_length=40)
+    owner: str = Col(max_length=64)
+    task_id: str = Col(max_length=200)
+    callback_url: str = Col(sa_column=Column(sa.Text, nullable=False))
+    events: list[str] = Col(sa_column=Column(sa.JSON, nullable=False))
+    meta: dict[str, Any] = Col(sa_column=Column("metadata", sa.JSON, nullable=False))
+    state: str = Col(max_length=16)
+    dedupe_key: str = Col(max_length=64)
+    created_at: float
+    updated_at: float
+
+
+class Event(SQLModel, table=True):
+    """The outbox: one webhook to send, written with the state change that caused it."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index("ix_events_due", "state", "lane", "next_attempt_at"),
+        sa.Index("ix_events_registration", "registration_id", "seq"),
+    )
+
+    seq: int | None = Col(default=None, primary_key=True)
+    id: str = Col(unique=True, max_length=40)
+    registration_id: str = Col(foreign_key="registrations.id", max_length=40)
+    type: str = Col(max_length=32)
+    body: str = Col(sa_column=Column(sa.Text, nullable=False))
+    # pending | delivered | dead | dropped
+    state: str = Col(max_length=16)
+    attempts: int = 0
+    lane: int = 0  # 0: never tried, 1: retry; first attempts go ahead of retries
+    next_attempt_at: float
+    lease_until: float | None = None
+    created_at: float
+
+
+class Attempt(SQLModel, table=True):
+    """One try at sending one event."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (sa.Index("ix_attempts_registration", "registration_id", "id"),)
+
+    id: str = Col(primary_key=True, max_length=40)
+    registration_id: str = Col(max_length=40)
+    event_id: str = Col(max_length=40)
+    type: str = Col(max_length=32)
+    attempt: int
+    status_code: int | None = None
+    error: str | None = Col(default=None, sa_column=Column(sa.Text, nullable=True))
+    duration_ms: int
+    created_at: float
+
+
+class Setting(SQLModel, table=True):
+    """Values the service generates once and keeps, such as the webhook secret."""
+
+    __tablename__ = "settings"
+
+    key: str = Col(primary_key=True, max_length=64)
+    value: str = Col(sa_column=Column(sa.Text, nullable=False))
+
+
+# --- API schemas --------------------------------------------------------------------------
+
+ItemT = TypeVar("ItemT")
+
+
+def compact_json(value: Any) -> str:
+    """The compact UTF-8 JSON text of ``value``."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class RegistrationCreate(BaseModel):
+    """Body of ``POST /v1/registrations``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str = Field(min_length=1, max_length=200, examples=["video_bbfbc1d2"])
+    callback_url: str = Field(
+        min_length=1, max_length=CALLBACK_URL_LIMIT, examples=["https://example.com/hooks/video"]
+    )
+    events: list[EventType] = Field(default_factory=lambda: list(TERMINAL_EVENTS), min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, value: str) -> str:
+        if not TASK_ID_PATTERN.fullmatch(value) or ".." in value:
+            raise ValueError(
+                "task_id must be 1-200 characters of A-Z a-z 0-9 _ - . :, start with a letter "
+                "or digit, and not contain '..'"
+            )
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[EventType]) -> list[EventType]:
+        wanted = set(value)
+        if not wanted & set(TERMINAL_EVENTS):
+            raise ValueError("events must include video.completed or video.failed")
+        return [event for event in EVENT_ORDER if event in wanted]
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(compact_json(value).encode()) > METADATA_LIMIT:
+            raise ValueError(f"metadata must be at most {METADATA_LIMIT} bytes as compact JSON")
+        return value
+
+
+class RegistrationPublic(BaseModel):
+    """A registration as the API shows it."""
+
+    object: Literal["registration"] = "registration"
+    id: str
+    task_id: str
+    callback_url: str
+    events: list[EventType]
+    metadata: dict[str, Any]
+    state: RegistrationState
+    created_at: int
+    task: dict[str, Any] | None
+
+
+class AttemptPublic(BaseModel):
+    """One delivery attempt as the API shows it."""
+
+    object: Literal["delivery_attempt"] = "delivery_attempt"
+    id: str
+    event_id: str
+    type: EventType
+    attempt: int
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    created_at: int
+
+
+class Page(BaseModel, Generic[ItemT]):
+    """An OpenAI-style list page."""
+
+    object: Literal["list"] = "list"
+    data: list[ItemT]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers has this shape."""
+
+    error: ErrorDetail
+
+
+class Redelivery(BaseModel):
+    """Answer of ``POST /v1/registrations/{id}/redeliver``."""
+
+    object: Literal["redelivery"] = "redelivery"
+    registration_id: str
+    event_id: str

@@ -1,0 +1,341 @@
+"""The outbox: events written with the state change that causes them, claimed with leases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import ids
+from service.models import TERMINAL_EVENTS, Attempt, Event, Registration, compact_json
+
+events = Event.__table__  # type: ignore[attr-defined]
+registrations = Registration.__table__  # type: ignore[attr-defined]
+attempts = Attempt.__table__  # type: ignore[attr-defined]
+
+FIRST, RETRY = 0, 1
+
+
+def body(
+    event_id: str, event_type: str, created: float, registration_id: str, metadata: Any, data: str
+) -> str:
+    """The webhook body; ``data`` is spliced in as the upstream sent it."""
+    stamp = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    head = compact_json(
+        {
+            "id": event_id,
+            "type": event_type,
+            "timestamp": stamp,
+            "registration_id": registration_id,
+            "metadata": metadata,
+        }
+    )
+    return head[:-1] + ',"data":' + data + "}"
+
+
+def _row(
+    registration_id: str, metadata: Any, event_type: str, data: str, now: float
+) -> dict[str, Any]:
+    event_id = ids.new_id("evt")
+    return {
+        "id": event_id,
+        "registration_id": registration_id,
+        "type": event_type,
+        "body": body(event_id, event_type, now, registration_id, metadata, data),
+        "state": "pending",
+        "attempts": 0,
+        "lane": FIRST,
+        "next_attempt_at": now,
+        "lease_until": None,
+        "created_at": now,
+    }
+
+
+async def _drop_pending_progress(conn: AsyncConnection, registration_ids: Sequence[str]) -> None:
+    if registration_ids:
+        await conn.execute(
+            events.update()
+            .where(
+                events.c.registration_id.in_(registration_ids),
+                events.c.type == "video.progress",
+                events.c.state == "pending",
+            )
+            .values(state="dropped")
+        )
+
+
+async def emit_terminal(
+    conn: AsyncConnection, task_id: str, event_type: str, data: str, now: float
+) -> int:
+    """Give every active registration of an ended task its terminal event, or end it."""
+    has_terminal = (
+        sa.select(events.c.seq)
+        .where(
+            events.c.registration_id == registrations.c.id,
+            events.c.type.in_(TERMINAL_EVENTS),
+        )
+        .exists()
+    )
+    rows = (
+        await conn.execute(
+            sa.select(registrations.c.id, registrations.c.events, registrations.c.metadata).where(
+                registrations.c.task_id == task_id,
+                registrations.c.state == "active",
+                ~has_terminal,
+            )
+        )
+    ).all()
+    return await _emit_terminal_rows(conn, rows, event_type, data, now)
+
+
+async def emit_for_registration(
+    conn: AsyncConnection,
+    registration_id: str,
+    wanted: Sequence[str],
+    metadata: Any,
+    event_type: str,
+    data: str,
+    now: float,
+) -> int:
+    """A registration that arrives after its task ended gets the terminal event at once."""
+    return await _emit_terminal_rows(
+        conn, [(registration_id, list(wanted), metadata)], event_type, data, now
+    )
+
+
+async def _emit_terminal_rows(
+    conn: AsyncConnection, rows: Iterable[Any], event_type: str, data: str, now: float
+) -> int:
+    new_rows, ended = [], []
+    for registration_id, wanted, metadata in rows:
+        if event_type in wanted:
+            new_rows.append(_row(registration_id, metadata, event_type, data, now))
+        else:
+            ended.append(registration_id)
+    # A progress event not yet accepted when the terminal one is ready is dropped.
+    await _drop_pending_progress(conn, [row["registration_id"] for row in new_rows])
+    if new_rows:
+        await conn.execute(events.insert(), new_rows)
+    if ended:
+        await conn.execute(
+            registrations.update()
+            .where(registrations.c.id.in_(ended), registrations.c.state == "active")
+            .values(state="ended", updated_at=now)
+        )
+    return len(new_rows)
+
+
+async def emit_progress(conn: AsyncConnection, snapshots: dict[str, str], now: float) -> int:
+    """Queue ``video.progress`` for registrations that asked, coalescing what is pending."""
+    if not snapshots:
+        return 0
+    rows = (
+        await conn.execute(
+            sa.select(
+                registrations.c.id,
+                registrations.c.task_id,
+                registrations.c.events,
+                registrations.c.metadata,
+            ).where(
+                registrations.c.task_id.in_(list(snapshots)),
+                registrations.c.state == "active",
+            )
+        )
+    ).all()
+    new_rows = [
+        _row(reg_id, metadata, "video.progress", snapshots[task_id], now)
+        for reg_id, task_id, wanted, metadata in rows
+        if "video.progress" in wanted
+    ]
+    await _drop_pending_progress(conn, [row["registration_id"] for row in new_rows])
+    if new_rows:
+        await conn.execute(events.insert(), new_rows)
+    return len(new_rows)
+
+
+@dataclass(slots=True)
+class Claimed:
+    """An event leased for one delivery attempt."""
+
+    seq: int
+    id: str
+    registration_id: str
+    type: str
+    body: str
+    attempts: int
+    created_at: float
+    lease_until: float
+    callback_url: str = ""
+
+
+async def claim(
+    conn: AsyncConnection, now: float, limit: int, lease: float, lane: int
+) -> list[Claimed]:
+    """Lease up to ``limit`` due events of one lane, at most one per registration, in order."""
+    earlier = events.alias("earlier")
+    blocked = (
+        sa.select(earlier.c.seq)
+        .where(
+            earlier.c.registration_id == events.c.registration_id,
+            earlier.c.seq < events.c.seq,
+            sa.or_(earlier.c.state == "pending", earlier.c.lease_until > now),
+        )
+        .exists()
+    )
+    due = (
+        sa.select(events.c.seq)
+        .where(
+            events.c.state == "pending",
+            events.c.lane == lane,
+            events.c.next_attempt_at <= now,
+            sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
+            ~blocked,
+        )
+        .order_by(events.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    lease_until = now + lease
+    claimed = [
+        Claimed(*row, lease_until=lease_until)
+        for row in (
+            await conn.execute(
+                events.update()
+                .where(events.c.seq.in_(due.scalar_subquery()))
+                .values(lease_until=lease_until)
+                .returning(
+                    events.c.seq,
+                    events.c.id,
+                    events.c.registration_id,
+                    events.c.type,
+                    events.c.body,
+                    events.c.attempts,
+                    events.c.created_at,
+                )
+            )
+        ).all()
+    ]
+    if claimed:
+        urls = dict(
+            (
+                await conn.execute(
+                    sa.select(registrations.c.id, registrations.c.callback_url).where(
+                        registrations.c.id.in_({event.registration_id for event in claimed})
+                    )
+                )
+            ).all()
+        )
+        for event in claimed:
+            event.callback_url = urls[event.registration_id]
+    claimed.sort(key=lambda event: event.seq)
+    return claimed
+
+
+@dataclass(slots=True)
+class Result:
+    """What one delivery attempt came to."""
+
+    event: Claimed
+    started_at: float
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    accepted: bool
+    gone: bool
+    next_attempt_at: float | None  # None: dead (or accepted)
+
+
+async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -> None:
+    """Write the outcome of finished attempts: the attempt log, the event and registration."""
+    if not results:
+        return
+    await conn.execute(
+        attempts.insert(),
+        [
+            {
+                "id": ids.new_id("att"),
+                "registration_id": r.event.registration_id,
+                "event_id": r.event.id,
+                "type": r.event.type,
+                "attempt": r.event.attempts + 1,
+                "status_code": r.status_code,
+                "error": r.error,
+                "duration_ms": r.duration_ms,
+                "created_at": r.started_at,
+            }
+            for r in results
+        ],
+    )
+    await conn.execute(
+        events.update()
+        .where(events.c.seq == sa.bindparam("b_seq"))
+        .values(attempts=sa.bindparam("b_attempts"), lease_until=None),
+        [{"b_seq": r.event.seq, "b_attempts": r.event.attempts + 1} for r in results],
+    )
+    await conn.execute(
+        events.update()
+        .where(events.c.seq == sa.bindparam("b_seq"), events.c.state == "pending")
+        .values(
+            state=sa.bindparam("b_state"),
+            next_attempt_at=sa.bindparam("b_next"),
+            lane=RETRY,
+        ),
+        [
+            {
+                "b_seq": r.event.seq,
+                "b_state": _event_state(r),
+                "b_next": r.next_attempt_at if r.next_attempt_at is not None else now,
+            }
+            for r in results
+        ],
+    )
+    terminal = [r for r in results if r.event.type in TERMINAL_EVENTS]
+    delivered = [r.event.registration_id for r in terminal if r.accepted]
+    dead = [
+        r.event.registration_id
+        for r in terminal
+        if not r.accepted and not r.gone and r.next_attempt_at is None
+    ]
+    gone = [r.event.registration_id for r in results if r.gone]
+    await _set_state(conn, delivered, ("active", "failed"), "delivered", now)
+    await _set_state(conn, dead, ("active",), "failed", now)
+    await _set_state(conn, gone, ("active", "delivered"), "failed", now)
+    if gone:
+        await conn.execute(
+            events.update()
+            .where(events.c.registration_id.in_(gone), events.c.state == "pending")
+            .values(state="dropped")
+        )
+
+
+def _event_state(result: Result) -> str:
+    if result.accepted:
+        return "delivered"
+    if result.gone or result.next_attempt_at is None:
+        return "dead"
+    return "pending"
+
+
+async def _set_state(
+    conn: AsyncConnection, ids_: Sequence[str], from_states: Sequence[str], to: str, now: float
+) -> None:
+    if ids_:
+        await conn.execute(
+            registrations.update()
+            .where(registrations.c.id.in_(set(ids_)), registrations.c.state.in_(from_states))
+            .values(state=to, updated_at=now)
+        )
+
+
+async def release(conn: AsyncConnection, claimed: Sequence[Claimed]) -> None:
+    """Give back leases of events that were claimed but not attempted."""
+    if claimed:
+        await conn.execute(
+            events.update()
+            .where(events.c.seq.in_([event.seq for event in claimed]))
+            .values(lease_until=None)
+        )

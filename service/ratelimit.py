@@ -1,0 +1,74 @@
+"""The upstream budget of this process: a token bucket, slowed down by 429s."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+
+class RateLimiter:
+    """Hands out request tokens at ``rate`` per second (0: unlimited). A 429 pauses every
+    request and halves the rate; successes win the rate back step by step."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.factor = 1.0
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.updated = clock()
+        self.paused_until = 0.0
+        self.streak = 0
+
+    @property
+    def effective_rate(self) -> float:
+        return self.rate * self.factor
+
+    def _refill(self, now: float) -> None:
+        if self.rate:
+            gained = (now - self.updated) * self.effective_rate
+            self.tokens = min(self.capacity, self.tokens + gained)
+        self.updated = now
+
+    def available(self) -> int:
+        """How many requests may start now."""
+        now = self.clock()
+        if now < self.paused_until:
+            return 0
+        if not self.rate:
+            return 1_000_000
+        self._refill(now)
+        return int(self.tokens)
+
+    def take(self, count: int = 1) -> None:
+        if self.rate:
+            self.tokens -= count
+
+    def wait(self) -> float:
+        """Seconds until at least one request may start."""
+        now = self.clock()
+        if now < self.paused_until:
+            return self.paused_until - now
+        if not self.rate:
+            return 0.0
+        self._refill(now)
+        return max(0.0, (1 - self.tokens) / self.effective_rate)
+
+    def rate_limited(self, retry_after: float | None) -> float:
+        """Note a 429; returns how long everything pauses."""
+        self.streak += 1
+        self.factor = max(0.05, self.factor / 2)
+        if retry_after is not None:
+            pause = retry_after
+        else:
+            pause = min(60.0, 2.0 ** min(self.streak, 6)) * (0.5 + random.random() / 2)
+        self.paused_until = max(self.paused_until, self.clock() + pause)
+        self.tokens = min(self.tokens, 0.0)
+        return pause
+
+    def succeeded(self) -> None:
+        """A request went through: recover the rate gradually."""
+        self.streak = 0
+        if self.factor < 1.0:
+            self.factor = min(1.0, self.factor * 1.05 + 0.01)

@@ -1,0 +1,367 @@
+"""Registrations: create, read, list, cancel and redeliver, with the contract's state rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import ids, outbox, tasks
+from service.db import Database
+from service.models import (
+    TERMINAL_EVENTS,
+    Attempt,
+    AttemptPublic,
+    Registration,
+    RegistrationCreate,
+    RegistrationPublic,
+    Task,
+)
+
+registrations = Registration.__table__  # type: ignore[attr-defined]
+task_table = Task.__table__  # type: ignore[attr-defined]
+attempts = Attempt.__table__  # type: ignore[attr-defined]
+
+
+class Conflict(Exception):
+    """The request conflicts with the registration's current state."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class NotFound(Exception):
+    """No such registration for this key."""
+
+
+@dataclass(slots=True)
+class Created:
+    registration: RegistrationPublic
+    created: bool
+    events: int  # outbox rows written, so the delivery worker can be woken
+
+
+def dedupe_key(owner: str, task_id: str, callback_url: str) -> str:
+    """One active registration per key, task and URL."""
+    raw = json.dumps([owner, task_id, callback_url]).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+_COLUMNS = (
+    registrations.c.id,
+    registrations.c.task_id,
+    registrations.c.callback_url,
+    registrations.c.events,
+    registrations.c.metadata,
+    registrations.c.state,
+    registrations.c.created_at,
+    task_table.c.snapshot,
+)
+
+
+def _select() -> sa.Select[Any]:
+    return sa.select(*_COLUMNS).select_from(
+        registrations.outerjoin(task_table, task_table.c.task_id == registrations.c.task_id)
+    )
+
+
+def _public(row: Any) -> RegistrationPublic:
+    snapshot = json.loads(row.snapshot) if row.snapshot else None
+    return RegistrationPublic(
+        id=row.id,
+        task_id=row.task_id,
+        callback_url=row.callback_url,
+        events=row.events,
+        metadata=row.metadata,
+        state=row.state,
+        created_at=int(row.created_at),
+        task=snapshot if isinstance(snapshot, dict) else None,
+    )
+
+
+async def create(
+    db: Database, owner: str, body: RegistrationCreate, now: float, interval: float
+) -> Created:
+    """Register a task; answers the existing registration when it is the same request."""
+    key = dedupe_key(owner, body.task_id, body.callback_url)
+    for _ in range(3):
+        try:
+            async with db.write() as conn:
+                existing = (
+                    await conn.execute(
+                        _select().where(
+                            registrations.c.dedupe_key == key, registrations.c.state == "active"
+                        )
+                    )
+                ).first()
+                if existing is not None:
+                    return Created(_same_or_conflict(existing, body), False, 0)
+                registration_id, emitted = await _insert(db, conn, owner, key, body, now, interval)
+                row = (
+                    await conn.execute(_select().where(registrations.c.id == registration_id))
+                ).one()
+                return Created(_public(row), True, emitted)
+        except IntegrityError:
+            continue  # a concurrent twin won the unique index; read it on the next pass
+    raise Conflict("the registration is being created concurrently; retry")
+
+
+def _same_or_conflict(existing: Any, body: RegistrationCreate) -> RegistrationPublic:
+    if set(existing.events) != set(body.events):
+        raise Conflict("an active registration for this task and URL has other events", "events")
+    if existing.metadata != body.metadata:
+        raise Conflict(
+            "an active registration for this task and URL has other metadata", "metadata"
+        )
+    return _public(existing)
+
+
+async def _insert(
+    db: Database,
+    conn: AsyncConnection,
+    owner: str,
+    key: str,
+    body: RegistrationCreate,
+    now: float,
+    interval: float,
+) -> tuple[str, int]:
+    await conn.execute(
+        db.insert_ignore(
+            task_table,
+            {
+                "task_id": body.task_id,
+                "state": "watching",
+                "created_at": now,
+                "watch_started_at": now,
+                "next_poll_at": 0.0,  # first polls sort ahead of routine ones
+                "interval": interval,
+                "errors": 0,
+                "empty_completions": 0,
+            },
+        )
+    )
+    task = (
+        await conn.execute(
+            sa.select(task_table.c.state, task_table.c.outcome, task_table.c.snapshot).where(
+                task_table.c.task_id == body.task_id
+            )
+        )
+    ).one()
+    if task.state in ("idle", "given_up"):
+        # Nobody was watching it, or we gave it up: watch it afresh.
+        await conn.execute(
+            task_table.update()
+            .where(task_table.c.task_id == body.task_id)
+            .values(
+                state="watching",
+                outcome=None,
+                watch_started_at=now,
+                next_poll_at=0.0,
+                interval=interval,
+                not_found_since=None,
+                errors=0,
+                empty_completions=0,
+                ended_at=None,
+            )
+        )
+    registration_id = ids.new_id("reg")
+    await conn.execute(
+        registrations.insert().values(
+            id=registration_id,
+            owner=owner,
+            task_id=body.task_id,
+            callback_url=body.callback_url,
+            events=list(body.events),
+            metadata=body.metadata,
+            state="active",
+            dedupe_key=key,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    emitted = 0
+    if task.state == "ended":
+        event_type = "video.completed" if task.outcome == "completed" else "video.failed"
+        emitted = await outbox.emit_for_registration(
+            conn, registration_id, body.events, body.metadata, event_type, task.snapshot, now
+        )
+    return registration_id, emitted
+
+
+async def get(db: Database, owner: str, registration_id: str) -> RegistrationPublic:
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                _select().where(
+                    registrations.c.id == registration_id, registrations.c.owner == owner
+                )
+            )
+        ).first()
+    if row is None:
+        raise NotFound
+    return _public(row)
+
+
+async def page(
+    db: Database,
+    owner: str,
+    limit: int,
+    after: str | None,
+    task_id: str | None,
+    state: str | None,
+) -> tuple[list[RegistrationPublic], bool]:
+    """Newest first; ``after`` is the last id of the previous page."""
+    query = _select().where(registrations.c.owner == owner)
+    if task_id is not None:
+        query = query.where(registrations.c.task_id == task_id)
+    if state is not None:
+        query = query.where(registrations.c.state == state)
+    if after is not None:
+        query = query.where(registrations.c.id < after)
+    query = query.order_by(registrations.c.id.desc()).limit(limit + 1)
+    async with db.read() as conn:
+        rows = (await conn.execute(query)).all()
+    return [_public(row) for row in rows[:limit]], len(rows) > limit
+
+
+async def cancel(db: Database, owner: str, registration_id: str, now: float) -> RegistrationPublic:
+    """Cancel a registration; stop polling its task when nobody else needs it."""
+    async with db.write() as conn:
+        row = await _owned(conn, owner, registration_id)
+        if row.state in ("delivered", "failed", "ended"):
+            raise Conflict(f"the registration is already {row.state}")
+        if row.state == "active":
+            await conn.execute(
+                registrations.update()
+                .where(registrations.c.id == registration_id)
+                .values(state="cancelled", updated_at=now)
+            )
+            await conn.execute(
+                outbox.events.update()
+                .where(
+                    outbox.events.c.registration_id == registration_id,
+                    outbox.events.c.state == "pending",
+                )
+                .values(state="dropped")
+            )
+            await _idle_if_unwatched(conn, [row.task_id])
+        result = (await conn.execute(_select().where(registrations.c.id == registration_id))).one()
+    return _public(result)
+
+
+async def _idle_if_unwatched(conn: AsyncConnection, task_ids: Sequence[str]) -> None:
+    still_needed = (
+        sa.select(registrations.c.id)
+        .where(registrations.c.task_id == task_table.c.task_id, registrations.c.state == "active")
+        .exists()
+    )
+    await conn.execute(
+        task_table.update()
+        .where(
+            task_table.c.task_id.in_(task_ids),
+            task_table.c.state == "watching",
+            ~still_needed,
+        )
+        .values(state="idle")
+    )
+
+
+async def _owned(conn: AsyncConnection, owner: str, registration_id: str) -> Any:
+    row = (
+        await conn.execute(
+            sa.select(registrations.c.state, registrations.c.task_id).where(
+                registrations.c.id == registration_id, registrations.c.owner == owner
+            )
+        )
+    ).first()
+    if row is None:
+        raise NotFound
+    return row
+
+
+async def redeliver(db: Database, owner: str, registration_id: str, now: float) -> str:
+    """Send the terminal event again, same webhook-id; returns the event id."""
+    async with db.write() as conn:
+        row = await _owned(conn, owner, registration_id)
+        if row.state == "cancelled":
+            raise Conflict("the registration is cancelled")
+        event = (
+            await conn.execute(
+                sa.select(outbox.events.c.seq, outbox.events.c.id)
+                .where(
+                    outbox.events.c.registration_id == registration_id,
+                    outbox.events.c.type.in_(TERMINAL_EVENTS),
+                )
+                .order_by(outbox.events.c.seq.desc())
+                .limit(1)
+            )
+        ).first()
+        if event is None:
+            if row.state == "ended":
+                raise Conflict("the task ended with an event this registration did not ask for")
+            raise Conflict("the task has not ended yet")
+        await conn.execute(
+            outbox.events.update()
+            .where(outbox.events.c.seq == event.seq)
+            .values(state="pending", next_attempt_at=now, lane=outbox.FIRST)
+        )
+    return str(event.id)
+
+
+async def deliveries(
+    db: Database, owner: str, registration_id: str, limit: int, after: str | None
+) -> tuple[list[AttemptPublic], bool]:
+    """Attempts, oldest first."""
+    async with db.read() as conn:
+        await _owned(conn, owner, registration_id)
+        query = sa.select(attempts).where(attempts.c.registration_id == registration_id)
+        if after is not None:
+            query = query.where(attempts.c.id > after)
+        rows = (await conn.execute(query.order_by(attempts.c.id).limit(limit + 1))).all()
+    items = [
+        AttemptPublic(
+            id=row.id,
+            event_id=row.event_id,
+            type=row.type,
+            attempt=row.attempt,
+            status_code=row.status_code,
+            error=row.error,
+            duration_ms=row.duration_ms,
+            created_at=int(row.created_at),
+        )
+        for row in rows[:limit]
+    ]
+    return items, len(rows) > limit
+
+
+async def give_up_overdue(db: Database, now: float, timeout: float, limit: int = 200) -> int:
+    """Fail tasks that have been watched longer than TASK_TIMEOUT, oldest first."""
+    async with db.write() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(task_table.c.task_id, task_table.c.snapshot)
+                .where(
+                    task_table.c.state == "watching",
+                    task_table.c.watch_started_at <= now - timeout,
+                )
+                .order_by(task_table.c.watch_started_at)
+                .limit(limit)
+            )
+        ).all()
+        emitted = 0
+        for task_id, snapshot in rows:
+            await conn.execute(
+                task_table.update()
+                .where(task_table.c.task_id == task_id)
+                .values(state="given_up", outcome="failed", ended_at=now, lease_until=None)
+            )
+            data = tasks.given_up_data(task_id, snapshot, "status_proxy_timeout")
+            emitted += await outbox.emit_terminal(conn, task_id, "video.failed", data, now)
+    return emitted

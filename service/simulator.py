@@ -1,0 +1,189 @@
+"""A simulated OpenAI-style video upstream that behaves like a new-api gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+NOT_EXIST = {"code": "task_not_exist", "message": "task_not_exist", "data": None}
+
+
+@dataclass(slots=True)
+class SimTask:
+    """One simulated generation: queued, then processing, then its outcome."""
+
+    id: str
+    model: str
+    prompt: str
+    seconds: str
+    size: str
+    created: float
+    queued: float
+    duration: float
+    outcome: str  # completed | failed
+    invisible_for: float = 0.0
+    words: dict[str, str] = field(default_factory=dict)  # phase -> status word
+    empty_fields: bool = False
+    no_video: bool = False
+
+    def phase(self, now: float) -> tuple[str, int]:
+        elapsed = now - self.created
+        if elapsed < self.queued:
+            return "queued", 0
+        running = elapsed - self.queued
+        if running < self.duration:
+            return "in_progress", min(99, int(100 * running / self.duration))
+        return self.outcome, 100
+
+    def video(self, now: float, base_url: str) -> dict[str, Any]:
+        phase, progress = self.phase(now)
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": "video",
+            "model": self.model,
+            "status": self.words.get(phase, phase),
+            "progress": progress,
+            "created_at": int(self.created),
+            "seconds": self.seconds,
+            "size": self.size,
+        }
+        if self.empty_fields:
+            body.update(video_url="", completed_at=0, error={"message": "", "code": ""})
+        if phase == "completed":
+            body["completed_at"] = int(self.created + self.queued + self.duration)
+            if not self.no_video:
+                body["video_url"] = f"{base_url}v1/videos/{self.id}/content"
+        elif phase == "failed":
+            body["error"] = {"code": "generation_failed", "message": "the model gave up"}
+        return body
+
+
+class TaskSpec(BaseModel):
+    """Body of ``POST /_sim/tasks``: a task with chosen behaviour."""
+
+    id: str | None = None
+    duration: float = 5.0
+    queued: float = 0.5
+    outcome: str = "completed"
+    invisible_for: float = 0.0
+    words: dict[str, str] = Field(default_factory=dict)
+    empty_fields: bool = False
+    no_video: bool = False
+
+
+class Faults(BaseModel):
+    """Body of ``POST /_sim/faults``: what share of requests fail, and how."""
+
+    rate_limit: float = 0.0  # share answered 429
+    retry_after: str | None = None
+    server_error: float = 0.0  # share answered 503
+    latency: float = 0.0  # seconds added to every status request
+
+
+class Simulator:
+    """In-memory upstream state, plus the knobs tests turn."""
+
+    def __init__(
+        self, api_key: str | None = None, duration: float = 20.0, fail_rate: float = 0.0
+    ) -> None:
+        self.api_key = api_key
+        self.duration = duration
+        self.fail_rate = fail_rate
+        self.tasks: dict[str, SimTask] = {}
+        self.faults = Faults()
+        self.polls: dict[str, int] = {}
+        self.requests = 0
+
+    def add(self, spec: TaskSpec, **fields: str) -> SimTask:
+        task = SimTask(
+            id=spec.id or f"video_{uuid.uuid4()}",
+            model=fields.get("model", "doubao-seedance-1-0-pro"),
+            prompt=fields.get("prompt", ""),
+            seconds=fields.get("seconds", "5"),
+            size=fields.get("size", "1280x720"),
+            created=time.time(),
+            queued=spec.queued,
+            duration=spec.duration,
+            outcome=spec.outcome,
+            invisible_for=spec.invisible_for,
+            words=spec.words,
+            empty_fields=spec.empty_fields,
+            no_video=spec.no_video,
+        )
+        self.tasks[task.id] = task
+        return task
+
+    def _authorised(self, request: Request) -> bool:
+        if self.api_key is None:
+            return True
+        return request.headers.get("authorization") == f"Bearer {self.api_key}"
+
+    def create_app(self) -> FastAPI:
+        app = FastAPI(title="status-proxy upstream simulator")
+        app.state.simulator = self
+
+        @app.post("/v1/videos")
+        async def create_video(request: Request) -> JSONResponse:
+            if not self._authorised(request):
+                return JSONResponse({"error": {"message": "invalid token"}}, status_code=401)
+            if request.headers.get("content-type", "").startswith("multipart/"):
+                form = await request.form()
+                fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            else:
+                payload = await request.json()
+                fields = (
+                    {k: str(v) for k, v in payload.items()} if isinstance(payload, dict) else {}
+                )
+            outcome = "failed" if random.random() < self.fail_rate else "completed"
+            task = self.add(TaskSpec(duration=self.duration, outcome=outcome), **fields)
+            return JSONResponse(task.video(time.time(), str(request.base_url)))
+
+        @app.get("/v1/videos/{task_id}")
+        async def get_video(task_id: str, request: Request) -> JSONResponse:
+            self.requests += 1
+            self.polls[task_id] = self.polls.get(task_id, 0) + 1
+            if self.faults.latency:
+                await asyncio.sleep(self.faults.latency)
+            if not self._authorised(request):
+                return JSONResponse({"error": {"message": "invalid token"}}, status_code=401)
+            roll = random.random()
+            if roll < self.faults.rate_limit:
+                headers = (
+                    {"Retry-After": self.faults.retry_after} if self.faults.retry_after else {}
+                )
+                return JSONResponse({"error": {"message": "too many"}}, 429, headers=headers)
+            if roll < self.faults.rate_limit + self.faults.server_error:
+                return JSONResponse({"error": {"message": "try later"}}, status_code=503)
+            task = self.tasks.get(task_id)
+            now = time.time()
+            if task is None or now - task.created < task.invisible_for:
+                return JSONResponse(NOT_EXIST, status_code=400)
+            return JSONResponse(task.video(now, str(request.base_url)))
+
+        @app.post("/_sim/tasks")
+        async def add_task(spec: TaskSpec, request: Request) -> dict[str, Any]:
+            return self.add(spec).video(time.time(), str(request.base_url))
+
+        @app.post("/_sim/faults")
+        async def set_faults(faults: Faults) -> Faults:
+            self.faults = faults
+            return faults
+
+        @app.post("/_sim/key")
+        async def rotate_key(body: dict[str, str | None]) -> dict[str, str]:
+            self.api_key = body.get("api_key")
+            return {"status": "rotated"}
+
+        @app.get("/_sim/stats")
+        async def stats() -> dict[str, Any]:
+            return {"requests": self.requests, "polls": self.polls}
+
+        return app
