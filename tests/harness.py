@@ -1,0 +1,111 @@
+"""Real servers on 127.0.0.1 for the tests: the service, the simulator, the receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from service.cli import Server
+from service.config import Settings
+
+T = TypeVar("T")
+
+UPSTREAM_KEY = "sk-upstream-test-9f3a1c"
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with free_socket() as sock:
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """A uvicorn server with its own event loop in a thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.sock = free_socket()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+        self.server = Server(config)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self.server.serve(sockets=[self.sock]))
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {self.error!r}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def eventually(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+        time.sleep(interval)
+
+
+@dataclass
+class Service:
+    """A running status-proxy and a client for it."""
+
+    url: str
+    settings: Settings
+    thread: ServerThread
+    client: httpx.Client
+
+    def register(self, task_id: str, callback_url: str, **fields: Any) -> httpx.Response:
+        return self.client.post(
+            "/v1/registrations", json={"task_id": task_id, "callback_url": callback_url, **fields}
+        )
+
+    def registration(self, registration_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/v1/registrations/{registration_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def attempts(self, registration_id: str) -> list[dict[str, Any]]:
+        response = self.client.get(
+            f"/v1/registrations/{registration_id}/deliveries", params={"limit": 100}
+        )
+        assert response.status_code == 200, response.text
+        data: list[dict[str, Any]] = response.json()["data"]
+        return data
+
+    def stop(self) -> None:
+        self.client.close()
+        self.thread.stop()

@@ -1,0 +1,85 @@
+import asyncio
+import json
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from service import upstream
+
+
+def fetch(handler, task_id="video_1"):
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await upstream.Upstream(
+                "https://up.example/", SecretStr("sk-key"), client, 5
+            ).fetch(task_id)
+
+    return asyncio.run(go())
+
+
+def answer(status, body=None, headers=None):
+    content = json.dumps(body).encode() if not isinstance(body, bytes) else body
+    return lambda request: httpx.Response(status, content=content, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "outcome"),
+    [
+        (200, {"id": "video_1", "status": "queued"}, "ok"),
+        (200, [1, 2], "error"),
+        (200, b"not json", "error"),
+        (404, {"error": "nope"}, "not_found"),
+        (400, {"code": "task_not_exist", "message": "task_not_exist", "data": None}, "not_found"),
+        (400, {"error": {"code": "task_not_exist", "message": "x"}}, "not_found"),
+        (400, {"code": "invalid_request", "message": "bad"}, "error"),
+        (400, b"<html>", "error"),
+        (429, {}, "rate_limited"),
+        (401, {}, "unauthorized"),
+        (403, {}, "unauthorized"),
+        (500, {}, "error"),
+        (503, {}, "error"),
+    ],
+)
+def test_classification(status, body, outcome):
+    assert fetch(answer(status, body)).outcome == outcome
+
+
+def test_retry_after_is_read():
+    result = fetch(answer(429, {}, {"Retry-After": "7"}))
+    assert result.outcome == "rate_limited" and result.retry_after == 7
+
+
+def test_request_carries_key_and_encoded_id():
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, json={"status": "queued"})
+
+    fetch(handler, "a:b.c")
+    assert seen[0].headers["authorization"] == "Bearer sk-key"
+    assert seen[0].url.raw_path == b"/v1/videos/a%3Ab.c"
+
+
+@pytest.mark.parametrize("task_id", ["../admin", "a/b", "x?y=1", "x#y", "%2e%2e", "a b"])
+def test_task_id_can_never_change_the_path(task_id):
+    path = upstream.video_path(task_id)
+    assert path.count("/") == 3 and "?" not in path and "#" not in path
+    assert not path.endswith("/..")
+
+
+def test_transport_errors():
+    def timeout(request):
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def refused(request):
+        raise httpx.ConnectError("refused", request=request)
+
+    assert fetch(timeout).outcome == "timeout"
+    assert fetch(refused).outcome == "error"
+
+
+def test_oversized_answer_is_an_error():
+    result = fetch(answer(200, b"{" + b" " * (upstream.MAX_BODY + 10) + b"}"))
+    assert result.outcome == "error"
