@@ -1,0 +1,151 @@
+"""Webhooks end to end: signed, retried, recorded, in order."""
+
+import json
+import time
+
+from standardwebhooks.webhooks import Webhook
+
+from tests.harness import SECRET, eventually
+
+
+def test_terminal_webhook_is_signed_and_shaped(service, upstream, hooks):
+    task = upstream.add(duration=0.3, queued=0.1)
+    reg = service.register(task, f"{hooks.url}/done", metadata={"order_id": "42"}).json()
+    [delivery] = eventually(lambda: hooks.at("/done"))
+    Webhook(SECRET).verify(delivery.body, delivery.headers)
+    event = json.loads(delivery.body)
+    assert set(event) == {"id", "type", "timestamp", "registration_id", "metadata", "data"}
+    assert event["type"] == "video.completed" and event["registration_id"] == reg["id"]
+    assert event["id"] == delivery.headers["webhook-id"] and event["id"].startswith("evt_")
+    assert event["metadata"] == {"order_id": "42"} and event["timestamp"].endswith("Z")
+    assert event["data"]["id"] == task and event["data"]["status"] == "completed"
+    assert delivery.headers["content-type"] == "application/json"
+    assert abs(int(delivery.headers["webhook-timestamp"]) - time.time()) < 10
+    eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
+    [attempt] = service.attempts(reg["id"])
+    assert attempt["status_code"] == 200 and attempt["attempt"] == 1
+    assert attempt["event_id"] == event["id"] and attempt["type"] == "video.completed"
+
+
+def test_failed_task_sends_video_failed(service, upstream, hooks):
+    task = upstream.add(duration=0.2, queued=0, outcome="failed")
+    service.register(task, f"{hooks.url}/f")
+    [delivery] = eventually(lambda: hooks.at("/f"))
+    assert delivery.json["type"] == "video.failed"
+    assert delivery.json["data"]["error"]["code"] == "generation_failed"
+
+
+def test_retries_keep_the_webhook_id_and_follow_the_schedule(service, upstream, hooks):
+    hooks.receiver.plan("/flaky", 500, 503, 200)
+    task = upstream.add(duration=0.2, queued=0)
+    reg = service.register(task, f"{hooks.url}/flaky").json()
+    eventually(lambda: len(hooks.at("/flaky")) == 3)
+    arrivals = hooks.at("/flaky")
+    assert len({d.headers["webhook-id"] for d in arrivals}) == 1
+    assert len({d.body for d in arrivals}) == 1
+    gaps = [b.received_at - a.received_at for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # schedule 0.2, 0.4 (jitter only adds)
+    eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
+    codes = [a["status_code"] for a in service.attempts(reg["id"])]
+    assert codes == [500, 503, 200]
+
+
+def test_dead_after_the_schedule(service, upstream, hooks):
+    hooks.receiver.plan("/down", 500)
+    task = upstream.add(duration=0.1, queued=0)
+    reg = service.register(task, f"{hooks.url}/down").json()
+    eventually(lambda: service.registration(reg["id"])["state"] == "failed", timeout=20)
+    assert len(service.attempts(reg["id"])) == 4  # the first try and three retries
+    time.sleep(1)
+    assert len(hooks.at("/down")) == 4
+
+
+def test_410_stops_at_once(service, upstream, hooks):
+    hooks.receiver.plan("/gone", 410)
+    task = upstream.add(duration=0.1, queued=0)
+    reg = service.register(task, f"{hooks.url}/gone").json()
+    eventually(lambda: service.registration(reg["id"])["state"] == "failed")
+    time.sleep(1)
+    assert len(hooks.at("/gone")) == 1
+
+
+def test_redirects_are_not_followed(service, upstream, hooks):
+    hooks.receiver.plan("/moved", 302, 200, headers={"Location": f"{hooks.url}/elsewhere"})
+    task = upstream.add(duration=0.1, queued=0)
+    reg = service.register(task, f"{hooks.url}/moved").json()
+    eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
+    assert hooks.at("/elsewhere") == []
+    assert [a["status_code"] for a in service.attempts(reg["id"])] == [302, 200]
+
+
+def test_retry_after_is_honoured(service, upstream, hooks):
+    hooks.receiver.plan("/busy", 429, 200, headers={"Retry-After": "2"})
+    task = upstream.add(duration=0.1, queued=0)
+    service.register(task, f"{hooks.url}/busy")
+    eventually(lambda: len(hooks.at("/busy")) == 2, timeout=20)
+    first, second = hooks.at("/busy")
+    assert second.received_at - first.received_at >= 1.9
+
+
+def test_progress_is_opt_in_ordered_and_ends_with_the_terminal_event(service, upstream, hooks):
+    task = upstream.add(duration=2.0, queued=0.3)
+    events = ["video.completed", "video.failed", "video.progress"]
+    service.register(task, f"{hooks.url}/p", events=events)
+    service.register(task, f"{hooks.url}/quiet")
+    eventually(lambda: any(d.json["type"] == "video.completed" for d in hooks.at("/p")))
+    types = [d.json["type"] for d in hooks.at("/p")]
+    assert types[-1] == "video.completed" and "video.progress" in types
+    assert types.count("video.completed") == 1
+    progress = [d.json["data"]["progress"] for d in hooks.at("/p")]
+    assert progress == sorted(progress)
+    assert [d.json["type"] for d in eventually(lambda: hooks.at("/quiet"))] == ["video.completed"]
+
+
+def test_redeliver_sends_the_same_event_again(service, upstream, hooks):
+    task = upstream.add(duration=0.1, queued=0)
+    reg = service.register(task, f"{hooks.url}/again").json()
+    eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
+    response = service.client.post(f"/v1/registrations/{reg['id']}/redeliver")
+    assert response.status_code == 202, response.text
+    eventually(lambda: len(hooks.at("/again")) == 2)
+    first, second = hooks.at("/again")
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    assert first.body == second.body
+    assert [a["attempt"] for a in service.attempts(reg["id"])] == [1, 2]
+
+
+def test_registering_an_ended_task_delivers_at_once(service, upstream, hooks):
+    task = upstream.add(duration=0.1, queued=0)
+    first = service.register(task, f"{hooks.url}/one").json()
+    eventually(lambda: service.registration(first["id"])["state"] == "delivered")
+    polls = upstream.polls(task)
+    late = service.register(task, f"{hooks.url}/two").json()
+    assert late["task"]["status"] == "completed"
+    eventually(lambda: hooks.at("/two"))
+    ended = service.register(task, f"{hooks.url}/three", events=["video.failed"]).json()
+    assert ended["state"] == "ended"
+    assert upstream.polls(task) == polls
+
+
+def test_a_slow_receiver_does_not_delay_the_others(make_service, upstream, hooks):
+    service = make_service(delivery_timeout=5.0)
+    hooks.receiver.plan("/slow", 200, delay=4.0)
+    slow = upstream.add(duration=0.1, queued=0)
+    fast = [upstream.add(duration=0.3, queued=0) for _ in range(5)]
+    service.register(slow, f"{hooks.url}/slow")
+    time.sleep(0.5)
+    for task in fast:
+        service.register(task, f"{hooks.url}/fast")
+    eventually(lambda: len(hooks.at("/fast")) == 5, timeout=10)
+    # The slow receiver records its delivery only after holding it for 4 s.
+    assert hooks.at("/slow") == []
+    eventually(lambda: hooks.at("/slow"))
+
+
+def test_receiver_timeout_is_a_failed_attempt(make_service, upstream, hooks):
+    service = make_service(delivery_timeout=0.5)
+    hooks.receiver.plan("/hang", 200, delay=2.0)
+    task = upstream.add(duration=0.1, queued=0)
+    reg = service.register(task, f"{hooks.url}/hang").json()
+    attempts = eventually(lambda: service.attempts(reg["id"]))
+    assert attempts[0]["status_code"] is None and "timed out" in attempts[0]["error"]
