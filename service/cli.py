@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"status-proxy: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    # `secret` prints for scripts: keep its stdout to the secret alone.
+    logs.configure("WARNING" if args.command == "secret" else settings.log_level)
     with contextlib.suppress(KeyboardInterrupt):
         if args.command == "serve":
             return _serve(args, settings)

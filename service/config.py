@@ -60,6 +60,12 @@ class Settings(BaseSettings):
             raise ValueError("retry waits must not be negative")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        async_url(value)  # raises on a scheme we cannot drive
+        return value
+
     @field_validator("upstream_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

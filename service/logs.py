@@ -44,4 +44,5 @@ def configure(level: str) -> None:
     root.setLevel(level.upper())
     root._status_proxy = True  # type: ignore[attr-defined]
     # httpx logs every request URL at info; ours carry no secrets, but they are noise.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "httpcore", "aiosqlite", "asyncio", "multipart"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.INFO))

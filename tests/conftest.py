@@ -16,7 +16,7 @@ from service.config import Settings
 from service.main import create_app
 from service.receiver import Receiver
 from service.simulator import Simulator, TaskSpec
-from tests.harness import SECRET, UPSTREAM_KEY, Service, ServerThread
+from tests.harness import SECRET, UPSTREAM_KEY, ServerThread, Service
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
@@ -110,7 +110,7 @@ def test_settings(db_url: str, upstream_url: str, **overrides: Any) -> Settings:
         "delivery_timeout": 3.0,
         "not_found_grace": 3.0,
         "upstream_timeout": 3.0,
-        "log_level": "DEBUG",
+        "log_level": "INFO",
     }
     values.update(overrides)
     return Settings(**values)

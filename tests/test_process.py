@@ -1,0 +1,231 @@
+"""The installed command as operators run it: packaging, signals, crashes."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness import SECRET, UPSTREAM_KEY, eventually, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+COMMAND = str(BIN / "status-proxy")
+
+
+def env_for(db_url, upstream_url, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATUS_PROXY_")}
+    env.update(
+        STATUS_PROXY_DATABASE_URL=db_url,
+        STATUS_PROXY_UPSTREAM_BASE_URL=upstream_url,
+        STATUS_PROXY_UPSTREAM_API_KEY=UPSTREAM_KEY,
+        STATUS_PROXY_WEBHOOK_SECRET=SECRET,
+        STATUS_PROXY_CALLBACK_ALLOW_PRIVATE="true",
+        STATUS_PROXY_POLL_INTERVAL_MIN="0.2",
+        STATUS_PROXY_POLL_INTERVAL_MAX="0.5",
+        STATUS_PROXY_DELIVERY_RETRY_SCHEDULE="0.2,0.5,1",
+        **extra,
+    )
+    return env
+
+
+class Proc:
+    def __init__(self, args, env, port=None):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}" if port else None
+        self.log = tempfile.TemporaryFile()
+        self.popen = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self):
+        def ready():
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                assert self.popen.poll() is None, self.output()
+                return False
+
+        eventually(ready, timeout=30)
+        return self
+
+    def output(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        try:
+            return self.popen.wait(30)
+        finally:
+            self.log.close()
+
+
+def serve(db_url, upstream_url, *extra_args, **env):
+    port = free_port()
+    args = [COMMAND, "serve", "--port", str(port), *extra_args]
+    return Proc(args, env_for(db_url, upstream_url, **env), port)
+
+
+def test_sigterm_drains_and_exits_zero(db_url, upstream):
+    proc = serve(db_url, upstream.url).wait_ready()
+    assert proc.stop(signal.SIGTERM) == 0
+
+
+def test_sigint_exits_zero(db_url, upstream):
+    proc = serve(db_url, upstream.url).wait_ready()
+    assert proc.stop(signal.SIGINT) == 0
+
+
+def test_work_command_exits_zero_on_sigterm(db_url, upstream, hooks):
+    api = serve(db_url, upstream.url, "--no-workers").wait_ready()
+    worker = Proc([COMMAND, "work"], env_for(db_url, upstream.url))
+    try:
+        task = upstream.add(duration=0.2, queued=0)
+        response = httpx.post(
+            f"{api.url}/v1/registrations",
+            json={"task_id": task, "callback_url": f"{hooks.url}/w"},
+        )
+        assert response.status_code == 201
+        eventually(lambda: hooks.at("/w"), timeout=20)
+    finally:
+        assert worker.stop() == 0
+        assert api.stop() == 0
+
+
+def test_api_only_replica_does_not_poll(db_url, upstream, hooks):
+    api = serve(db_url, upstream.url, "--no-workers").wait_ready()
+    try:
+        task = upstream.add(duration=0.1, queued=0)
+        httpx.post(
+            f"{api.url}/v1/registrations", json={"task_id": task, "callback_url": f"{hooks.url}/x"}
+        )
+        time.sleep(1.5)
+        assert upstream.polls(task) == 0 and hooks.at("/x") == []
+    finally:
+        api.stop()
+
+
+def test_uvicorn_factory_runs_the_workers(tmp_path, upstream, hooks):
+    port = free_port()
+    env = env_for(f"sqlite:///{tmp_path / 'f.db'}", upstream.url)
+    args = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
+            "--port", str(port)]  # fmt: skip
+    proc = Proc(args, env, port).wait_ready()
+    try:
+        task = upstream.add(duration=0.1, queued=0)
+        httpx.post(
+            f"{proc.url}/v1/registrations", json={"task_id": task, "callback_url": f"{hooks.url}/u"}
+        )
+        eventually(lambda: hooks.at("/u"))
+    finally:
+        proc.stop()
+
+
+def test_sigkill_while_tasks_finish_loses_no_webhook(db_url, upstream, hooks):
+    hooks.receiver.plan("/k", 200, delay=0.3)  # keep deliveries in flight when the kill lands
+    proc = serve(db_url, upstream.url, STATUS_PROXY_DELIVERY_TIMEOUT="2").wait_ready()
+    tasks = [upstream.add(duration=0.5 + n * 0.05, queued=0) for n in range(25)]
+    for task in tasks:
+        response = httpx.post(
+            f"{proc.url}/v1/registrations", json={"task_id": task, "callback_url": f"{hooks.url}/k"}
+        )
+        assert response.status_code == 201
+    eventually(lambda: len(hooks.at("/k")) >= 3, timeout=20)
+    proc.stop(signal.SIGKILL)
+    assert len({d.json["data"]["id"] for d in hooks.at("/k")}) < len(tasks)
+    restarted = serve(db_url, upstream.url, STATUS_PROXY_DELIVERY_TIMEOUT="2").wait_ready()
+    try:
+        # Leases of the killed process expire (delivery timeout + 30 s at most).
+        eventually(lambda: {d.json["data"]["id"] for d in hooks.at("/k")} == set(tasks), timeout=60)
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_migrate_and_secret_commands(tmp_path):
+    env = env_for(f"sqlite:///{tmp_path / 's.db'}", "http://127.0.0.1:9")
+    del env["STATUS_PROXY_WEBHOOK_SECRET"]
+    subprocess.run([COMMAND, "migrate"], env=env, check=True, capture_output=True)
+    first = subprocess.run([COMMAND, "secret"], env=env, check=True, capture_output=True)
+    second = subprocess.run([COMMAND, "secret"], env=env, check=True, capture_output=True)
+    secret = first.stdout.decode().strip()
+    assert secret.startswith("whsec_") and second.stdout.decode().strip() == secret
+    assert secret not in first.stderr.decode()
+
+
+def test_bad_configuration_is_reported(tmp_path):
+    env = env_for("mysql://nope", "http://127.0.0.1:9")
+    result = subprocess.run([COMMAND, "migrate"], env=env, capture_output=True)
+    assert result.returncode == 2 and b"bad configuration" in result.stderr
+
+
+def test_wheel_ships_the_migrations(tmp_path):
+    """A non-editable install carries the migrations and can migrate an empty database."""
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(wheels), str(ROOT)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    [wheel] = wheels.glob("status_proxy-*.whl")
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+         str(wheel)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert (target / "service" / "migrations" / "env.py").is_file()
+    env = env_for(f"sqlite:///{tmp_path / 'w.db'}", "http://127.0.0.1:9")
+    env["PYTHONPATH"] = str(target)
+    probe = "import service, sys; print(service.__file__)"
+    where = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, check=True, capture_output=True
+    )
+    assert where.stdout.decode().startswith(str(target))
+    subprocess.run(
+        [sys.executable, "-m", "service.cli", "migrate"], env=env, cwd=tmp_path, check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+
+def test_compose_file_is_valid(tmp_path):
+    if shutil.which("docker") is None:
+        pytest.skip("the docker client is not installed")
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    plugins = tmp_path / "cli-plugins"
+    plugins.mkdir()
+    (plugins / "docker-compose").symlink_to(binary)
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path)}
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        env=env, capture_output=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    broken = tmp_path / "broken.yml"
+    broken.write_text("services:\n  x:\n    ports: 12\n")
+    bad = subprocess.run(
+        ["docker", "compose", "-f", str(broken), "config", "-q"], env=env, capture_output=True
+    )
+    assert bad.returncode != 0  # the check can fail
+
+
+def test_demo_shows_the_loop(tmp_path):
+    result = subprocess.run(
+        [COMMAND, "demo", "--timeout", "45"], cwd=tmp_path, capture_output=True, timeout=90
+    )
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    assert "video.progress" in out and "video.completed" in out
+    assert "signature verified" in out and "MISMATCH" not in out
+    event, _ = json.JSONDecoder().raw_decode(out[out.index("{\n") :])
+    assert event["metadata"] == {"order_id": "42"}

@@ -1,0 +1,60 @@
+"""GET /v1/videos/{task_id}: the cached snapshot, or one fetch-through."""
+
+from tests.harness import eventually
+
+
+def test_tracked_task_is_served_from_the_snapshot(service, upstream, hooks):
+    task = upstream.add(duration=60)
+    service.register(task, f"{hooks.url}/h")
+    eventually(lambda: upstream.polls(task) >= 1)
+    polls = upstream.polls(task)
+    response = eventually(
+        lambda: (r := service.client.get(f"/v1/videos/{task}")).status_code == 200 and r
+    )
+    assert response.json()["id"] == task
+    assert int(response.headers["age"]) >= 0
+    assert response.headers["content-type"].startswith("application/json")
+    assert upstream.polls(task) <= polls + 1  # served from the store, not fetched
+
+
+def test_snapshot_is_the_raw_upstream_bytes(service, upstream, hooks):
+    task = upstream.add(duration=60, empty_fields=True)
+    service.register(task, f"{hooks.url}/h")
+    response = eventually(
+        lambda: (r := service.client.get(f"/v1/videos/{task}")).status_code == 200 and r
+    )
+    body = response.json()
+    assert body["video_url"] == "" and body["error"] == {"message": "", "code": ""}
+
+
+def test_untracked_task_is_fetched_through(service, upstream):
+    task = upstream.add(duration=60)
+    response = service.client.get(f"/v1/videos/{task}")
+    assert response.status_code == 200 and response.json()["id"] == task
+    assert response.headers["age"] == "0"
+    assert upstream.polls(task) == 1
+
+
+def test_unknown_task_is_404(service):
+    response = service.client.get("/v1/videos/video_nobody_knows")
+    assert response.status_code == 404 and response.json()["error"]["param"] == "task_id"
+
+
+def test_bad_task_id_is_422(service):
+    for bad in ("a..b", "-x", "a%20b"):
+        response = service.client.get(f"/v1/videos/{bad}")
+        assert response.status_code == 422, bad
+        assert response.json()["error"]["param"] == "task_id"
+
+
+def test_upstream_failure_is_502(service, upstream):
+    upstream.sim.faults.server_error = 1.0
+    response = service.client.get("/v1/videos/video_x")
+    assert response.status_code == 502 and "error" in response.json()
+
+
+def test_upstream_timeout_is_504(make_service, upstream):
+    service = make_service(upstream_timeout=0.3)
+    upstream.sim.faults.latency = 1.0
+    response = service.client.get("/v1/videos/video_x")
+    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
