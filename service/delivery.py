@@ -43,7 +43,8 @@ class Deliverer:
         self.client = client
         self.secret = secret
         self.metrics = metrics
-        self.lease = settings.delivery_timeout + 30
+        # An attempt cannot outlive its timeout, so the lease only needs a margin for the write.
+        self.lease = settings.delivery_timeout + 10
         self._kick = asyncio.Event()
         self._results: list[outbox.Result] = []
         self._inflight: set[asyncio.Task[None]] = set()

@@ -201,7 +201,16 @@ async def claim(
     )
     lease_until = now + lease
     claimed = [
-        Claimed(*row, lease_until=lease_until)
+        Claimed(
+            seq=row.seq,
+            id=row.id,
+            registration_id=row.registration_id,
+            type=row.type,
+            body=row.body,
+            attempts=row.attempts,
+            created_at=row.created_at,
+            lease_until=lease_until,
+        )
         for row in (
             await conn.execute(
                 events.update()
@@ -220,7 +229,7 @@ async def claim(
         ).all()
     ]
     if claimed:
-        urls = dict(
+        urls: dict[str, str] = dict(
             (
                 await conn.execute(
                     sa.select(registrations.c.id, registrations.c.callback_url).where(

@@ -49,7 +49,7 @@ class Poller:
         self.metrics = metrics
         self.on_events = on_events
         self.limiter = RateLimiter(settings.upstream_rate_limit)
-        self.lease = settings.upstream_timeout + 30
+        self.lease = settings.upstream_timeout + 10
         self.auth_problem: str | None = None
         self._auth_logged = 0.0
         self._next_probe = 0.0
@@ -220,7 +220,7 @@ async def apply(
     settings: Settings,
 ) -> int:
     """Write a batch of poll answers and the events they cause, in one transaction."""
-    leases = dict(
+    leases: dict[str, float | None] = dict(
         (
             await conn.execute(
                 sa.select(table.c.task_id, table.c.lease_until).where(

@@ -19,7 +19,7 @@ def delivery_wait(
     """Seconds before the next try after ``failed_attempts`` failures; None once it is dead."""
     if failed_attempts > len(schedule):
         return None
-    wait = schedule[failed_attempts - 1] * (1 + JITTER * (rng or random).random())
+    wait = float(schedule[failed_attempts - 1]) * (1 + JITTER * (rng or random).random())
     if retry_after is not None:
         wait = max(wait, min(retry_after, RETRY_AFTER_CAP))
     return wait
@@ -29,7 +29,7 @@ def poll_backoff(
     errors: int, minimum: float, maximum: float, rng: random.Random | None = None
 ) -> float:
     """Seconds before polling a task again after ``errors`` failures in a row."""
-    base = min(maximum * 4, minimum * 2 ** min(errors, 16))
+    base: float = min(maximum * 4, minimum * 2.0 ** min(errors, 16))
     return base * (0.5 + (rng or random).random() / 2)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
+import aiohttp
 import httpx
 import sqlalchemy as sa
 from httpx_aiohttp import AiohttpTransport
@@ -108,9 +109,7 @@ class Runtime:
             await self.db.dispose()
 
 
-def _delivery_session(settings: Settings) -> object:
-    import aiohttp
-
+def _delivery_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=callbacks.connector(
             settings.callback_allow_private, settings.delivery_concurrency

@@ -39,9 +39,7 @@ def test_create_get_and_dedupe(service, upstream, hooks):
     eventually(lambda: service.registration(body["id"])["task"] is not None)
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
+INVALID = [
         ("task_id", ""), ("task_id", "x" * 201), ("task_id", "-abc"), ("task_id", ".abc"),
         ("task_id", "a..b"), ("task_id", "a/b"), ("task_id", "a b"), ("task_id", "tâche"),
         ("task_id", "a\u200bb"), ("task_id", "ａbc"), ("task_id", 42), ("task_id", "abc\n"),
@@ -51,11 +49,16 @@ def test_create_get_and_dedupe(service, upstream, hooks):
         ("events", []), ("events", ["video.progress"]), ("events", ["video.exploded"]),
         ("events", "video.completed"),
         ("metadata", [1]), ("metadata", {"k": "x" * 4100}), ("metadata", "text"),
-    ],
-)  # fmt: skip
-def test_validation_rules(service, field, value):
-    body = {"task_id": "video_ok", "callback_url": "https://example.com/hook", field: value}
-    envelope(service.client.post("/v1/registrations", json=body), 422, field)
+    ]  # fmt: skip
+
+
+def test_validation_rules(service):
+    """Every rule of the contract, one service for the whole table."""
+    for field, value in INVALID:
+        body = {"task_id": "video_ok", "callback_url": "https://example.com/hook", field: value}
+        response = service.client.post("/v1/registrations", json=body)
+        assert response.status_code == 422, (field, value, response.text)
+        assert response.json()["error"]["param"] == field, (field, value)
 
 
 def test_valid_edge_values(service, hooks):

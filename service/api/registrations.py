@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Response, status
 
@@ -26,6 +26,11 @@ Limit = Annotated[int, Query(ge=1, le=100, description="Page size, 1-100")]
 After = Annotated[str | None, Query(max_length=64, description="The last id of the previous page")]
 
 
+_ALREADY: dict[int | str, dict[str, Any]] = {
+    200: {"model": RegistrationPublic, "description": "Already registered: the same registration"}
+}
+
+
 def _known(registration_id: str) -> str:
     if not ids.looks_like("reg", registration_id):
         raise ApiError(404, "no such registration")
@@ -38,7 +43,10 @@ def _cursor(after: str | None, prefix: str) -> str | None:
     return after
 
 
-def _page(items: list[Any], has_more: bool) -> Any:
+HasId = TypeVar("HasId", RegistrationPublic, AttemptPublic)
+
+
+def _page(items: list[HasId], has_more: bool) -> Page[HasId]:
     return Page(
         data=items,
         first_id=items[0].id if items else None,
@@ -50,8 +58,7 @@ def _page(items: list[Any], has_more: bool) -> Any:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"model": RegistrationPublic, "description": "already registered"}}
-    | responses(400, 401, 409, 413, 422),
+    responses=_ALREADY | responses(400, 401, 409, 413, 422),
 )
 async def create_registration(
     body: RegistrationCreate, owner: OwnerDep, runtime: RuntimeDep, response: Response

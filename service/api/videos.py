@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Path, Response
@@ -17,7 +17,7 @@ tasks = Task.__table__  # type: ignore[attr-defined]
 
 TaskId = Annotated[str, Path(max_length=200, description="The upstream task id")]
 
-_SNAPSHOT = {
+_SNAPSHOT: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The upstream video object, exactly as the upstream sent it",
         "content": {"application/json": {"schema": {"type": "object"}}},
