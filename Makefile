@@ -25,8 +25,8 @@ demo: $(STAMP)
 	$(BIN)/status-proxy demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check service migrations tests bench
-	$(BIN)/ruff format --check service migrations tests bench
+	$(BIN)/ruff check service migrations tests
+	$(BIN)/ruff format --check service migrations tests
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 

@@ -135,8 +135,8 @@ class Simulator:
             if not self._authorised(request):
                 return JSONResponse({"error": {"message": "invalid token"}}, status_code=401)
             if request.headers.get("content-type", "").startswith("multipart/"):
-                form = await request.form()
-                fields = {k: v for k, v in form.items() if isinstance(v, str)}
+                async with request.form() as form:
+                    fields = {k: v for k, v in form.items() if isinstance(v, str)}
             else:
                 payload = await request.json()
                 fields = (

@@ -130,3 +130,15 @@ def test_bad_upstream_key_pauses_polling_and_readyz_says_so(make_service, upstre
     time.sleep(1.5)
     assert upstream.polls(task) <= polls + 1  # paused: a probe at most
     assert hooks.at("/k") == []
+
+
+def test_rate_limit_is_global(make_service, upstream, hooks):
+    service = make_service(upstream_rate_limit=5, poll_interval_min=0.1, poll_interval_max=0.1)
+    tasks = [upstream.add(duration=60) for _ in range(20)]
+    for task in tasks:
+        service.register(task, f"{hooks.url}/r")
+    start = upstream.sim.requests
+    time.sleep(3)
+    # 20 tasks due every 0.1 s would want ~600 polls; the budget is 5/s plus a burst of 5.
+    assert upstream.sim.requests - start <= 5 * 3 + 5 + 2
+    assert all(upstream.polls(task) >= 1 for task in tasks[:10])
