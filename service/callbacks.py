@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
 from typing import Any
@@ -129,7 +130,8 @@ class GuardedResolver(AbstractResolver):
         try:
             results = await resolve(host, port, self.allow_private)
         except CallbackRejected as exc:
-            raise OSError(str(exc)) from None
+            # aiohttp shows strerror in its error, so the attempt log says why.
+            raise OSError(errno.EACCES, str(exc)) from None
         return [ResolveResult(**item) for item in results]  # type: ignore[typeddict-item]
 
     async def close(self) -> None:

@@ -22,6 +22,10 @@ from service.config import Settings
 # Any constant works; replicas only need to agree on it.
 MIGRATION_LOCK_KEY = 0x5354_5058
 
+# What a database that is down, restarting, locked or misconfigured raises; workers wait
+# these out and the API answers 503, while anything else is a bug and is reported as one.
+UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError)
+
 
 def migrations_dir() -> Path:
     """Where the Alembic scripts are: inside the installed package, or at the repo's top."""

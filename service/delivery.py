@@ -8,12 +8,14 @@ import logging
 import time
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 
 from service import callbacks, outbox, retry, signing, supervisor
 from service.config import Settings
-from service.db import Database
+from service.db import UNAVAILABLE, Database
 from service.metrics import Metrics
+from service.upstream import TRANSPORT_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,15 @@ FLUSH_DELAY = 0.02
 FLUSH_SIZE = 200
 MAX_RESPONSE = 4096  # we read this much of a receiver's answer, no more
 USER_AGENT = "status-proxy/webhooks"
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, single-line account of a failed connection, for the attempt log."""
+    detail = " ".join(str(exc).split())
+    if isinstance(exc, aiohttp.ClientResponseError):
+        detail = " ".join(exc.message.split())  # not the request, which carries our headers
+    text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return text[:300]
 
 
 class Deliverer:
@@ -46,6 +57,7 @@ class Deliverer:
         # An attempt cannot outlive its timeout, so the lease only needs a margin for the write.
         self.lease = settings.delivery_timeout + 10
         self._kick = asyncio.Event()
+        self.outage = supervisor.Outage(self.name)
         self._results: list[outbox.Result] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -56,8 +68,13 @@ class Deliverer:
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
-                await self._flush()
-                started = await self._start_due()
+                try:
+                    await self._flush()
+                    started = await self._start_due()
+                except UNAVAILABLE as exc:
+                    await supervisor.pause(stop, self.outage.failed(exc))
+                    continue
+                self.outage.recovered()
                 if started and started == self._room():
                     continue
                 await supervisor.nap(self._kick, IDLE_WAIT)
@@ -108,10 +125,8 @@ class Deliverer:
             error = f"timed out after {self.settings.delivery_timeout:g}s"
         except callbacks.CallbackRejected as exc:
             error = str(exc)
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
-        except OSError as exc:
-            error = f"connection failed: {exc}"[:500]
+        except TRANSPORT_ERRORS as exc:
+            error = _describe(exc)
         duration_ms = int((time.monotonic() - clock) * 1000)
         accepted = status_code is not None and 200 <= status_code < 300
         gone = status_code == 410
@@ -178,9 +193,11 @@ class Deliverer:
     async def _flush(self) -> None:
         if not self._results:
             return
-        batch, self._results = self._results, []
+        # Outcomes stay queued until written, so a database blip does not mean a re-send.
+        batch = list(self._results)
         async with self.db.write() as conn:
             await outbox.record(conn, batch, time.time())
+        del self._results[: len(batch)]
 
     async def _drain(self) -> None:
         if self._inflight:

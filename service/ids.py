@@ -18,6 +18,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{''.join(reversed(chars))}"
 
 
+def pattern(prefix: str) -> str:
+    """A regular expression for the ids made with ``prefix`` (for the OpenAPI schema)."""
+    return f"^{prefix}_[{_ALPHABET}]{{26}}$"
+
+
 def looks_like(prefix: str, value: str) -> bool:
     """Whether ``value`` has the shape of an id made by :func:`new_id` with ``prefix``."""
     head, sep, body = value.partition("_")

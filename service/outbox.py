@@ -55,7 +55,10 @@ def _row(
     }
 
 
-async def _drop_pending_progress(conn: AsyncConnection, registration_ids: Sequence[str]) -> None:
+async def _drop_pending_progress(
+    conn: AsyncConnection, registration_ids: Sequence[str], now: float
+) -> None:
+    """Coalesce: a newer snapshot replaces progress events that are waiting, not in flight."""
     if registration_ids:
         await conn.execute(
             events.update()
@@ -63,6 +66,7 @@ async def _drop_pending_progress(conn: AsyncConnection, registration_ids: Sequen
                 events.c.registration_id.in_(registration_ids),
                 events.c.type == "video.progress",
                 events.c.state == "pending",
+                sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
             )
             .values(state="dropped")
         )
@@ -117,7 +121,7 @@ async def _emit_terminal_rows(
         else:
             ended.append(registration_id)
     # A progress event not yet accepted when the terminal one is ready is dropped.
-    await _drop_pending_progress(conn, [row["registration_id"] for row in new_rows])
+    await _drop_pending_progress(conn, [row["registration_id"] for row in new_rows], now)
     if new_rows:
         await conn.execute(events.insert(), new_rows)
     if ended:
@@ -151,7 +155,7 @@ async def emit_progress(conn: AsyncConnection, snapshots: dict[str, str], now: f
         for reg_id, task_id, wanted, metadata in rows
         if "video.progress" in wanted
     ]
-    await _drop_pending_progress(conn, [row["registration_id"] for row in new_rows])
+    await _drop_pending_progress(conn, [row["registration_id"] for row in new_rows], now)
     if new_rows:
         await conn.execute(events.insert(), new_rows)
     return len(new_rows)

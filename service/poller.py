@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import outbox, registrations, supervisor, tasks
 from service.config import Settings
-from service.db import Database
+from service.db import UNAVAILABLE, Database
 from service.metrics import Metrics
 from service.models import Task
 from service.ratelimit import RateLimiter
@@ -54,6 +54,7 @@ class Poller:
         self._auth_logged = 0.0
         self._next_probe = 0.0
         self._kick = asyncio.Event()
+        self.outage = supervisor.Outage(self.name)
         self._results: list[tuple[tasks.Claimed, Fetch]] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -65,12 +66,17 @@ class Poller:
         next_sweep = 0.0
         try:
             while not stop.is_set():
-                now = time.time()
-                if now >= next_sweep:
-                    next_sweep = now + SWEEP_EVERY
-                    await self._sweep(now)
-                await self._flush()
-                started = await self._start_due()
+                try:
+                    now = time.time()
+                    if now >= next_sweep:
+                        await self._sweep(now)
+                        next_sweep = now + SWEEP_EVERY
+                    await self._flush()
+                    started = await self._start_due()
+                except UNAVAILABLE as exc:
+                    await supervisor.pause(stop, self.outage.failed(exc))
+                    continue
+                self.outage.recovered()
                 if started and started == self._room():
                     continue  # more may be due
                 await supervisor.nap(self._kick, self._wait_hint())
@@ -85,7 +91,8 @@ class Poller:
         )
 
     def _wait_hint(self) -> float:
-        wait = IDLE_WAIT
+        # Waking at half the shortest interval keeps a task's lag under half its interval.
+        wait = min(IDLE_WAIT, self.settings.poll_interval_min / 2)
         if self.limiter.available() == 0:
             wait = min(wait, max(0.01, self.limiter.wait()))
         return wait
@@ -139,10 +146,12 @@ class Poller:
     async def _flush(self) -> None:
         if not self._results:
             return
-        batch, self._results = self._results, []
+        # Answers stay queued until written; the lease check in apply() discards stale ones.
+        batch = list(self._results)
         now = time.time()
         async with self.db.write() as conn:
             emitted = await apply(conn, batch, now, self.settings)
+        del self._results[: len(batch)]
         if emitted:
             self.on_events()
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
+
+from service import retry
 
 
 class RateLimiter:
@@ -62,7 +63,7 @@ class RateLimiter:
         if retry_after is not None:
             pause = retry_after
         else:
-            pause = min(60.0, 2.0 ** min(self.streak, 6)) * (0.5 + random.random() / 2)
+            pause = min(60.0, 2.0 ** min(self.streak, 6)) * (0.5 + retry.jitter_rng.random() / 2)
         self.paused_until = max(self.paused_until, self.clock() + pause)
         self.tokens = min(self.tokens, 0.0)
         return pause

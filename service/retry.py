@@ -9,6 +9,9 @@ from collections.abc import Sequence
 RETRY_AFTER_CAP = 3600.0
 JITTER = 0.1
 
+# Jitter has its own generator: it neither depends on nor disturbs the global one.
+jitter_rng = random.Random()
+
 
 def delivery_wait(
     failed_attempts: int,
@@ -19,7 +22,7 @@ def delivery_wait(
     """Seconds before the next try after ``failed_attempts`` failures; None once it is dead."""
     if failed_attempts > len(schedule):
         return None
-    wait = float(schedule[failed_attempts - 1]) * (1 + JITTER * (rng or random).random())
+    wait = float(schedule[failed_attempts - 1]) * (1 + JITTER * (rng or jitter_rng).random())
     if retry_after is not None:
         wait = max(wait, min(retry_after, RETRY_AFTER_CAP))
     return wait
@@ -30,7 +33,7 @@ def poll_backoff(
 ) -> float:
     """Seconds before polling a task again after ``errors`` failures in a row."""
     base: float = min(maximum * 4, minimum * 2.0 ** min(errors, 16))
-    return base * (0.5 + (rng or random).random() / 2)
+    return base * (0.5 + (rng or jitter_rng).random() / 2)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

@@ -101,6 +101,7 @@ class Simulator:
         self.faults = Faults()
         self.polls: dict[str, int] = {}
         self.requests = 0
+        self.rng = random.Random()
 
     def add(self, spec: TaskSpec, **fields: str) -> SimTask:
         task = SimTask(
@@ -142,7 +143,7 @@ class Simulator:
                 fields = (
                     {k: str(v) for k, v in payload.items()} if isinstance(payload, dict) else {}
                 )
-            outcome = "failed" if random.random() < self.fail_rate else "completed"
+            outcome = "failed" if self.rng.random() < self.fail_rate else "completed"
             task = self.add(TaskSpec(duration=self.duration, outcome=outcome), **fields)
             return JSONResponse(task.video(time.time(), str(request.base_url)))
 
@@ -154,7 +155,7 @@ class Simulator:
                 await asyncio.sleep(self.faults.latency)
             if not self._authorised(request):
                 return JSONResponse({"error": {"message": "invalid token"}}, status_code=401)
-            roll = random.random()
+            roll = self.rng.random()
             if roll < self.faults.rate_limit:
                 headers = (
                     {"Retry-After": self.faults.retry_after} if self.faults.retry_after else {}

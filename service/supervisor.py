@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -17,8 +18,55 @@ async def nap(kick: asyncio.Event, seconds: float) -> None:
     kick.clear()
 
 
+class Outage:
+    """A worker's run of database errors: backed off, logged once a minute, shown in /readyz."""
+
+    REPORT_AFTER = 3  # one blip is not worth a 503
+    LOG_EVERY = 60.0
+    MAX_WAIT = 30.0
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.errors = 0
+        self.since = 0.0
+        self.last = ""
+        self._logged = 0.0
+
+    def failed(self, exc: BaseException) -> float:
+        """Note an error; returns how long to wait before trying again."""
+        now = time.monotonic()
+        if self.errors == 0:
+            self.since = now
+        self.errors += 1
+        self.last = type(exc).__name__
+        if now - self._logged >= self.LOG_EVERY:
+            self._logged = now
+            # The type only: driver messages can carry statement parameters.
+            log.warning("%s: database unavailable (%s); retrying", self.worker, self.last)
+        return min(self.MAX_WAIT, 0.25 * 2.0 ** min(self.errors, 10))
+
+    def recovered(self) -> None:
+        if self.errors:
+            log.info("%s: database available again after %d errors", self.worker, self.errors)
+        self.errors = 0
+        self._logged = 0.0
+
+    def problem(self) -> str | None:
+        if self.errors < self.REPORT_AFTER:
+            return None
+        seconds = time.monotonic() - self.since
+        return f"{self.worker}: database unavailable for {seconds:.0f}s ({self.last})"
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` unless asked to stop first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 class Worker(Protocol):
     name: str
+    outage: Outage
 
     async def run(self, stop: asyncio.Event) -> None: ...
 
@@ -64,7 +112,7 @@ class Supervisor:
             return ["workers not started"]
         if self._task.done() and not self.stop_event.is_set():
             return self.failures or ["workers stopped"]
-        return []
+        return [problem for worker in self.workers if (problem := worker.outage.problem())]
 
     async def wait(self) -> None:
         """Until the workers have exited."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,7 +52,7 @@ def next_interval(current: float, changed: bool, settings: Settings) -> float:
 
 def _jittered(interval: float, settings: Settings) -> float:
     # Jitter only upwards, so no task is polled more often than the minimum.
-    return min(settings.poll_interval_max, interval * (1 + 0.1 * random.random()))
+    return min(settings.poll_interval_max, interval * (1 + 0.1 * retry.jitter_rng.random()))
 
 
 def decide(task: Claimed, fetch: Fetch, now: float, settings: Settings) -> Decision:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 from pydantic import SecretStr
 
@@ -68,13 +69,18 @@ class Upstream:
                 "GET", url, headers=self.headers(), timeout=self.timeout
             ) as response:
                 body = await _read_limited(response)
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             return Fetch("timeout", detail="upstream timed out")
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             return Fetch("error", detail=f"upstream unreachable: {type(exc).__name__}")
         except BodyTooLarge:
             return Fetch("error", detail="upstream answer too large")
         return classify(response.status_code, response.headers, body)
+
+
+# What a peer that is down, slow or not speaking HTTP can raise through the httpx API
+# over the aiohttp transport: httpx's own errors, aiohttp's that it passes on, and sockets'.
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, aiohttp.ClientError, OSError)
 
 
 class BodyTooLarge(Exception):

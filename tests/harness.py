@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
+import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.cli import Server
-from service.config import Settings
+from service.config import Settings, async_url
 
 T = TypeVar("T")
 
@@ -64,6 +66,21 @@ class ServerThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def sql(database_url: str, *statements: str) -> list[Any]:
+    """Run statements on the service's database from outside, as an operator would."""
+
+    async def run() -> list[Any]:
+        engine = create_async_engine(async_url(database_url))
+        try:
+            async with engine.begin() as conn:
+                results = [await conn.execute(sa.text(statement)) for statement in statements]
+                return [result.all() if result.returns_rows else None for result in results]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
 
 
 def eventually(check: Callable[[], T], timeout: float = 15.0, interval: float = 0.05) -> T:

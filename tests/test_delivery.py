@@ -7,6 +7,7 @@ import time
 from standardwebhooks.webhooks import Webhook
 
 from tests.harness import SECRET, eventually
+from tests.rogue import Rogue
 
 
 def test_terminal_webhook_is_signed_and_shaped(service, upstream, hooks):
@@ -102,6 +103,32 @@ def test_progress_is_opt_in_ordered_and_ends_with_the_terminal_event(service, up
     assert [d.json["type"] for d in eventually(lambda: hooks.at("/quiet"))] == ["video.completed"]
 
 
+def test_progress_coalesces_behind_a_slow_receiver(service, upstream, hooks):
+    hooks.receiver.plan("/slow", 200, delay=1.0)
+    task = upstream.add(duration=3.0, queued=0)
+    events = ["video.completed", "video.progress"]
+    reg = service.register(task, f"{hooks.url}/slow", events=events).json()
+    eventually(lambda: any(d.json["type"] == "video.completed" for d in hooks.at("/slow")), 20)
+    arrivals = hooks.at("/slow")
+    progress = [d.json["data"]["progress"] for d in arrivals if d.json["type"] == "video.progress"]
+    # Polled every 0.2-0.5 s, the task showed a new progress value many times; one second per
+    # webhook leaves room for about one progress event per second, each the latest one.
+    assert upstream.polls(task) >= 8
+    assert 1 <= len(progress) <= 5, progress
+    assert progress == sorted(set(progress))
+    assert arrivals[-1].json["type"] == "video.completed"
+    attempts = service.attempts(reg["id"])
+    assert len(attempts) == len(arrivals)  # dropped events were never attempted
+
+
+def test_progress_only_registration_ends_quietly(service, upstream, hooks):
+    task = upstream.add(duration=1.0, queued=0)
+    reg = service.register(task, f"{hooks.url}/ui", events=["video.progress"]).json()
+    eventually(lambda: service.registration(reg["id"])["state"] == "ended")
+    types = {d.json["type"] for d in hooks.at("/ui")}
+    assert types == {"video.progress"}
+
+
 def test_redeliver_sends_the_same_event_again(service, upstream, hooks):
     task = upstream.add(duration=0.1, queued=0)
     reg = service.register(task, f"{hooks.url}/again").json()
@@ -150,3 +177,46 @@ def test_receiver_timeout_is_a_failed_attempt(make_service, upstream, hooks):
     reg = service.register(task, f"{hooks.url}/hang").json()
     attempts = eventually(lambda: service.attempts(reg["id"]))
     assert attempts[0]["status_code"] is None and "timed out" in attempts[0]["error"]
+
+
+def test_misbehaving_receivers_hold_nothing_up(make_service, upstream, hooks):
+    rogue = Rogue().start()
+    try:
+        service = make_service(delivery_timeout=2.0, delivery_retry_schedule=(30.0,))
+        bad = {}
+        for path in ("/reset", "/flood", "/endless", "/garbage", "/silent"):
+            task = upstream.add(duration=0.1, queued=0)
+            bad[path] = service.register(task, f"{rogue.url}{path}").json()["id"]
+        good = [upstream.add(duration=0.2, queued=0) for _ in range(5)]
+        for task in good:
+            service.register(task, f"{hooks.url}/fine")
+        eventually(lambda: len(hooks.at("/fine")) == 5, timeout=10)
+        first = {path: eventually(lambda r=reg: service.attempts(r)) for path, reg in bad.items()}
+        # A body is read for a few KB at most, then the connection is dropped: of 1 GiB
+        # offered, only what fits in the socket buffers ever leaves the rogue.
+        assert first["/flood"][0]["status_code"] == 200
+        assert first["/endless"][0]["status_code"] == 200
+        assert rogue.sent["/flood"] < 32 << 20 and rogue.sent["/endless"] < 32 << 20
+        for path in ("/reset", "/garbage", "/silent"):
+            assert first[path][0]["status_code"] is None and first[path][0]["error"], path
+        assert "timed out" in first["/silent"][0]["error"]
+        assert service.client.get("/readyz").status_code == 200
+    finally:
+        rogue.stop()
+
+
+def test_the_guard_is_applied_again_at_delivery(make_service, upstream, hooks):
+    """Registered while private callbacks were allowed; delivered after the guard came on."""
+    loose = make_service(callback_allow_private=True)
+    task = upstream.add(duration=1.5, queued=0)
+    port = hooks.url.rsplit(":", 1)[1]
+    regs = [
+        loose.register(task, f"{hooks.url}/literal").json()["id"],
+        loose.register(task, f"http://localhost:{port}/named").json()["id"],
+    ]
+    loose.stop()
+    strict = make_service(callback_allow_private=False, delivery_retry_schedule=(30.0,))
+    for reg in regs:
+        [attempt] = eventually(lambda r=reg: strict.attempts(r))
+        assert attempt["status_code"] is None and "public" in attempt["error"], attempt
+    assert hooks.at("/literal") == [] and hooks.at("/named") == []

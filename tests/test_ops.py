@@ -2,7 +2,8 @@
 
 import asyncio
 
-from service.supervisor import Supervisor
+from service.supervisor import Outage, Supervisor
+from tests.harness import eventually, sql
 
 
 def test_healthz_and_readyz(service):
@@ -14,8 +15,6 @@ def test_healthz_and_readyz(service):
 def test_metrics_are_prometheus_text(service, upstream, hooks):
     task = upstream.add(duration=0.1, queued=0)
     service.register(task, f"{hooks.url}/m")
-    from tests.harness import eventually
-
     eventually(lambda: hooks.at("/m"))
     text = eventually(
         lambda: (
@@ -35,8 +34,52 @@ def test_metrics_are_prometheus_text(service, upstream, hooks):
         assert name in text, name
 
 
+def readiness(service):
+    response = service.client.get("/readyz")
+    return response.status_code, " ".join(response.json()["reasons"])
+
+
+def test_readyz_fails_while_migrations_are_not_at_head(service):
+    [[(head,)]] = sql(service.settings.database_url, "SELECT version_num FROM alembic_version")
+    sql(service.settings.database_url, "UPDATE alembic_version SET version_num = '9999_newer'")
+    assert readiness(service) == (503, "database migrations are not at head")
+    sql(service.settings.database_url, f"UPDATE alembic_version SET version_num = '{head}'")
+    assert readiness(service) == (200, "")
+
+
+def test_a_database_outage_is_waited_out_and_loses_nothing(service, upstream, hooks):
+    url = service.settings.database_url
+    task = upstream.add(duration=0.5, queued=0)
+    sql(url, "ALTER TABLE tasks RENAME TO tasks_away")
+    # The API answers 503 in the envelope, the workers back off and /readyz says why.
+    refused = service.register(task, f"{hooks.url}/later")
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "not_ready" and "Retry-After" in refused.headers
+    _, reasons = eventually(lambda: (r := readiness(service))[0] == 503 and r, timeout=20)
+    assert "poller: database unavailable" in reasons
+    sql(url, "ALTER TABLE tasks_away RENAME TO tasks")
+    eventually(lambda: readiness(service) == (200, ""), timeout=20)
+    assert service.register(task, f"{hooks.url}/later").status_code == 201
+    [delivery] = eventually(lambda: hooks.at("/later"))
+    assert delivery.json["type"] == "video.completed"
+    assert service.client.get("/readyz").status_code == 200
+
+
+def test_a_worker_that_dies_makes_readyz_fail(service, upstream, hooks):
+    runtime = service.thread.server.config.app.state.runtime
+
+    async def broken():  # fault injection: a bug in the poller's loop
+        raise RuntimeError("injected fault")
+
+    runtime.poller._start_due = broken
+    _, reasons = eventually(lambda: (r := readiness(service))[0] == 503 and r)
+    assert "poller worker died: RuntimeError: injected fault" in reasons
+    assert service.client.get("/healthz").status_code == 200
+
+
 class Crashing:
     name = "crashing"
+    outage = Outage("crashing")
 
     async def run(self, stop):
         await asyncio.sleep(0.05)
@@ -48,6 +91,7 @@ class Crashing:
 
 class Steady:
     name = "steady"
+    outage = Outage("steady")
 
     def __init__(self):
         self.stopped = False

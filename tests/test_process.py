@@ -57,6 +57,8 @@ class Proc:
         return self
 
     def output(self):
+        if self.log.closed:
+            return self.final_output
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
 
@@ -66,6 +68,7 @@ class Proc:
         try:
             return self.popen.wait(30)
         finally:
+            self.final_output = self.output()
             self.log.close()
 
 

@@ -6,6 +6,9 @@ import pytest
 from pydantic import SecretStr
 
 from service import upstream
+from service.runtime import Runtime
+from tests.conftest import test_settings
+from tests.rogue import Rogue
 
 
 def fetch(handler, task_id="video_1"):
@@ -83,3 +86,37 @@ def test_transport_errors():
 def test_oversized_answer_is_an_error():
     result = fetch(answer(200, b"{" + b" " * (upstream.MAX_BODY + 10) + b"}"))
     assert result.outcome == "error"
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome"),
+    # httpx-aiohttp reports a reset as ConnectTimeout; either way the task backs off.
+    [
+        ("reset", {"error", "timeout"}),
+        ("garbage", {"error"}),
+        ("flood", {"error"}),
+        ("silent", {"timeout"}),
+    ],
+)
+def test_a_misbehaving_upstream_is_an_outcome_not_a_crash(mode, outcome, tmp_path):
+    """Through the client the service really uses (httpx over aiohttp)."""
+    rogue = Rogue().start()
+    settings = test_settings(
+        f"sqlite:///{tmp_path / 'x.db'}", f"{rogue.url}/{mode}", upstream_timeout=1.0
+    )
+
+    async def go():
+        runtime = Runtime(settings, workers=False)
+        try:
+            return await runtime.upstream.fetch("video_1")
+        finally:
+            await runtime.upstream_client.aclose()
+            await runtime.delivery_client.aclose()
+            await runtime.db.dispose()
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        rogue.stop()
+    assert result.outcome in outcome, result
+    assert rogue.requests[f"/{mode}/v1/videos/video_1"] in (1, 2)  # aiohttp may retry a GET once

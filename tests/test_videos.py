@@ -40,11 +40,14 @@ def test_unknown_task_is_404(service):
     assert response.status_code == 404 and response.json()["error"]["param"] == "task_id"
 
 
-def test_bad_task_id_is_422(service):
-    for bad in ("a..b", "-x", "a%20b"):
+def test_bad_task_id_is_422_and_never_reaches_the_upstream(service, upstream):
+    for bad in ("a..b", "-x", "a%20b", "%2e%2e", "a%00b", "%E2%80%AEx", "a%5Cb"):
         response = service.client.get(f"/v1/videos/{bad}")
         assert response.status_code == 422, bad
         assert response.json()["error"]["param"] == "task_id"
+    for escape in ("../../admin", "x/../../v1/other", "x%2F..%2F..%2Fadmin", "x/content/../.."):
+        assert service.client.get(f"/v1/videos/{escape}").status_code in (404, 422), escape
+    assert upstream.sim.requests == 0
 
 
 def test_upstream_failure_is_502(service, upstream):

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from service.db import UNAVAILABLE
 from service.models import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -82,17 +83,42 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
     return envelope(422, _describe(first), _param(tuple(first.get("loc", ()))))
 
 
-async def _http(_: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 400:
         message = "the body could not be read as UTF-8 JSON"
-    return envelope(exc.status_code, message)
+    response = envelope(exc.status_code, message)
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405 and (allowed := _allowed(request)):
+        response.headers["Allow"] = allowed
+    return response
+
+
+def _allowed(request: Request) -> str:
+    """Every method the path answers, from the OpenAPI schema (routing names only one)."""
+    wanted = request.url.path.split("/")
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = template.split("/")
+        if len(parts) == len(wanted) and all(
+            part == given or (part.startswith("{") and given)
+            for part, given in zip(parts, wanted, strict=True)
+        ):
+            return ", ".join(sorted(method.upper() for method in operations))
+    return ""
 
 
 async def _api(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return envelope(exc.status, exc.message, exc.param, exc.code)
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # The type only: driver messages can carry statement parameters.
+    log.warning("database unavailable: %s", type(exc).__name__)
+    response = envelope(503, "the database is unavailable; try again shortly")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -105,4 +131,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(ApiError, _api)
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

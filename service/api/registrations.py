@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from service import callbacks, ids, registrations
-from service.api.deps import OwnerDep, RuntimeDep
+from service.api.deps import OwnerDep, RuntimeDep, json_content, known_query
 from service.api.errors import ApiError, responses
 from service.models import (
     AttemptPublic,
@@ -19,11 +19,20 @@ from service.models import (
     RegistrationState,
 )
 
-router = APIRouter(prefix="/v1/registrations", tags=["registrations"])
+router = APIRouter(
+    prefix="/v1/registrations", tags=["registrations"], dependencies=[Depends(known_query)]
+)
 
 RegistrationId = Annotated[str, Path(max_length=64, description="A registration id, reg_…")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, 1-100")]
-After = Annotated[str | None, Query(max_length=64, description="The last id of the previous page")]
+
+
+def _after(prefix: str) -> Any:
+    return Query(pattern=ids.pattern(prefix), description="The last id of the previous page")
+
+
+RegistrationAfter = Annotated[str | None, _after("reg")]
+AttemptAfter = Annotated[str | None, _after("att")]
 
 
 _ALREADY: dict[int | str, dict[str, Any]] = {
@@ -35,12 +44,6 @@ def _known(registration_id: str) -> str:
     if not ids.looks_like("reg", registration_id):
         raise ApiError(404, "no such registration")
     return registration_id
-
-
-def _cursor(after: str | None, prefix: str) -> str | None:
-    if after is not None and not ids.looks_like(prefix, after):
-        raise ApiError(422, f"after must be an id of the form {prefix}_…", "after")
-    return after
 
 
 HasId = TypeVar("HasId", RegistrationPublic, AttemptPublic)
@@ -58,7 +61,8 @@ def _page(items: list[HasId], has_more: bool) -> Page[HasId]:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=_ALREADY | responses(400, 401, 409, 413, 422),
+    responses=_ALREADY | responses(400, 401, 409, 413, 415, 422, 503),
+    dependencies=[Depends(json_content)],
 )
 async def create_registration(
     body: RegistrationCreate, owner: OwnerDep, runtime: RuntimeDep, response: Response
@@ -83,23 +87,21 @@ async def create_registration(
     return created.registration
 
 
-@router.get("", responses=responses(401, 422))
+@router.get("", responses=responses(401, 422, 503))
 async def list_registrations(
     owner: OwnerDep,
     runtime: RuntimeDep,
     task_id: Annotated[str | None, Query(max_length=200)] = None,
     state: RegistrationState | None = None,
     limit: Limit = 20,
-    after: After = None,
+    after: RegistrationAfter = None,
 ) -> Page[RegistrationPublic]:
     """The caller's registrations, newest first."""
-    items, has_more = await registrations.page(
-        runtime.db, owner, limit, _cursor(after, "reg"), task_id, state
-    )
+    items, has_more = await registrations.page(runtime.db, owner, limit, after, task_id, state)
     return _page(items, has_more)
 
 
-@router.get("/{registration_id}", responses=responses(401, 404, 422))
+@router.get("/{registration_id}", responses=responses(401, 404, 422, 503))
 async def get_registration(
     registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep
 ) -> RegistrationPublic:
@@ -110,7 +112,7 @@ async def get_registration(
         raise ApiError(404, "no such registration") from None
 
 
-@router.delete("/{registration_id}", responses=responses(401, 404, 409, 422))
+@router.delete("/{registration_id}", responses=responses(401, 404, 409, 422, 503))
 async def cancel_registration(
     registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep
 ) -> RegistrationPublic:
@@ -123,18 +125,18 @@ async def cancel_registration(
         raise ApiError(409, str(exc)) from None
 
 
-@router.get("/{registration_id}/deliveries", responses=responses(401, 404, 422))
+@router.get("/{registration_id}/deliveries", responses=responses(401, 404, 422, 503))
 async def list_deliveries(
     registration_id: RegistrationId,
     owner: OwnerDep,
     runtime: RuntimeDep,
     limit: Limit = 20,
-    after: After = None,
+    after: AttemptAfter = None,
 ) -> Page[AttemptPublic]:
     """Delivery attempts, oldest first."""
     try:
         items, has_more = await registrations.deliveries(
-            runtime.db, owner, _known(registration_id), limit, _cursor(after, "att")
+            runtime.db, owner, _known(registration_id), limit, after
         )
     except registrations.NotFound:
         raise ApiError(404, "no such registration") from None
@@ -144,7 +146,7 @@ async def list_deliveries(
 @router.post(
     "/{registration_id}/redeliver",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=responses(401, 404, 409, 422),
+    responses=responses(401, 404, 409, 422, 503),
 )
 async def redeliver(
     registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep

@@ -6,16 +6,23 @@ import time
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Depends, Path, Response
 
-from service.api.deps import OwnerDep, RuntimeDep
+from service.api.deps import OwnerDep, RuntimeDep, known_query
 from service.api.errors import ApiError, responses
-from service.models import TASK_ID_PATTERN, Task
+from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, Task, valid_task_id
 
-router = APIRouter(prefix="/v1/videos", tags=["videos"])
+router = APIRouter(prefix="/v1/videos", tags=["videos"], dependencies=[Depends(known_query)])
 tasks = Task.__table__  # type: ignore[attr-defined]
 
-TaskId = Annotated[str, Path(max_length=200, description="The upstream task id")]
+TaskId = Annotated[
+    str,
+    Path(
+        max_length=TASK_ID_LIMIT,
+        description="The upstream task id",
+        json_schema_extra={"pattern": TASK_ID_REGEX},
+    ),
+]
 
 _SNAPSHOT: dict[int | str, dict[str, Any]] = {
     200: {
@@ -26,8 +33,8 @@ _SNAPSHOT: dict[int | str, dict[str, Any]] = {
 }
 
 
-def valid_task_id(task_id: str) -> str:
-    if not TASK_ID_PATTERN.fullmatch(task_id) or ".." in task_id:
+def checked_task_id(task_id: str) -> str:
+    if not valid_task_id(task_id):
         raise ApiError(422, "task_id has characters or a form that is not allowed", "task_id")
     return task_id
 
@@ -35,11 +42,11 @@ def valid_task_id(task_id: str) -> str:
 @router.get(
     "/{task_id}",
     response_class=Response,
-    responses=_SNAPSHOT | responses(401, 404, 422, 502, 504),
+    responses=_SNAPSHOT | responses(401, 404, 422, 502, 504, 503),
 )
 async def get_video(task_id: TaskId, _owner: OwnerDep, runtime: RuntimeDep) -> Response:
     """The latest stored snapshot, with no upstream request; untracked tasks are fetched once."""
-    valid_task_id(task_id)
+    checked_task_id(task_id)
     async with runtime.db.read() as conn:
         row = (
             await conn.execute(

@@ -1,0 +1,63 @@
+"""No secret ever reaches a log line or a response, even at debug level."""
+
+import base64
+import signal
+
+import httpx
+
+from tests.harness import SECRET, UPSTREAM_KEY, eventually
+from tests.test_process import serve
+
+CLIENT_KEYS = ("client-key-alpha-5d2e", "client-key-beta-91f0")
+DB_PASSWORD = "db-password-77c1"
+
+
+def with_password(db_url):
+    if db_url.startswith("postgresql://postgres@"):  # trust auth ignores it; we must too
+        return db_url.replace("postgres@", f"postgres:{DB_PASSWORD}@", 1)
+    return db_url
+
+
+def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
+    proc = serve(
+        with_password(db_url),
+        upstream.url,
+        STATUS_PROXY_LOG_LEVEL="DEBUG",
+        STATUS_PROXY_API_KEYS=",".join(CLIENT_KEYS),
+    ).wait_ready()
+    seen = []
+
+    def call(method, path, key=CLIENT_KEYS[0], **kwargs):
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = httpx.request(method, proc.url + path, headers=headers, timeout=10, **kwargs)
+        seen.append(f"{response.status_code} {response.headers} {response.text}")
+        return response
+
+    try:
+        task = upstream.add(duration=0.3, queued=0)
+        body = {"task_id": task, "callback_url": f"{hooks.url}/s", "metadata": {"a": 1}}
+        reg = call("POST", "/v1/registrations", json=body).json()
+        eventually(lambda: hooks.at("/s"))
+        assert call("GET", "/v1/registrations", key="wrong-key").status_code == 401
+        assert call("GET", "/v1/registrations", key=None).status_code == 401
+        assert call("GET", f"/v1/registrations/{reg['id']}", key=CLIENT_KEYS[1]).status_code == 404
+        assert call("GET", f"/v1/registrations/{reg['id']}/deliveries").status_code == 200
+        assert call("GET", f"/v1/videos/{task}").status_code == 200
+        assert call("GET", "/v1/videos/video_nowhere").status_code == 404
+        assert call("POST", "/v1/registrations", content=b"{bad").status_code == 415
+        for path in ("/readyz", "/metrics", "/openapi.json", "/healthz"):
+            call("GET", path)
+        # The upstream stops taking our key: the alarm must not quote it.
+        upstream.sim.api_key = "sk-rotated-elsewhere"
+        call("POST", "/v1/registrations", json={**body, "task_id": upstream.add(duration=5)})
+        eventually(lambda: call("GET", "/readyz").status_code == 503)
+    finally:
+        assert proc.stop(signal.SIGTERM) == 0
+    output = proc.output()
+    assert '"level": "debug"' in output  # the run really logged at debug level
+    secrets = [UPSTREAM_KEY, SECRET, SECRET.removeprefix("whsec_"), DB_PASSWORD, *CLIENT_KEYS]
+    secrets.append(base64.b64decode(SECRET.removeprefix("whsec_")).hex())
+    for secret in secrets:
+        assert secret not in output, f"{secret!r} in the logs"
+        for answer in seen:
+            assert secret not in answer, f"{secret!r} in a response: {answer[:200]}"
