@@ -18,8 +18,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/status-proxy serve
 
+# The tests mostly wait on real servers, so four workers fit on two cores.
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4
 
 demo: $(STAMP)
 	$(BIN)/status-proxy demo

@@ -154,6 +154,17 @@ def test_framework_errors_use_the_envelope(service):
 def test_unknown_query_parameters_and_methods(service):
     envelope(service.client.get("/v1/registrations", params={"limt": 5}), 422, "limt")
     envelope(service.client.get("/v1/videos/video_1", params={"x": 1}), 422, "x")
+    body = b'{"task_id": "x", "callback_url": "https://example.com/"}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        sent = service.client.post(
+            "/v1/registrations", content=body, headers={"content-type": content_type}
+        )
+        envelope(sent, 415)
+    json_ld = {"content-type": "application/ld+json; charset=utf-8"}
+    assert service.client.post("/v1/registrations", content=body, headers=json_ld).status_code in (
+        200,
+        201,
+    )
     response = service.client.request("TRACE", "/v1/registrations")
     envelope(response, 405)
     assert response.headers["allow"] == "GET, POST"
@@ -217,6 +228,14 @@ def test_api_keys_protect_and_scope(make_service, hooks):
     envelope(no_key, 401)
     envelope(client.get("/v1/registrations", headers={"Authorization": "Bearer wrong"}), 401)
     envelope(client.get("/v1/videos/video_1", headers={"Authorization": "Basic abc"}), 401)
+    for method, path in [
+        ("POST", "/v1/registrations"),
+        ("GET", f"/v1/registrations/{reg['id']}"),
+        ("DELETE", f"/v1/registrations/{reg['id']}"),
+        ("GET", f"/v1/registrations/{reg['id']}/deliveries"),
+        ("POST", f"/v1/registrations/{reg['id']}/redeliver"),
+    ]:
+        envelope(client.request(method, path, headers={"Authorization": "Bearer key-alph"}), 401)
     beta = {"Authorization": "Bearer key-beta"}
     for method, path in [
         ("GET", f"/v1/registrations/{reg['id']}"),

@@ -46,7 +46,12 @@ def test_malformed_urls_rejected(url):
         "http://127.0.0.1/", "http://localhost/", "http://localhost./", "http://2130706433/",
         "http://0x7f.0.0.1/", "http://0177.0.0.1/", "http://[::ffff:127.0.0.1]/",
         "http://[::1]:8080/", "http://169.254.169.254/latest/meta-data/", "http://0/",
-        "http://10.0.0.1/", "http://[fe80::1]/",
+        "http://10.0.0.1/", "http://[fe80::1]/", "http://0x7f000001/", "http://127.1/",
+        "http://017700000001/", "http://[::ffff:7f00:1]/", "http://[0:0:0:0:0:ffff:127.0.0.1]/",
+        "http://LOCALHOST/", "http://LocalHost.:80/", "http://[::]/", "http://0.0.0.0/",
+        "http://[fd00::1]/", "http://100.64.0.1/", "http://198.18.0.1/",
+        "http://[64:ff9b::a9fe:a9fe]/", "http://[2002:a9fe:a9fe::]/", "http://[::ffff:a9fe:a9fe]/",
+        "http://192.0.2.10/", "http://[2001:db8::1]/", "http://224.0.0.251/",
     ],
 )  # fmt: skip
 def test_private_hosts_refused_by_the_guard(url):

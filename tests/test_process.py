@@ -38,11 +38,15 @@ def env_for(db_url, upstream_url, **extra):
 
 class Proc:
     def __init__(self, args, env, port=None):
+        self.args, self.env = list(args), env
         self.port = port
-        self.url = f"http://127.0.0.1:{port}" if port else None
+        self._launch()
+
+    def _launch(self):
+        self.url = f"http://127.0.0.1:{self.port}" if self.port else None
         self.log = tempfile.TemporaryFile()
         self.popen = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+            self.args, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self):
@@ -53,8 +57,19 @@ class Proc:
                 assert self.popen.poll() is None, self.output()
                 return False
 
-        eventually(ready, timeout=30)
-        return self
+        for _ in range(5):
+            try:
+                eventually(ready, timeout=30)
+                return self
+            except AssertionError:
+                # The free port we picked was taken by a parallel test before we bound it.
+                if "address already in use" not in self.output() or not self.port:
+                    raise
+                self.log.close()
+                old, self.port = self.port, free_port()
+                self.args = [str(self.port) if a == str(old) else a for a in self.args]
+                self._launch()
+        raise AssertionError("no free port after five tries")
 
     def output(self):
         if self.log.closed:

@@ -15,25 +15,6 @@ from service.runtime import Runtime, key_digest
 _bearer = HTTPBearer(auto_error=False, description="One of STATUS_PROXY_API_KEYS")
 
 
-def known_query(request: Request) -> None:
-    """Refuse query parameters the route does not take, as bodies refuse unknown fields."""
-    route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
-    if dependant is None:
-        return
-    known = set(_query_names(dependant))
-    for name in request.query_params:
-        if name not in known:
-            raise ApiError(422, f"unknown query parameter {name!r}", name or None)
-
-
-def json_content(request: Request) -> None:
-    """Bodies are JSON: say so, rather than fail to parse something else."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise ApiError(415, "the body must be JSON, sent as Content-Type: application/json")
-
-
 def _query_names(dependant: Dependant) -> list[str]:
     names = [param.alias for param in dependant.query_params]
     for sub in dependant.dependencies:
@@ -69,3 +50,23 @@ def get_owner(
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+def known_query(request: Request, _owner: OwnerDep) -> None:
+    """Refuse query parameters the route does not take, as bodies refuse unknown fields
+    (after the key is checked: strangers learn nothing about the routes)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = set(_query_names(dependant))
+    for name in request.query_params:
+        if name not in known:
+            raise ApiError(422, f"unknown query parameter {name!r}", name or None)
+
+
+def json_content(request: Request, _owner: OwnerDep) -> None:
+    """Bodies are JSON: say so, rather than fail to parse something else."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, "the body must be JSON, sent as Content-Type: application/json")
