@@ -55,6 +55,8 @@ class Poller:
         self._next_probe = 0.0
         self._kick = asyncio.Event()
         self.outage = supervisor.Outage(self.name)
+        # Probing a refused key: at the pace of routine polls, between 1 s and 15 s apart.
+        self._probe_every = min(AUTH_PROBE_EVERY, max(1.0, settings.poll_interval_max))
         self._results: list[tuple[tasks.Claimed, Fetch]] = []
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -103,7 +105,7 @@ class Poller:
             # Paused: only a probe now and then, to notice when the key works again.
             if time.monotonic() < self._next_probe:
                 return 0
-            self._next_probe = time.monotonic() + AUTH_PROBE_EVERY
+            self._next_probe = time.monotonic() + self._probe_every
             room = min(room, 1)
         if room <= 0:
             return 0
@@ -130,9 +132,14 @@ class Poller:
 
     def _note(self, fetch: Fetch) -> None:
         if fetch.outcome == "rate_limited":
+            streak = self.limiter.streak
             pause = self.limiter.rate_limited(fetch.retry_after)
-            log.warning("upstream rate limit (429): pausing all polls for %.1fs", pause)
-        elif fetch.outcome == "unauthorized":
+            if self.limiter.streak != streak:  # a new pause, not its echo from requests in flight
+                log.warning("upstream rate limit (429): pausing all polls for %.1fs", pause)
+            return
+        if fetch.outcome not in ("ok", "not_found"):
+            self.limiter.settled()
+        if fetch.outcome == "unauthorized":
             self.auth_problem = fetch.detail
             if time.monotonic() - self._auth_logged >= AUTH_LOG_EVERY:
                 self._auth_logged = time.monotonic()

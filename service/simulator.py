@@ -7,13 +7,14 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 NOT_EXIST = {"code": "task_not_exist", "message": "task_not_exist", "data": None}
+BAD_REQUEST = {"code": "invalid_request", "message": "model is busy", "data": None}
 
 
 @dataclass(slots=True)
@@ -85,7 +86,9 @@ class Faults(BaseModel):
     rate_limit: float = 0.0  # share answered 429
     retry_after: str | None = None
     server_error: float = 0.0  # share answered 503
+    bad_request: float = 0.0  # share answered 400 with a code other than task_not_exist
     latency: float = 0.0  # seconds added to every status request
+    not_found_status: Literal[400, 404] = 400  # new-api answers 400 task_not_exist
 
 
 class Simulator:
@@ -161,11 +164,16 @@ class Simulator:
                     {"Retry-After": self.faults.retry_after} if self.faults.retry_after else {}
                 )
                 return JSONResponse({"error": {"message": "too many"}}, 429, headers=headers)
-            if roll < self.faults.rate_limit + self.faults.server_error:
+            roll -= self.faults.rate_limit
+            if roll < self.faults.server_error:
                 return JSONResponse({"error": {"message": "try later"}}, status_code=503)
+            if roll - self.faults.server_error < self.faults.bad_request:
+                return JSONResponse(BAD_REQUEST, status_code=400)
             task = self.tasks.get(task_id)
             now = time.time()
             if task is None or now - task.created < task.invisible_for:
+                if self.faults.not_found_status == 404:
+                    return JSONResponse({"error": {"message": "not found"}}, status_code=404)
                 return JSONResponse(NOT_EXIST, status_code=400)
             return JSONResponse(task.video(now, str(request.base_url)))
 

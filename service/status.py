@@ -49,7 +49,7 @@ def read(video: dict[str, Any]) -> Reading:
     else:
         kind = "in_progress"
         if word and word not in IN_PROGRESS:
-            _log_unknown(word)
+            _log_unknown(raw or word)
     return Reading(
         kind=kind,
         raw_status=raw[:64] if raw else None,

@@ -1,8 +1,10 @@
 """Polling the simulated upstream: once per task, adaptive, stopping when unneeded."""
 
+import logging
 import time
+import uuid
 
-from tests.harness import eventually
+from tests.harness import UPSTREAM_KEY, eventually
 
 
 def test_one_poll_per_task_however_many_registrations(make_service, upstream, hooks):
@@ -142,3 +144,129 @@ def test_rate_limit_is_global(make_service, upstream, hooks):
     # 20 tasks due every 0.1 s would want ~600 polls; the budget is 5/s plus a burst of 5.
     assert upstream.sim.requests - start <= 5 * 3 + 5 + 2
     assert all(upstream.polls(task) >= 1 for task in tasks[:10])
+
+
+class Counting(logging.Handler):
+    """Counts the records of one logger that contain a phrase."""
+
+    def __init__(self, logger, phrase):
+        super().__init__(logging.DEBUG)
+        self.logger, self.phrase, self.count = logging.getLogger(logger), phrase, 0
+
+    def emit(self, record):
+        self.count += self.phrase in record.getMessage()
+
+    def __enter__(self):
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+
+
+def test_a_404_counts_as_no_such_task_too(make_service, upstream, hooks):
+    upstream.sim.faults.not_found_status = 404
+    service = make_service(not_found_grace=3.0)
+    late = upstream.add(duration=0.3, queued=0, invisible_for=1.0)
+    service.register(late, f"{hooks.url}/late")
+    service.register("video_never_created", f"{hooks.url}/never")
+    [delivery] = eventually(lambda: hooks.at("/late"))
+    assert delivery.json["type"] == "video.completed"
+    [delivery] = eventually(lambda: hooks.at("/never"))
+    assert delivery.json["data"]["error"]["code"] == "status_proxy_not_found"
+
+
+def test_another_400_is_an_upstream_error_not_a_missing_task(make_service, upstream, hooks):
+    service = make_service(not_found_grace=0.5)
+    upstream.sim.faults.bad_request = 1.0
+    task = upstream.add(duration=0.3, queued=0)
+    reg = service.register(task, f"{hooks.url}/b").json()
+    eventually(lambda: upstream.polls(task) >= 2)
+    time.sleep(1.0)  # twice the grace: a missing task would have been failed by now
+    assert hooks.at("/b") == [] and service.registration(reg["id"])["state"] == "active"
+    upstream.sim.faults.bad_request = 0.0
+    [delivery] = eventually(lambda: hooks.at("/b"), timeout=20)
+    assert delivery.json["type"] == "video.completed"
+
+
+def test_timeouts_back_off_the_task_without_failing_it(make_service, upstream, hooks):
+    service = make_service(upstream_timeout=0.3)
+    upstream.sim.faults.latency = 1.0
+    task = upstream.add(duration=0.5, queued=0)
+    reg = service.register(task, f"{hooks.url}/slow")
+    eventually(lambda: upstream.polls(task) >= 2)
+    time.sleep(0.5)
+    assert hooks.at("/slow") == [] and service.registration(reg.json()["id"])["state"] == "active"
+    upstream.sim.faults.latency = 0.0
+    [delivery] = eventually(lambda: hooks.at("/slow"), timeout=20)
+    assert delivery.json["type"] == "video.completed"
+
+
+def test_429_without_retry_after_slows_every_task_then_recovers(make_service, upstream, hooks):
+    service = make_service(poll_interval_min=0.1, poll_interval_max=0.1)
+    tasks = [upstream.add(duration=4.0, queued=0) for _ in range(10)]
+    upstream.sim.faults.rate_limit = 1.0  # every answer is a 429, with no Retry-After
+    for task in tasks:
+        service.register(task, f"{hooks.url}/r")
+    eventually(lambda: upstream.sim.requests >= 1)
+    time.sleep(0.5)
+    start = upstream.sim.requests
+    time.sleep(2.0)
+    # Ten tasks due every 0.1 s would make ~200 requests; paused, one probe goes at a time.
+    assert upstream.sim.requests - start <= 3
+    upstream.sim.faults.rate_limit = 0.0
+    eventually(lambda: len(hooks.at("/r")) == 10, timeout=30)
+    assert {d.json["type"] for d in hooks.at("/r")} == {"video.completed"}
+
+
+def test_retry_after_on_a_429_is_honoured_for_all_polling(make_service, upstream, hooks):
+    service = make_service(poll_interval_min=0.1, poll_interval_max=0.1)
+    upstream.sim.faults.rate_limit = 1.0
+    upstream.sim.faults.retry_after = "2"
+    tasks = [upstream.add(duration=60) for _ in range(5)]
+    for task in tasks:
+        service.register(task, f"{hooks.url}/ra")
+    eventually(lambda: upstream.sim.requests >= 1)
+    first = upstream.sim.requests
+    time.sleep(1.5)
+    assert upstream.sim.requests - first <= 5  # what was already in flight, nothing new
+
+
+def test_a_refused_key_pauses_logs_once_and_resumes_by_itself(make_service, upstream, hooks):
+    upstream.sim.api_key = "sk-not-ours"
+    service = make_service()
+    task = upstream.add(duration=0.3, queued=0)
+    with Counting("service.poller", "polling paused") as alarms:
+        service.register(task, f"{hooks.url}/rot")
+        eventually(lambda: service.client.get("/readyz").status_code == 503)
+        time.sleep(2.5)  # several probes fail meanwhile
+        assert alarms.count == 1
+    upstream.sim.api_key = UPSTREAM_KEY  # the gateway takes our key again
+    eventually(lambda: service.client.get("/readyz").status_code == 200, timeout=10)
+    [delivery] = eventually(lambda: hooks.at("/rot"))
+    assert delivery.json["type"] == "video.completed"
+
+
+def test_completed_without_a_video_is_polled_a_few_more_times(make_service, upstream, hooks):
+    service = make_service(empty_video_retries=3)
+    task = upstream.add(duration=0.2, queued=0, no_video=True)
+    service.register(task, f"{hooks.url}/nv")
+    [delivery] = eventually(lambda: hooks.at("/nv"))
+    assert delivery.json["type"] == "video.completed"
+    assert not delivery.json["data"].get("video_url")
+    polls = upstream.polls(task)
+    assert polls >= 4  # the first "completed" answer, then three more looks
+    time.sleep(1.0)
+    assert upstream.polls(task) == polls  # and then no more
+
+
+def test_an_unknown_status_word_is_in_progress_and_logged_once(service, upstream, hooks):
+    word = f"WAITING_FOR_GPU_{uuid.uuid4().hex[:6].upper()}"  # logged once per process
+    words = {"queued": word, "in_progress": word}
+    with Counting("service.status", word) as logged:
+        task = upstream.add(duration=1.0, queued=0.3, words=words)
+        service.register(task, f"{hooks.url}/u")
+        [delivery] = eventually(lambda: hooks.at("/u"))
+    assert delivery.json["type"] == "video.completed"
+    assert upstream.polls(task) >= 3
+    assert logged.count == 1

@@ -44,7 +44,7 @@ def test_unknown_status_logged_once(caplog):
     caplog.set_level("WARNING", logger="service.status")
     for _ in range(3):
         status.read({"status": "MYSTERY_WORD_7"})
-    assert sum("mystery_word_7" in r.getMessage() for r in caplog.records) == 1
+    assert sum("MYSTERY_WORD_7" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize(
