@@ -176,10 +176,9 @@ class Claimed:
     callback_url: str = ""
 
 
-async def claim(
-    conn: AsyncConnection, now: float, limit: int, lease: float, lane: int
-) -> list[Claimed]:
-    """Lease up to ``limit`` due events of one lane, at most one per registration, in order."""
+def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
+    """Due events of one lane, oldest due first, none behind an earlier event of its
+    registration that is still pending or in flight. Served by indexes, never a scan."""
     earlier = events.alias("earlier")
     blocked = (
         sa.select(earlier.c.seq)
@@ -190,7 +189,7 @@ async def claim(
         )
         .exists()
     )
-    due = (
+    return (
         sa.select(events.c.seq)
         .where(
             events.c.state == "pending",
@@ -201,8 +200,14 @@ async def claim(
         )
         .order_by(events.c.next_attempt_at)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
+
+
+async def claim(
+    conn: AsyncConnection, now: float, limit: int, lease: float, lane: int
+) -> list[Claimed]:
+    """Lease up to ``limit`` due events of one lane, at most one per registration, in order."""
+    due = due_events(now, limit, lane).with_for_update(skip_locked=True)
     lease_until = now + lease
     claimed = [
         Claimed(

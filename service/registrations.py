@@ -341,20 +341,23 @@ async def deliveries(
     return items, len(rows) > limit
 
 
+def overdue_tasks(now: float, timeout: float, limit: int) -> sa.Select[Any]:
+    """Tasks watched longer than ``timeout``, oldest first; served by ix_tasks_watch_started."""
+    return (
+        sa.select(task_table.c.task_id, task_table.c.snapshot)
+        .where(
+            task_table.c.state == "watching",
+            task_table.c.watch_started_at <= now - timeout,
+        )
+        .order_by(task_table.c.watch_started_at)
+        .limit(limit)
+    )
+
+
 async def give_up_overdue(db: Database, now: float, timeout: float, limit: int = 200) -> int:
     """Fail tasks that have been watched longer than TASK_TIMEOUT, oldest first."""
     async with db.write() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(task_table.c.task_id, task_table.c.snapshot)
-                .where(
-                    task_table.c.state == "watching",
-                    task_table.c.watch_started_at <= now - timeout,
-                )
-                .order_by(task_table.c.watch_started_at)
-                .limit(limit)
-            )
-        ).all()
+        rows = (await conn.execute(overdue_tasks(now, timeout, limit))).all()
         emitted = 0
         for task_id, snapshot in rows:
             await conn.execute(

@@ -12,7 +12,10 @@ Kind = Literal["in_progress", "completed", "failed"]
 
 COMPLETED = frozenset({"completed", "succeeded", "success"})
 FAILED = frozenset({"failed", "failure", "error", "cancelled", "canceled", "expired"})
-IN_PROGRESS = frozenset({"queued", "pending", "submitted", "processing", "in_progress", "running"})
+# "not_start" is what one new-api fork leaks from its provider for a queued task.
+IN_PROGRESS = frozenset(
+    {"queued", "pending", "submitted", "not_start", "processing", "in_progress", "running"}
+)
 
 _unknown_seen: set[str] = set()
 
