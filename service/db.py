@@ -21,6 +21,7 @@ from service.config import Settings
 
 # Any constant works; replicas only need to agree on it.
 MIGRATION_LOCK_KEY = 0x5354_5058
+NOTIFY_CHANNEL = "status_proxy_work"
 
 # What a database that is down, restarting, locked or misconfigured raises; workers wait
 # these out and the API answers 503, while anything else is a bug and is reported as one.
@@ -85,6 +86,12 @@ class Database:
             if not self.is_sqlite:
                 await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             await conn.run_sync(_upgrade)
+
+    async def notify(self, conn: AsyncConnection, topic: str) -> None:
+        """Tell workers in other processes that ``topic`` ("tasks", "events") has new work,
+        when this transaction commits. PostgreSQL only: SQLite has a single process."""
+        if not self.is_sqlite:
+            await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, topic)))
 
     async def at_head(self) -> bool:
         """Whether the schema is at the newest migration."""

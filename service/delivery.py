@@ -10,19 +10,19 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import callbacks, outbox, retry, signing, supervisor
+from service import callbacks, outbox, retry, signing
 from service.config import Settings
-from service.db import UNAVAILABLE, Database
+from service.db import Database
 from service.metrics import Metrics
+from service.pipeline import Pipeline
 from service.upstream import TRANSPORT_ERRORS
 
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 100
 IDLE_WAIT = 0.5
-FLUSH_DELAY = 0.02
-FLUSH_SIZE = 200
 MAX_RESPONSE = 4096  # we read this much of a receiver's answer, no more
 USER_AGENT = "status-proxy/webhooks"
 
@@ -36,7 +36,7 @@ def _describe(exc: BaseException) -> str:
     return text[:300]
 
 
-class Deliverer:
+class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
     """Sends each due event once per attempt; a slow receiver only ever holds one slot."""
 
     name = "delivery"
@@ -49,66 +49,42 @@ class Deliverer:
         secret: str,
         metrics: Metrics,
     ) -> None:
+        super().__init__(db, IDLE_WAIT, drain_timeout=settings.delivery_timeout + 2)
         self.settings = settings
-        self.db = db
         self.client = client
         self.secret = secret
         self.metrics = metrics
         # An attempt cannot outlive its timeout, so the lease only needs a margin for the write.
         self.lease = settings.delivery_timeout + 10
-        self._kick = asyncio.Event()
-        self.outage = supervisor.Outage(self.name)
-        self._results: list[outbox.Result] = []
-        self._inflight: set[asyncio.Task[None]] = set()
+        # Retries may fill at most three quarters of the slots: a backlog of failing
+        # receivers never stands between a fresh event and its first attempt.
+        self.retry_slots = max(1, settings.delivery_concurrency * 3 // 4)
+        self._retrying = 0
 
-    def kick(self) -> None:
-        """Look for due events now."""
-        self._kick.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        try:
-            while not stop.is_set():
-                try:
-                    await self._flush()
-                    started = await self._start_due()
-                except UNAVAILABLE as exc:
-                    await supervisor.pause(stop, self.outage.failed(exc))
-                    continue
-                self.outage.recovered()
-                if started and started == self._room():
-                    continue
-                await supervisor.nap(self._kick, IDLE_WAIT)
-        finally:
-            await self._drain()
-
-    def _room(self) -> int:
+    def room(self) -> int:
         return min(self.settings.delivery_concurrency - len(self._inflight), CLAIM_BATCH)
 
-    async def _start_due(self) -> int:
-        room = self._room()
-        if room <= 0:
-            return 0
-        now = time.time()
-        async with self.db.write() as conn:
-            # First attempts have their own lane ahead of retries.
-            claimed = await outbox.claim(conn, now, room, self.lease, outbox.FIRST)
-            if len(claimed) < room:
-                claimed += await outbox.claim(
-                    conn, now, room - len(claimed), self.lease, outbox.RETRY
-                )
-        for event in claimed:
-            job = asyncio.create_task(self._deliver(event))
-            self._inflight.add(job)
-            job.add_done_callback(self._inflight.discard)
-        return len(claimed)
+    async def claim(self, conn: AsyncConnection, now: float, limit: int) -> list[outbox.Claimed]:
+        # First attempts have their own lane, ahead of retries and with slots of its own.
+        claimed = await outbox.claim(conn, now, limit, self.lease, outbox.FIRST)
+        room = min(limit - len(claimed), self.retry_slots - self._retrying)
+        if room > 0:
+            claimed += await outbox.claim(conn, now, room, self.lease, outbox.RETRY)
+        return claimed
 
-    async def _deliver(self, event: outbox.Claimed) -> None:
-        result = await self.attempt(event)
-        self._results.append(result)
-        if len(self._results) >= FLUSH_SIZE or len(self._inflight) <= 1:
-            self.kick()
-        elif len(self._results) == 1:
-            asyncio.get_running_loop().call_later(FLUSH_DELAY, self.kick)
+    def started(self, job: outbox.Claimed, now: float) -> None:
+        self._retrying += job.lane == outbox.RETRY
+
+    async def work(self, job: outbox.Claimed) -> outbox.Result:
+        try:
+            return await self.attempt(job)
+        finally:
+            self._retrying -= job.lane == outbox.RETRY
+
+    async def record(
+        self, conn: AsyncConnection, outcomes: list[outbox.Result], now: float
+    ) -> None:
+        await outbox.record(conn, outcomes, now)
 
     async def attempt(self, event: outbox.Claimed) -> outbox.Result:
         """One signed POST; never raises."""
@@ -189,22 +165,3 @@ class Deliverer:
                     response.headers.get("retry-after"), time.time()
                 )
             return response.status_code, retry_after
-
-    async def _flush(self) -> None:
-        if not self._results:
-            return
-        # Outcomes stay queued until written, so a database blip does not mean a re-send.
-        batch = list(self._results)
-        async with self.db.write() as conn:
-            await outbox.record(conn, batch, time.time())
-        del self._results[: len(batch)]
-
-    async def _drain(self) -> None:
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=self.settings.delivery_timeout + 2)
-        for job in self._inflight:
-            job.cancel()
-        try:
-            await asyncio.shield(self._flush())
-        except Exception:
-            log.exception("could not record the last attempts; their leases will expire")

@@ -174,6 +174,7 @@ class Claimed:
     created_at: float
     lease_until: float
     callback_url: str = ""
+    lane: int = FIRST
 
 
 def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
@@ -219,6 +220,7 @@ async def claim(
             attempts=row.attempts,
             created_at=row.created_at,
             lease_until=lease_until,
+            lane=lane,
         )
         for row in (
             await conn.execute(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -10,11 +9,12 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import outbox, registrations, supervisor, tasks
+from service import outbox, registrations, tasks
 from service.config import Settings
-from service.db import UNAVAILABLE, Database
+from service.db import Database
 from service.metrics import Metrics
 from service.models import Task
+from service.pipeline import Pipeline
 from service.ratelimit import RateLimiter
 from service.upstream import Fetch, Upstream
 
@@ -23,14 +23,12 @@ table = Task.__table__  # type: ignore[attr-defined]
 
 CLAIM_BATCH = 200
 IDLE_WAIT = 1.0
-FLUSH_DELAY = 0.02
-FLUSH_SIZE = 200
 SWEEP_EVERY = 5.0
 AUTH_PROBE_EVERY = 15.0
 AUTH_LOG_EVERY = 60.0
 
 
-class Poller:
+class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
     """One upstream request per due task, within the global rate and concurrency limits."""
 
     name = "poller"
@@ -43,92 +41,74 @@ class Poller:
         metrics: Metrics,
         on_events: Callable[[], None],
     ) -> None:
+        # Waking at half the shortest interval keeps a task's lag under half its interval.
+        idle = min(IDLE_WAIT, settings.poll_interval_min / 2)
+        super().__init__(db, idle, drain_timeout=settings.upstream_timeout + 5)
         self.settings = settings
-        self.db = db
         self.upstream = upstream
         self.metrics = metrics
         self.on_events = on_events
         self.limiter = RateLimiter(settings.upstream_rate_limit)
-        self.lease = settings.upstream_timeout + 10
+        # A poll cannot outlive its timeout; the margin covers writing its answer.
+        self.lease = settings.upstream_timeout + 5
         self.auth_problem: str | None = None
         self._auth_logged = 0.0
         self._next_probe = 0.0
-        self._kick = asyncio.Event()
-        self.outage = supervisor.Outage(self.name)
         # Probing a refused key: at the pace of routine polls, between 1 s and 15 s apart.
         self._probe_every = min(AUTH_PROBE_EVERY, max(1.0, settings.poll_interval_max))
-        self._results: list[tuple[tasks.Claimed, Fetch]] = []
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._next_sweep = 0.0
+        self._emitted = 0
 
-    def kick(self) -> None:
-        """Look for due tasks now (a registration arrived, results wait, or we stop)."""
-        self._kick.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        next_sweep = 0.0
-        try:
-            while not stop.is_set():
-                try:
-                    now = time.time()
-                    if now >= next_sweep:
-                        await self._sweep(now)
-                        next_sweep = now + SWEEP_EVERY
-                    await self._flush()
-                    started = await self._start_due()
-                except UNAVAILABLE as exc:
-                    await supervisor.pause(stop, self.outage.failed(exc))
-                    continue
-                self.outage.recovered()
-                if started and started == self._room():
-                    continue  # more may be due
-                await supervisor.nap(self._kick, self._wait_hint())
-        finally:
-            await self._drain()
-
-    def _room(self) -> int:
-        return min(
+    def room(self) -> int:
+        room = min(
             self.settings.upstream_max_concurrency - len(self._inflight),
             self.limiter.available(),
             CLAIM_BATCH,
         )
+        if self.auth_problem is not None and room > 0:
+            # Paused: only a probe now and then, to notice when the key works again.
+            return 1 if time.monotonic() >= self._next_probe else 0
+        return room
 
-    def _wait_hint(self) -> float:
-        # Waking at half the shortest interval keeps a task's lag under half its interval.
-        wait = min(IDLE_WAIT, self.settings.poll_interval_min / 2)
+    def wait_hint(self) -> float:
+        wait = self.idle_wait
         if self.limiter.available() == 0:
             wait = min(wait, max(0.01, self.limiter.wait()))
+        if self.auth_problem is not None:
+            wait = min(wait, max(0.01, self._next_probe - time.monotonic()))
         return wait
 
-    async def _start_due(self) -> int:
-        room = self._room()
-        if self.auth_problem is not None:
-            # Paused: only a probe now and then, to notice when the key works again.
-            if time.monotonic() < self._next_probe:
-                return 0
-            self._next_probe = time.monotonic() + self._probe_every
-            room = min(room, 1)
-        if room <= 0:
-            return 0
-        now = time.time()
-        async with self.db.write() as conn:
-            claimed = await claim(conn, now, room, self.lease)
-        for task in claimed:
-            self.metrics.poll_lag.observe(max(0.0, now - task.due_at))
-            self.limiter.take()
-            job = asyncio.create_task(self._poll(task))
-            self._inflight.add(job)
-            job.add_done_callback(self._inflight.discard)
-        return len(claimed)
+    async def housekeeping(self, now: float) -> None:
+        if now >= self._next_sweep:
+            emitted = await registrations.give_up_overdue(self.db, now, self.settings.task_timeout)
+            self._next_sweep = now + SWEEP_EVERY
+            if emitted:
+                self.on_events()
 
-    async def _poll(self, task: tasks.Claimed) -> None:
-        fetch = await self.upstream.fetch(task.task_id)
+    async def claim(self, conn: AsyncConnection, now: float, limit: int) -> list[tasks.Claimed]:
+        return await claim(conn, now, limit, self.lease)
+
+    def started(self, job: tasks.Claimed, now: float) -> None:
+        if self.auth_problem is not None:
+            self._next_probe = time.monotonic() + self._probe_every
+        self.metrics.poll_lag.observe(max(0.0, now - job.due_at))
+        self.limiter.take()
+
+    async def work(self, job: tasks.Claimed) -> tuple[tasks.Claimed, Fetch]:
+        fetch = await self.upstream.fetch(job.task_id)
         self.metrics.upstream_requests.labels(fetch.outcome).inc()
         self._note(fetch)
-        self._results.append((task, fetch))
-        if len(self._results) >= FLUSH_SIZE or len(self._inflight) <= 1:
-            self.kick()
-        elif len(self._results) == 1:
-            asyncio.get_running_loop().call_later(FLUSH_DELAY, self.kick)
+        return job, fetch
+
+    async def record(
+        self, conn: AsyncConnection, outcomes: list[tuple[tasks.Claimed, Fetch]], now: float
+    ) -> None:
+        self._emitted += await apply(conn, outcomes, now, self.settings)
+
+    def committed(self) -> None:
+        if self._emitted:
+            self._emitted = 0
+            self.on_events()
 
     def _note(self, fetch: Fetch) -> None:
         if fetch.outcome == "rate_limited":
@@ -149,33 +129,6 @@ class Poller:
             if self.auth_problem is not None:
                 log.info("upstream accepts our key again: polling resumes")
                 self.auth_problem = None
-
-    async def _flush(self) -> None:
-        if not self._results:
-            return
-        # Answers stay queued until written; the lease check in apply() discards stale ones.
-        batch = list(self._results)
-        now = time.time()
-        async with self.db.write() as conn:
-            emitted = await apply(conn, batch, now, self.settings)
-        del self._results[: len(batch)]
-        if emitted:
-            self.on_events()
-
-    async def _sweep(self, now: float) -> None:
-        emitted = await registrations.give_up_overdue(self.db, now, self.settings.task_timeout)
-        if emitted:
-            self.on_events()
-
-    async def _drain(self) -> None:
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=self.settings.upstream_timeout + 5)
-        for job in self._inflight:
-            job.cancel()
-        try:
-            await asyncio.shield(self._flush())
-        except Exception:
-            log.exception("could not write the last poll results; their leases will expire")
 
 
 def due_tasks(now: float, limit: int) -> sa.Select[tuple[str]]:

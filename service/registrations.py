@@ -104,6 +104,7 @@ async def create(
                 if existing is not None:
                     return Created(_same_or_conflict(existing, body), False, 0)
                 registration_id, emitted = await _insert(db, conn, owner, key, body, now, interval)
+                await db.notify(conn, "events" if emitted else "tasks")
                 row = (
                     await conn.execute(_select().where(registrations.c.id == registration_id))
                 ).one()
@@ -312,6 +313,7 @@ async def redeliver(db: Database, owner: str, registration_id: str, now: float) 
             .where(outbox.events.c.seq == event.seq)
             .values(state="pending", next_attempt_at=now, lane=outbox.FIRST)
         )
+        await db.notify(conn, "events")
     return str(event.id)
 
 

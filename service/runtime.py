@@ -14,10 +14,11 @@ from service import callbacks, signing
 from service.config import Settings
 from service.db import Database
 from service.delivery import Deliverer
+from service.listener import Listener
 from service.metrics import Metrics
 from service.models import Setting
 from service.poller import Poller
-from service.supervisor import Supervisor
+from service.supervisor import Supervisor, Worker
 from service.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,11 @@ class Runtime:
         self.poller = Poller(
             self.settings, self.db, self.upstream, self.metrics, self.deliverer.kick
         )
-        self.supervisor = Supervisor([self.poller, self.deliverer])
+        workers: list[Worker] = [self.poller, self.deliverer]
+        if not self.db.is_sqlite:
+            wake = {"tasks": self.poller.kick, "events": self.deliverer.kick}
+            workers.append(Listener(self.settings, wake))
+        self.supervisor = Supervisor(workers)
         self.supervisor.start()
 
     def kick_poller(self) -> None:

@@ -34,6 +34,7 @@ class SimTask:
     words: dict[str, str] = field(default_factory=dict)  # phase -> status word
     empty_fields: bool = False
     no_video: bool = False
+    starts_when_polled: bool = False  # its clock starts at the first poll, not at creation
 
     def phase(self, now: float) -> tuple[str, int]:
         elapsed = now - self.created
@@ -78,6 +79,7 @@ class TaskSpec(BaseModel):
     words: dict[str, str] = Field(default_factory=dict)
     empty_fields: bool = False
     no_video: bool = False
+    starts_when_polled: bool = False
 
 
 class Faults(BaseModel):
@@ -121,6 +123,7 @@ class Simulator:
             words=spec.words,
             empty_fields=spec.empty_fields,
             no_video=spec.no_video,
+            starts_when_polled=spec.starts_when_polled,
         )
         self.tasks[task.id] = task
         return task
@@ -171,6 +174,8 @@ class Simulator:
                 return JSONResponse(BAD_REQUEST, status_code=400)
             task = self.tasks.get(task_id)
             now = time.time()
+            if task is not None and task.starts_when_polled:
+                task.created, task.starts_when_polled = now, False
             if task is None or now - task.created < task.invisible_for:
                 if self.faults.not_found_status == 404:
                     return JSONResponse({"error": {"message": "not found"}}, status_code=404)

@@ -117,8 +117,9 @@ def test_progress_coalesces_behind_a_slow_receiver(service, upstream, hooks):
     assert 1 <= len(progress) <= 5, progress
     assert progress == sorted(set(progress))
     assert arrivals[-1].json["type"] == "video.completed"
-    attempts = service.attempts(reg["id"])
-    assert len(attempts) == len(arrivals)  # dropped events were never attempted
+    # Dropped events were never attempted: one attempt per arrival, once all are recorded.
+    eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
+    assert len(service.attempts(reg["id"])) == len(arrivals)
 
 
 def test_progress_only_registration_ends_quietly(service, upstream, hooks):
@@ -220,3 +221,20 @@ def test_the_guard_is_applied_again_at_delivery(make_service, upstream, hooks):
         [attempt] = eventually(lambda r=reg: strict.attempts(r))
         assert attempt["status_code"] is None and "public" in attempt["error"], attempt
     assert hooks.at("/literal") == [] and hooks.at("/named") == []
+
+
+def test_failing_receivers_never_delay_a_fresh_webhook(make_service, upstream, hooks):
+    service = make_service(
+        delivery_concurrency=4, delivery_timeout=5.0, delivery_retry_schedule=(0.1,) * 20
+    )
+    hooks.receiver.plan("/down", 500, delay=3.0)  # slow and failing: retries hog slots
+    for _ in range(6):
+        service.register(upstream.add(duration=0.1, queued=0), f"{hooks.url}/down")
+    # Every first attempt has been made, and retries hold the slots.
+    eventually(lambda: len({d.headers["webhook-id"] for d in hooks.at("/down")}) == 6, 20)
+    eventually(lambda: len(hooks.at("/down")) >= 8, timeout=20)
+    fresh = upstream.add(duration=0.3, queued=0)
+    registered = time.time()
+    service.register(fresh, f"{hooks.url}/fresh")
+    [delivery] = eventually(lambda: hooks.at("/fresh"), timeout=10)
+    assert delivery.received_at - registered < 2.0

@@ -68,10 +68,10 @@ def test_a_database_outage_is_waited_out_and_loses_nothing(service, upstream, ho
 def test_a_worker_that_dies_makes_readyz_fail(service, upstream, hooks):
     runtime = service.thread.server.config.app.state.runtime
 
-    async def broken():  # fault injection: a bug in the poller's loop
+    async def broken(claiming=True):  # fault injection: a bug in the poller's loop
         raise RuntimeError("injected fault")
 
-    runtime.poller._start_due = broken
+    runtime.poller.turn = broken
     _, reasons = eventually(lambda: (r := readiness(service))[0] == 503 and r)
     assert "poller worker died: RuntimeError: injected fault" in reasons
     assert service.client.get("/healthz").status_code == 200

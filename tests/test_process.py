@@ -31,8 +31,8 @@ def env_for(db_url, upstream_url, **extra):
         STATUS_PROXY_POLL_INTERVAL_MIN="0.2",
         STATUS_PROXY_POLL_INTERVAL_MAX="0.5",
         STATUS_PROXY_DELIVERY_RETRY_SCHEDULE="0.2,0.5,1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
