@@ -132,7 +132,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-workers", action="store_true", help="the API only (replicas on PostgreSQL)"
     )
-    commands.add_parser("work", help="the poller and the delivery worker only, no API")
+    work = commands.add_parser("work", help="the poller and the delivery worker only, no API")
+    work.add_argument("--host", default="127.0.0.1")
+    work.add_argument(
+        "--port", type=int, default=None, help="also serve /healthz, /readyz and /metrics here"
+    )
     commands.add_parser("migrate", help="apply migrations and exit")
     demo = commands.add_parser("demo", help="the whole loop on this machine")
     demo.add_argument("--timeout", type=float, default=60.0)
@@ -159,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args, settings)
         if args.command == "work":
+            if args.port is not None:
+                from service.main import create_app
+
+                app = create_app(settings, workers=True, api=False)
+                serve_app(app, args.host, args.port, settings.log_level)
+                return 0
             return run(_work(settings))
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))

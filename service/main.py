@@ -15,9 +15,10 @@ from service.runtime import Runtime
 
 
 def create_app(
-    settings: Settings | None = None, workers: bool = True, migrate: bool = True
+    settings: Settings | None = None, workers: bool = True, migrate: bool = True, api: bool = True
 ) -> FastAPI:
-    """Build the app; nothing is opened until the lifespan starts."""
+    """Build the app; nothing is opened until the lifespan starts. Without ``api`` it
+    serves only health, readiness and metrics (``status-proxy work --port``)."""
     settings = settings or Settings()
     logs.configure(settings.log_level)
 
@@ -39,7 +40,8 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(BodyLimit, upload_limit=settings.upload_limit)
-    app.include_router(registrations.router)
-    app.include_router(videos.router)
+    if api:
+        app.include_router(registrations.router)
+        app.include_router(videos.router)
     app.include_router(health.router)
     return app

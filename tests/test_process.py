@@ -119,6 +119,17 @@ def test_work_command_exits_zero_on_sigterm(db_url, upstream, hooks):
         assert api.stop() == 0
 
 
+def test_work_with_a_port_serves_health_and_metrics_but_no_api(db_url, upstream):
+    port = free_port()
+    worker = Proc([COMMAND, "work", "--port", str(port)], env_for(db_url, upstream.url), port)
+    try:
+        worker.wait_ready()
+        assert httpx.get(f"{worker.url}/metrics").text.startswith("# HELP")
+        assert httpx.get(f"{worker.url}/v1/registrations").status_code == 404
+    finally:
+        assert worker.stop() == 0
+
+
 def test_api_only_replica_does_not_poll(db_url, upstream, hooks):
     api = serve(db_url, upstream.url, "--no-workers").wait_ready()
     try:
@@ -229,6 +240,22 @@ def test_compose_file_is_valid(tmp_path):
         env=env, capture_output=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
+    scaled = subprocess.run(
+        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "--profile", "postgres",
+         "config", "--format", "json"],
+        env=env, capture_output=True,
+    )  # fmt: skip
+    assert scaled.returncode == 0, scaled.stderr.decode()
+    services = json.loads(scaled.stdout)["services"]
+    assert services["api"]["deploy"]["replicas"] == 2
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert (
+        "--no-workers" in services["api"]["command"] and services["worker"]["command"][0] == "work"
+    )
+    for name in ("postgres", "api", "worker", "lb"):
+        assert services[name]["healthcheck"]["test"], name
+    assert services["lb"]["ports"][0]["published"] == "8081"
+    assert services["api"]["environment"]["STATUS_PROXY_DATABASE_URL"].startswith("postgresql://")
     broken = tmp_path / "broken.yml"
     broken.write_text("services:\n  x:\n    ports: 12\n")
     bad = subprocess.run(
