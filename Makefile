@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test demo lint install clean
+.PHONY: run test demo lint install bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "status-proxy needs Python 3.11 or newer")'
@@ -25,9 +25,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/status-proxy demo
 
+# Every figure against its reference in the same run; writes bench/results.json.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 lint: $(STAMP)
-	$(BIN)/ruff check service migrations tests
-	$(BIN)/ruff format --check service migrations tests
+	$(BIN)/ruff check service migrations tests bench
+	$(BIN)/ruff format --check service migrations tests bench
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 

@@ -1,0 +1,1 @@
+"""Benchmarks: status-proxy against the fastest the same machine does without it."""

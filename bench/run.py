@@ -1,0 +1,440 @@
+"""Run every benchmark, write bench/results.json and print the table.
+
+    python -m bench.run            the full run (make bench), under 10 minutes on 2 cores
+    python -m bench.run --smoke    tiny sizes, for the test suite: proves it still runs
+
+Servers are pinned to one core and load generators to the other (taskset), and every
+figure is a ratio against a reference measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import seed
+from bench.load import aiohttp_load, httpx_load
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC0wMTIzNDU2Nzg5YWI="
+API_KEY = "bench-client-key"
+CONNECTIONS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() else []
+
+
+@contextmanager
+def process(args: list[str], cpu: int, env: dict[str, str] | None = None) -> Iterator[int]:
+    """A server process pinned to ``cpu``; stopped (by its PID) on the way out."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    popen = subprocess.Popen(
+        [*pinned(cpu), *args], env={**os.environ, **(env or {})}, cwd=ROOT,
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield popen.pid
+    finally:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(30)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+        log.close()
+
+
+def wait_up(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def client(spec: dict[str, Any], cpu: int) -> dict[str, float]:
+    """Run a load generator in its own process on ``cpu``; returns requests/s."""
+    out = subprocess.run(
+        [*pinned(cpu), sys.executable, "-m", "bench.run", "--client", json.dumps(spec)],
+        cwd=ROOT, capture_output=True, check=True, timeout=spec["seconds"] + 120,
+    )  # fmt: skip
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
+def run_client(spec: dict[str, Any]) -> dict[str, float]:
+    base = spec["url"]
+    body = None
+    if spec.get("body") == "registration":
+        callback = spec["callback"]
+
+        def body(n: int) -> dict[str, Any]:
+            return {"task_id": f"video_{spec['tag']}_{n}", "callback_url": callback}
+
+    elif spec.get("body") == "webhook":
+        sample = json.loads(seed.sample_body())
+
+        def body(n: int) -> dict[str, Any]:
+            return sample
+
+    def url(n: int) -> str:
+        return base
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    if spec["library"] == "httpx":
+        measured = asyncio.run(
+            httpx_load(spec["method"], url, spec["seconds"], spec["connections"], body)
+        )
+    else:
+        measured = asyncio.run(
+            aiohttp_load(spec["method"], url, spec["seconds"], spec["connections"], body, headers)
+        )
+    return {"rate": measured.rate, "errors": measured.errors, "requests": measured.requests}
+
+
+def service_env(db_url: str, upstream: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATUS_PROXY_")}
+    env.update(
+        STATUS_PROXY_DATABASE_URL=db_url,
+        STATUS_PROXY_UPSTREAM_BASE_URL=upstream,
+        STATUS_PROXY_UPSTREAM_API_KEY="bench-upstream-key",
+        STATUS_PROXY_API_KEYS=API_KEY,
+        STATUS_PROXY_WEBHOOK_SECRET=SECRET,
+        STATUS_PROXY_CALLBACK_ALLOW_PRIVATE="true",
+        STATUS_PROXY_LOG_LEVEL="WARNING",
+    )
+    env.update(extra)
+    return env
+
+
+def status_proxy(*args: str) -> list[str]:
+    return [str(BIN / "status-proxy"), *args]
+
+
+def reference_server(kind: str, port: int, cpu: int, *extra: str) -> Any:
+    return process([sys.executable, "-m", "bench.servers", kind, "--port", str(port), *extra], cpu)
+
+
+# --- the figures ----------------------------------------------------------------------
+
+
+def api_figures(size: dict[str, Any], work: Path) -> dict[str, Any]:
+    """1: cached GET /v1/videos/{id}; 2: POST /v1/registrations; each against a bare app."""
+    seconds = size["seconds"]
+    results: dict[str, Any] = {}
+    bare_port = free_port()
+    with reference_server("bare", bare_port, cpu=0):
+        wait_up(f"http://127.0.0.1:{bare_port}/v1/videos/x")
+        get_bare = client(spec("GET", f"http://127.0.0.1:{bare_port}/v1/videos/video_bench",
+                               seconds), cpu=1)  # fmt: skip
+        post_bare = client(spec("POST", f"http://127.0.0.1:{bare_port}/v1/registrations",
+                                seconds, body="registration", tag="bare"), cpu=1)  # fmt: skip
+    db_url = f"sqlite:///{work / 'api.db'}"
+    asyncio.run(seed.cached_snapshot(db_url, "video_bench"))
+    port = free_port()
+    env = service_env(db_url, "http://127.0.0.1:9")
+    with process(status_proxy("serve", "--no-workers", "--port", str(port)), cpu=0, env=env):
+        wait_up(f"http://127.0.0.1:{port}/readyz")
+        get_sp = client(spec("GET", f"http://127.0.0.1:{port}/v1/videos/video_bench", seconds),
+                        cpu=1)  # fmt: skip
+        post_sp = client(spec("POST", f"http://127.0.0.1:{port}/v1/registrations", seconds,
+                              body="registration", tag="sp"), cpu=1)  # fmt: skip
+    for name, ours, bare in (("cached_get", get_sp, get_bare), ("register", post_sp, post_bare)):
+        assert ours["errors"] == 0 and bare["errors"] == 0, (name, ours, bare)
+        results[name] = {
+            "status_proxy": ours["rate"], "reference": bare["rate"],
+            "ratio": ours["rate"] / bare["rate"],
+        }  # fmt: skip
+    return results
+
+
+def poller_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
+    """3: polls/s the poller sustains, against raw aiohttp and plain httpx GET loops."""
+    seconds = size["seconds"]
+    up_port = free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    with reference_server("upstream", up_port, cpu=1):
+        wait_up(f"{upstream}/count")
+        target = f"{upstream}/v1/videos/video_ref"
+        raw = client(spec("GET", target, seconds), cpu=0)
+        plain = client(spec("GET", target, seconds, library="httpx"), cpu=0)
+        db_url = f"sqlite:///{work / 'poll.db'}"
+        asyncio.run(seed.watching(db_url, size["poll_tasks"], "http://127.0.0.1:9/hook"))
+        env = service_env(
+            db_url, upstream,
+            STATUS_PROXY_POLL_INTERVAL_MIN="0.01", STATUS_PROXY_POLL_INTERVAL_MAX="0.01",
+            STATUS_PROXY_UPSTREAM_RATE_LIMIT="0",
+            STATUS_PROXY_UPSTREAM_MAX_CONCURRENCY=str(CONNECTIONS),
+        )  # fmt: skip
+        with process(status_proxy("work"), cpu=0, env=env):
+            time.sleep(size["warmup"])
+            before, start = httpx.get(f"{upstream}/count").json()["count"], time.monotonic()
+            time.sleep(seconds)
+            after, elapsed = (
+                httpx.get(f"{upstream}/count").json()["count"],
+                time.monotonic() - start,
+            )
+    rate = (after - before) / elapsed
+    return {
+        "status_proxy": rate, "reference": raw["rate"], "ratio": rate / raw["rate"],
+        "plain_httpx": plain["rate"], "vs_plain_httpx": rate / plain["rate"],
+    }  # fmt: skip
+
+
+def delivery_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
+    """4: webhooks/s, signing, outbox and attempt log included, against raw POST loops."""
+    seconds = size["seconds"]
+    port = free_port()
+    receiver = f"http://127.0.0.1:{port}"
+    with reference_server("receiver", port, cpu=1):
+        wait_up(f"{receiver}/count")
+        raw = client(spec("POST", f"{receiver}/hook", seconds, body="webhook"), cpu=0)
+        plain = client(spec("POST", f"{receiver}/hook", seconds, body="webhook",
+                            library="httpx"), cpu=0)  # fmt: skip
+        db_url = f"sqlite:///{work / 'deliver.db'}"
+        count = size["webhooks"]
+        asyncio.run(seed.pending_webhooks(db_url, count, f"{receiver}/hook"))
+        env = service_env(
+            db_url, "http://127.0.0.1:9", STATUS_PROXY_DELIVERY_CONCURRENCY=str(CONNECTIONS)
+        )
+        start_count = httpx.get(f"{receiver}/count").json()["count"]
+        with process(status_proxy("work"), cpu=0, env=env):
+            while httpx.get(f"{receiver}/count").json()["count"] == start_count:
+                time.sleep(0.01)
+            start = time.monotonic()
+            deadline = start + 300
+            while time.monotonic() < deadline:
+                got = httpx.get(f"{receiver}/count").json()["count"] - start_count
+                if got >= count:
+                    break
+                time.sleep(0.05)
+            elapsed = time.monotonic() - start
+    rate = got / elapsed
+    return {
+        "status_proxy": rate, "reference": raw["rate"], "ratio": rate / raw["rate"],
+        "plain_httpx": plain["rate"], "vs_plain_httpx": rate / plain["rate"], "webhooks": got,
+    }  # fmt: skip
+
+
+def footprint_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
+    """5: RSS and poller CPU with many active tasks; CPU should follow the tasks *due*."""
+    up_port = free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    found: dict[str, Any] = {}
+    with reference_server("upstream", up_port, cpu=1):
+        wait_up(f"{upstream}/count")
+        for tasks in size["footprint_tasks"]:
+            db_url = f"sqlite:///{work / f'footprint-{tasks}.db'}"
+            asyncio.run(seed.watching(db_url, tasks, "http://127.0.0.1:9/hook"))
+            env = service_env(
+                db_url, upstream, STATUS_PROXY_UPSTREAM_RATE_LIMIT="20",
+                STATUS_PROXY_POLL_INTERVAL_MIN="30", STATUS_PROXY_POLL_INTERVAL_MAX="30",
+            )  # fmt: skip
+            with process(status_proxy("work"), cpu=0, env=env) as pid:
+                time.sleep(size["warmup"])
+                cpu_before, start = cpu_seconds(pid), time.monotonic()
+                time.sleep(size["seconds"])
+                cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - start)
+                found[str(tasks)] = {"rss_mb": rss_mb(pid), "cpu_per_s": cpu}
+    small, large = (str(n) for n in size["footprint_tasks"])
+    found["cpu_ratio"] = found[large]["cpu_per_s"] / max(found[small]["cpu_per_s"], 1e-6)
+    return found
+
+
+def latency_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
+    """6: from the upstream's end of a task to the accepted webhook, at two loads."""
+    up_port, rx_port = free_port(), free_port()
+    upstream, receiver = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{rx_port}"
+    interval_max = size["interval_max"]
+    found: dict[str, Any] = {"poll_interval_max": interval_max}
+    with reference_server("upstream", up_port, cpu=1), reference_server("receiver", rx_port, cpu=1):
+        wait_up(f"{upstream}/count")
+        wait_up(f"{receiver}/count")
+        for tasks in size["latency_tasks"]:
+            db_url = f"sqlite:///{work / f'latency-{tasks}.db'}"
+            start = time.time() + size["warmup"]
+            ends = asyncio.run(
+                seed.ending(db_url, tasks, f"{receiver}/hook", start, size["spread"])
+            )
+            env = service_env(
+                db_url, upstream, STATUS_PROXY_UPSTREAM_RATE_LIMIT="0",
+                STATUS_PROXY_POLL_INTERVAL_MIN="1",
+                STATUS_PROXY_POLL_INTERVAL_MAX=str(interval_max),
+                STATUS_PROXY_UPSTREAM_MAX_CONCURRENCY=str(CONNECTIONS),
+            )  # fmt: skip
+            seen = httpx.get(f"{receiver}/count").json()["count"]
+            with process(status_proxy("work"), cpu=0, env=env):
+                deadline = start + size["spread"] + interval_max * 4 + 30
+                arrivals: list[Any] = []
+                while time.time() < deadline and len(arrivals) < tasks:
+                    time.sleep(0.5)
+                    arrivals = httpx.get(f"{receiver}/count", params={"since": seen}).json()[
+                        "arrivals"
+                    ]
+            delays = sorted(at - ends[task_id] for at, task_id in arrivals if task_id in ends)
+            found[str(tasks)] = {
+                "delivered": len(delays),
+                "p50": statistics.median(delays),
+                "p99": delays[min(len(delays) - 1, int(len(delays) * 0.99))],
+                "delays": delays,
+            }
+    return found
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def spec(method: str, url: str, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {"method": method, "url": url, "seconds": seconds, "connections": CONNECTIONS,
+            "library": "aiohttp", "callback": "http://127.0.0.1:9/hook", **extra}  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def machine() -> dict[str, Any]:
+    packages = ["fastapi", "uvicorn", "httpx", "aiohttp", "httpx-aiohttp", "sqlalchemy",
+                "aiosqlite", "uvloop"]  # fmt: skip
+    return {
+        "cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "packages": {name: metadata.version(name) for name in packages},
+    }
+
+
+SIZES = {
+    "full": {"seconds": 8, "warmup": 3, "poll_tasks": 5000, "webhooks": 20000,
+             "footprint_tasks": [10000, 100000], "latency_tasks": [1000, 10000],
+             "interval_max": 5, "spread": 20},
+    "smoke": {"seconds": 0.5, "warmup": 1.5, "poll_tasks": 50, "webhooks": 50,
+              "footprint_tasks": [20, 200], "latency_tasks": [10], "interval_max": 1,
+              "spread": 1},
+}  # fmt: skip
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [
+        ("1 cached GET /v1/videos/{id}, req/s", results["cached_get"], "≥ 0.6"),
+        ("2 POST /v1/registrations, req/s", results["register"], "≥ 0.3"),
+        ("3 upstream polls/s", results["polls"], "≥ 0.3, ≥ 2x httpx"),
+        ("4 webhooks/s", results["webhooks"], "≥ 0.25, ≥ 2x httpx"),
+    ]
+    lines = ["| # | figure | status-proxy | reference | ratio | target |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, found, target in rows:
+        extra = ""
+        if "vs_plain_httpx" in found:
+            extra = (
+                f" ({found['vs_plain_httpx']:.1f}x plain httpx at {found['plain_httpx']:,.0f}/s)"
+            )
+        number, label = name.split(" ", 1)
+        lines.append(
+            f"| {number} | {label} | {found['status_proxy']:,.0f} | {found['reference']:,.0f} "
+            f"| {found['ratio']:.2f}{extra} | {target} |"
+        )
+    foot = results["footprint"]
+    sizes = [key for key in foot if key.isdigit()]
+    parts = ", ".join(
+        f"{int(n):,} tasks: {foot[n]['rss_mb']:.0f} MB, {foot[n]['cpu_per_s'] * 100:.1f}% CPU"
+        for n in sizes
+    )
+    lines.append(f"| 5 | active tasks tracked | {parts} | — | CPU x{foot['cpu_ratio']:.2f} "
+                 "| RSS ≤ 300 MB, CPU flat |")  # fmt: skip
+    lat = results["latency"]
+    parts = ", ".join(
+        f"{int(n):,} tasks: p50 {lat[n]['p50']:.2f} s, p99 {lat[n]['p99']:.2f} s"
+        for n in lat if n.isdigit()
+    )  # fmt: skip
+    lines.append(f"| 6 | terminal → webhook accepted | {parts} | POLL_INTERVAL_MAX "
+                 f"{lat['poll_interval_max']} s | — | p99 ≤ max + 0.5 s |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    lat = results["latency"]
+    for n in (key for key in lat if key.isdigit()):
+        axis.hist(lat[n]["delays"], bins=40, alpha=0.6, label=f"{int(n):,} active tasks")
+    axis.axvline(lat["poll_interval_max"], color="black", linestyle="--",
+                 label="POLL_INTERVAL_MAX")  # fmt: skip
+    axis.set_xlabel("seconds from the task's end upstream to the webhook accepted")
+    axis.set_ylabel("webhooks")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        print(json.dumps(run_client(json.loads(args.client))))
+        return 0
+    size = SIZES["smoke" if args.smoke else "full"]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results: dict[str, Any] = {"machine": machine(), "size": "smoke" if args.smoke else "full"}
+        results.update(api_figures(size, work))
+        results["polls"] = poller_figure(size, work)
+        results["webhooks"] = delivery_figure(size, work)
+        results["footprint"] = footprint_figure(size, work)
+        results["latency"] = latency_figure(size, work)
+    results["seconds"] = time.monotonic() - started
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(table(results))
+    if not args.smoke:
+        plot(results, args.out.with_name("latency.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
