@@ -54,11 +54,18 @@ class Database:
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine = _sqlite_engine(url.render_as_string(False), "BEGIN IMMEDIATE")
             self.read_engine = _sqlite_engine(url.render_as_string(False), "BEGIN")
+            on_disk = bool(url.database) and url.database != ":memory:"
+            self.inline_engine: sa.Engine | None = (
+                _inline_engine(url.set(drivername="sqlite").render_as_string(False))
+                if on_disk
+                else None
+            )
         else:
             self.engine = create_async_engine(
                 url, pool_size=10, max_overflow=10, pool_pre_ping=True
             )
             self.read_engine = self.engine
+            self.inline_engine = None
         # SQLite has one writer; queueing writers here keeps them off its busy handler.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
@@ -70,8 +77,15 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads."""
+    async def read(self, quick: bool = True) -> AsyncIterator[Any]:
+        """A connection for reads: an AsyncConnection, or for ``quick`` (indexed, few
+        rows) reads on SQLite, the same interface run inline on the event loop. A WAL
+        reader never waits for a writer, and such a read takes microseconds, far less
+        than aiosqlite's hops to its thread and back (several per query)."""
+        if quick and self.inline_engine is not None:
+            with self.inline_engine.connect() as conn:
+                yield InlineReads(conn)
+            return
         async with self.read_engine.connect() as conn:
             yield conn
 
@@ -101,9 +115,40 @@ class Database:
         return current == self._heads
 
     async def dispose(self) -> None:
+        if self.inline_engine is not None:
+            self.inline_engine.dispose()
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+
+
+class InlineReads:
+    """The read half of AsyncConnection over a synchronous SQLite connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.execute(statement, parameters)
+
+    async def exec_driver_sql(self, statement: str) -> Any:
+        return self._conn.exec_driver_sql(statement)
+
+
+def _inline_engine(url: str) -> sa.Engine:
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA busy_timeout=5000")
+        dbapi_connection.execute("PRAGMA query_only=ON")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")  # one snapshot for all of a read's statements
+
+    return engine
 
 
 def _upgrade(connection: Connection) -> None:

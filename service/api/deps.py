@@ -1,4 +1,7 @@
-"""Dependencies shared by the routes: the runtime and the caller's key."""
+"""Dependencies shared by the routes: the runtime and the caller's key.
+
+They are all ``async def``: FastAPI runs a plain ``def`` dependency in a thread pool,
+a thread hop per dependency per request, for work that takes microseconds."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ def _query_names(dependant: Dependant) -> list[str]:
     return names
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -30,7 +33,7 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_owner(
+async def get_owner(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -52,7 +55,7 @@ def get_owner(
 OwnerDep = Annotated[str, Depends(get_owner)]
 
 
-def known_query(request: Request, _owner: OwnerDep) -> None:
+async def known_query(request: Request, _owner: OwnerDep) -> None:
     """Refuse query parameters the route does not take, as bodies refuse unknown fields
     (after the key is checked: strangers learn nothing about the routes)."""
     route = request.scope.get("route")
@@ -65,7 +68,7 @@ def known_query(request: Request, _owner: OwnerDep) -> None:
             raise ApiError(422, f"unknown query parameter {name!r}", name or None)
 
 
-def json_content(request: Request, _owner: OwnerDep) -> None:
+async def json_content(request: Request, _owner: OwnerDep) -> None:
     """Bodies are JSON: say so, rather than fail to parse something else."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):

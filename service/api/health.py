@@ -54,7 +54,7 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 async def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus text."""
     now = time.time()
-    async with runtime.db.read() as conn:
+    async with runtime.db.read(quick=False) as conn:  # counts scan: off the event loop
         by_state = (
             await conn.execute(sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state))
         ).all()
