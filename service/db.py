@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from service.config import Settings
 
@@ -55,24 +55,34 @@ class Database:
             self.engine = _sqlite_engine(url.render_as_string(False), "BEGIN IMMEDIATE")
             self.read_engine = _sqlite_engine(url.render_as_string(False), "BEGIN")
             on_disk = bool(url.database) and url.database != ":memory:"
+            sync_url = url.set(drivername="sqlite").render_as_string(False)
             self.inline_engine: sa.Engine | None = (
-                _inline_engine(url.set(drivername="sqlite").render_as_string(False))
-                if on_disk
-                else None
+                _inline_engine(sync_url, "BEGIN", read_only=True) if on_disk else None
+            )
+            self.inline_writer: sa.Engine | None = (
+                _inline_engine(sync_url, "BEGIN IMMEDIATE", read_only=False) if on_disk else None
             )
         else:
             self.engine = create_async_engine(
                 url, pool_size=10, max_overflow=10, pool_pre_ping=True
             )
             self.read_engine = self.engine
-            self.inline_engine = None
+            self.inline_engine = self.inline_writer = None
         # SQLite has one writer; queueing writers here keeps them off its busy handler.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction that commits on success and rolls back on error."""
+    async def write(self) -> AsyncIterator[Any]:
+        """A transaction that commits on success and rolls back on error: an
+        AsyncConnection, or on SQLite the same interface run inline on the event loop.
+        This process is SQLite's only writer, its transactions are short and never wait
+        on the network, and aiosqlite would cost several thread hops per statement."""
+        if self.inline_writer is not None:
+            async with self._write_lock or nullcontext():
+                with self.inline_writer.begin() as sync_conn:
+                    yield InlineConnection(sync_conn)
+            return
         async with self._write_lock or nullcontext(), self.engine.begin() as conn:
             yield conn
 
@@ -84,7 +94,7 @@ class Database:
         than aiosqlite's hops to its thread and back (several per query)."""
         if quick and self.inline_engine is not None:
             with self.inline_engine.connect() as conn:
-                yield InlineReads(conn)
+                yield InlineConnection(conn)
             return
         async with self.read_engine.connect() as conn:
             yield conn
@@ -96,12 +106,12 @@ class Database:
 
     async def migrate(self) -> None:
         """Apply migrations up to head (under an advisory lock on PostgreSQL)."""
-        async with self.write() as conn:
+        async with self._write_lock or nullcontext(), self.engine.begin() as conn:
             if not self.is_sqlite:
                 await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             await conn.run_sync(_upgrade)
 
-    async def notify(self, conn: AsyncConnection, topic: str) -> None:
+    async def notify(self, conn: Any, topic: str) -> None:
         """Tell workers in other processes that ``topic`` ("tasks", "events") has new work,
         when this transaction commits. PostgreSQL only: SQLite has a single process."""
         if not self.is_sqlite:
@@ -115,15 +125,16 @@ class Database:
         return current == self._heads
 
     async def dispose(self) -> None:
-        if self.inline_engine is not None:
-            self.inline_engine.dispose()
+        for inline in (self.inline_engine, self.inline_writer):
+            if inline is not None:
+                inline.dispose()
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
 
 
-class InlineReads:
-    """The read half of AsyncConnection over a synchronous SQLite connection."""
+class InlineConnection:
+    """AsyncConnection's execute() over a synchronous SQLite connection."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
@@ -135,18 +146,21 @@ class InlineReads:
         return self._conn.exec_driver_sql(statement)
 
 
-def _inline_engine(url: str) -> sa.Engine:
+def _inline_engine(url: str, begin: str, read_only: bool) -> sa.Engine:
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA busy_timeout=5000")
-        dbapi_connection.execute("PRAGMA query_only=ON")
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000",
+                       "foreign_keys=ON"):  # fmt: skip
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+        if read_only:
+            dbapi_connection.execute("PRAGMA query_only=ON")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")  # one snapshot for all of a read's statements
+        conn.exec_driver_sql(begin)  # reads: one snapshot; writes: the lock up front
 
     return engine
 
