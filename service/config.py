@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     # A "completed" answer without a video_url is polled this many more times before
     # the webhook goes out anyway.
     empty_video_retries: int = Field(3, ge=0)
+    # Ended registrations, their attempts and unneeded snapshots are purged this long after.
+    retention: float = Field(30 * 86400.0, gt=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -35,6 +35,7 @@ class Task(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_tasks_due", "state", "next_poll_at"),
         sa.Index("ix_tasks_watch_started", "state", "watch_started_at"),
+        sa.Index("ix_tasks_ended", "state", "ended_at"),
     )
 
     task_id: str = Col(primary_key=True, max_length=200)
@@ -64,6 +65,7 @@ class Registration(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_registrations_owner", "owner", "id"),
         sa.Index("ix_registrations_task", "task_id", "state"),
+        sa.Index("ix_registrations_updated", "state", "updated_at"),
         sa.Index(
             "ux_registrations_active",
             "dedupe_key",

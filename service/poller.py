@@ -9,7 +9,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import outbox, registrations, tasks
+from service import outbox, registrations, retention, tasks
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -24,6 +24,7 @@ table = Task.__table__  # type: ignore[attr-defined]
 CLAIM_BATCH = 200
 IDLE_WAIT = 1.0
 SWEEP_EVERY = 5.0
+PURGE_EVERY = 60.0
 AUTH_PROBE_EVERY = 15.0
 AUTH_LOG_EVERY = 60.0
 
@@ -57,6 +58,7 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         # Probing a refused key: at the pace of routine polls, between 1 s and 15 s apart.
         self._probe_every = min(AUTH_PROBE_EVERY, max(1.0, settings.poll_interval_max))
         self._next_sweep = 0.0
+        self._next_purge = 0.0
         self._emitted = 0
 
     def room(self) -> int:
@@ -79,6 +81,14 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         return wait
 
     async def housekeeping(self, now: float) -> None:
+        if now >= self._next_purge:
+            # Every minute, or faster for retentions under two minutes (tests, trials).
+            self._next_purge = now + min(PURGE_EVERY, self.settings.retention / 2)
+            removed = await retention.purge(self.db, now, self.settings.retention)
+            if removed:
+                log.info(
+                    "retention: purged %d rows older than %gs", removed, self.settings.retention
+                )
         if now >= self._next_sweep:
             emitted = await registrations.give_up_overdue(self.db, now, self.settings.task_timeout)
             self._next_sweep = now + SWEEP_EVERY

@@ -252,12 +252,12 @@ async def cancel(db: Database, owner: str, registration_id: str, now: float) -> 
                 )
                 .values(state="dropped")
             )
-            await _idle_if_unwatched(conn, [row.task_id])
+            await _idle_if_unwatched(conn, [row.task_id], now)
         result = (await conn.execute(_select().where(registrations.c.id == registration_id))).one()
     return _public(result)
 
 
-async def _idle_if_unwatched(conn: AsyncConnection, task_ids: Sequence[str]) -> None:
+async def _idle_if_unwatched(conn: AsyncConnection, task_ids: Sequence[str], now: float) -> None:
     still_needed = (
         sa.select(registrations.c.id)
         .where(registrations.c.task_id == task_table.c.task_id, registrations.c.state == "active")
@@ -270,7 +270,7 @@ async def _idle_if_unwatched(conn: AsyncConnection, task_ids: Sequence[str]) -> 
             task_table.c.state == "watching",
             ~still_needed,
         )
-        .values(state="idle")
+        .values(state="idle", ended_at=now)  # no longer watched since now
     )
 
 

@@ -1,0 +1,46 @@
+"""Retention: ended registrations, their attempts and unneeded snapshots go; active work stays."""
+
+import time
+
+from tests.harness import eventually, sql
+
+
+def counts(service):
+    [row] = sql(
+        service.settings.database_url,
+        "SELECT (SELECT count(*) FROM registrations), (SELECT count(*) FROM events),"
+        " (SELECT count(*) FROM attempts), (SELECT count(*) FROM tasks)",
+    )[0]
+    return tuple(row)
+
+
+def test_ended_work_is_purged_and_active_work_kept(make_service, upstream, hooks):
+    service = make_service(retention=1.0)
+    long = upstream.add(duration=60)
+    kept = service.register(long, f"{hooks.url}/long").json()
+    done = upstream.add(duration=0.1, queued=0)
+    gone = service.register(done, f"{hooks.url}/done").json()
+    eventually(lambda: service.registration(gone["id"])["state"] == "delivered")
+    assert len(service.attempts(gone["id"])) == 1
+    # Past the retention, the delivered registration, its event and attempt, and the
+    # ended task's snapshot are purged; the active registration and its task stay.
+    eventually(lambda: service.client.get(f"/v1/registrations/{gone['id']}").status_code == 404)
+    eventually(lambda: counts(service) == (1, 0, 0, 1))
+    assert service.registration(kept["id"])["state"] == "active"
+    assert service.client.get(f"/v1/videos/{done}").status_code == 200  # fetched through
+
+
+def test_the_database_stays_bounded_under_steady_load(make_service, upstream, hooks):
+    service = make_service(retention=1.0)
+    registered, seen = 0, []
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        for _ in range(5):
+            service.register(upstream.add(duration=0.1, queued=0), f"{hooks.url}/steady")
+        registered += 5
+        time.sleep(0.25)
+        seen.append(counts(service)[0])
+    # Each registration is kept about a second after its webhook, and purges run every
+    # half second: the table holds the last few seconds' worth, not everything.
+    assert len(hooks.at("/steady")) >= registered / 2
+    assert max(seen[-6:]) < registered / 2, (registered, seen)
