@@ -72,6 +72,9 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             claimed += await outbox.claim(conn, now, room, self.lease, outbox.RETRY)
         return claimed
 
+    async def release(self, conn: AsyncConnection, jobs: list[outbox.Claimed]) -> None:
+        await outbox.release(conn, jobs)
+
     def started(self, job: outbox.Claimed, now: float) -> None:
         self._retrying += job.lane == outbox.RETRY
 

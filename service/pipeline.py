@@ -37,7 +37,7 @@ class Pipeline(ABC, Generic[Job, Outcome]):
         self.outage = supervisor.Outage(self.name)
         self._kick = asyncio.Event()
         self._results: list[Outcome] = []
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[asyncio.Task[None], Job] = {}
 
     def kick(self) -> None:
         """Look for work now (it arrived, a job finished, or we stop)."""
@@ -58,6 +58,10 @@ class Pipeline(ABC, Generic[Job, Outcome]):
     @abstractmethod
     async def record(self, conn: AsyncConnection, outcomes: list[Outcome], now: float) -> None:
         """Write finished jobs' outcomes."""
+
+    @abstractmethod
+    async def release(self, conn: AsyncConnection, jobs: list[Job]) -> None:
+        """Give back the leases of jobs that will not finish (we are stopping)."""
 
     async def housekeeping(self, now: float) -> None:
         """Periodic work of the subclass, before each turn."""
@@ -109,21 +113,31 @@ class Pipeline(ABC, Generic[Job, Outcome]):
         for job in claimed:
             self.started(job, now)
             task = asyncio.create_task(self._run_job(job))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            self._inflight[task] = job
+            task.add_done_callback(self._forget)
         return len(claimed)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            self._inflight.pop(task, None)
 
     async def _run_job(self, job: Job) -> None:
         self._results.append(await self.work(job))
         self._kick.set()
 
     async def _drain(self) -> None:
-        """On the way out: let jobs in flight finish, then write their outcomes."""
+        """On the way out: let jobs in flight finish within the grace period, write their
+        outcomes, and give back the leases of those that did not finish, so that another
+        process takes them up at once rather than after the lease."""
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=self.drain_timeout)
-        for job in self._inflight:
-            job.cancel()
+        unfinished = list(self._inflight.values())
+        for task in self._inflight:
+            task.cancel()
         try:
             await asyncio.shield(self.turn(claiming=False))
+            if unfinished:
+                async with self.db.write() as conn:
+                    await self.release(conn, unfinished)
         except Exception:
             log.exception("%s: could not write the last outcomes; leases will expire", self.name)

@@ -98,6 +98,17 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
     async def claim(self, conn: AsyncConnection, now: float, limit: int) -> list[tasks.Claimed]:
         return await claim(conn, now, limit, self.lease)
 
+    async def release(self, conn: AsyncConnection, jobs: list[tasks.Claimed]) -> None:
+        await conn.execute(
+            table.update()
+            .where(
+                table.c.task_id == sa.bindparam("k_task"),
+                table.c.lease_until == sa.bindparam("k_lease"),
+            )
+            .values(lease_until=None),
+            [{"k_task": job.task_id, "k_lease": job.lease_until} for job in jobs],
+        )
+
     def started(self, job: tasks.Claimed, now: float) -> None:
         if self.auth_problem is not None:
             self._next_probe = time.monotonic() + self._probe_every
