@@ -56,6 +56,7 @@ def serve_app(app: FastAPI, host: str, port: int, log_level: str) -> None:
         log_config=None,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=30,
+        access_log=False,  # the app logs one access line per request, with its request id
         proxy_headers=False,
     )
     Server(config).run()

@@ -6,9 +6,21 @@ import json
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 CONTEXT = ("request_id", "task_id", "registration_id", "event_id")
+EXTRA = ("method", "path", "status", "duration_ms")
+
+# The id of the HTTP request being served, for every line logged while serving it.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class RequestContext(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,7 +32,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in CONTEXT:
+        for key in CONTEXT + EXTRA:
             value = getattr(record, key, None)
             if value is not None:
                 entry[key] = value
@@ -40,6 +52,7 @@ def configure(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestContext())
     root.handlers = [handler]
     root.setLevel(level.upper())
     root._status_proxy = True  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from service import logs
 from service.api import errors, health, registrations, videos
+from service.api.access import AccessLog
 from service.api.limits import BodyLimit
 from service.config import Settings
 from service.runtime import Runtime
@@ -40,6 +41,7 @@ def create_app(
     )
     errors.install(app)
     app.add_middleware(BodyLimit, upload_limit=settings.upload_limit)
+    app.add_middleware(AccessLog)  # outermost: sees every answer, 413s included
     if api:
         app.include_router(registrations.router)
         app.include_router(videos.router)

@@ -299,3 +299,26 @@ def test_rolling_restart_loses_nothing(db_url, upstream, hooks):
             assert second.stop() == 0
     arrivals = [d.headers["webhook-id"] for d in hooks.at("/roll")]
     assert len(arrivals) == len(set(arrivals)) == 30  # nothing lost, nothing sent twice
+
+
+def test_json_logs_carry_the_request_id_and_one_access_line(db_url, upstream, hooks):
+    proc = serve(db_url, upstream.url).wait_ready()
+    try:
+        task = upstream.add(duration=0.1, queued=0)
+        answer = httpx.post(
+            f"{proc.url}/v1/registrations",
+            json={"task_id": task, "callback_url": f"{hooks.url}/log"},
+            headers={"X-Request-ID": "req-7f3a"},
+        )
+        assert answer.status_code == 201 and answer.headers["x-request-id"] == "req-7f3a"
+        made = httpx.get(f"{proc.url}/healthz", headers={"X-Request-ID": "bad id; <x>"})
+        assert len(made.headers["x-request-id"]) == 32  # an unusable id is replaced
+        eventually(lambda: hooks.at("/log"))
+    finally:
+        proc.stop()
+    lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "service.access"]
+    mine = [line for line in access if line.get("request_id") == "req-7f3a"]
+    assert len(mine) == 1 and mine[0]["status"] == 201 and mine[0]["path"] == "/v1/registrations"
+    assert mine[0]["method"] == "POST" and mine[0]["duration_ms"] >= 0
+    assert not [line for line in lines if line["logger"] == "uvicorn.access"]

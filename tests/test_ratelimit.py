@@ -41,7 +41,7 @@ def test_429_without_retry_after_backs_off_exponentially():
         pauses.append(limiter.rate_limited(None))
         clock.now += pauses[-1] + 0.01  # each 429 answers the probe after the last pause
     assert pauses[-1] > pauses[0] and all(pause <= 60 for pause in pauses)
-    assert 1 <= pauses[0] <= 2 and 32 <= pauses[5] <= 64
+    assert 1 <= pauses[0] <= 2 and 30 <= pauses[5] <= 60  # capped at a minute, then jitter
 
 
 def test_429s_from_requests_already_in_flight_do_not_escalate():
