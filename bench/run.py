@@ -178,6 +178,13 @@ def api_figures(size: dict[str, Any], work: Path) -> dict[str, Any]:
     return results
 
 
+def references(method: str, url: str, seconds: float, **extra: Any) -> tuple[Any, Any]:
+    """The raw aiohttp loop and the plain httpx loop, on the core the worker will use."""
+    raw = client(spec(method, url, seconds, **extra), cpu=0)
+    plain = client(spec(method, url, seconds, library="httpx", **extra), cpu=0)
+    return raw, plain
+
+
 def poller_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
     """3: polls/s the poller sustains, against raw aiohttp and plain httpx GET loops."""
     seconds = size["seconds"]
@@ -185,9 +192,7 @@ def poller_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
     upstream = f"http://127.0.0.1:{up_port}"
     with reference_server("upstream", up_port, cpu=1):
         wait_up(f"{upstream}/count")
-        target = f"{upstream}/v1/videos/video_ref"
-        raw = client(spec("GET", target, seconds), cpu=0)
-        plain = client(spec("GET", target, seconds, library="httpx"), cpu=0)
+        raw, plain = references("GET", f"{upstream}/v1/videos/video_ref", seconds)
         db_url = f"sqlite:///{work / 'poll.db'}"
         asyncio.run(seed.watching(db_url, size["poll_tasks"], "http://127.0.0.1:9/hook"))
         env = service_env(
@@ -218,9 +223,7 @@ def delivery_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
     receiver = f"http://127.0.0.1:{port}"
     with reference_server("receiver", port, cpu=1):
         wait_up(f"{receiver}/count")
-        raw = client(spec("POST", f"{receiver}/hook", seconds, body="webhook"), cpu=0)
-        plain = client(spec("POST", f"{receiver}/hook", seconds, body="webhook",
-                            library="httpx"), cpu=0)  # fmt: skip
+        raw, plain = references("POST", f"{receiver}/hook", seconds, body="webhook")
         db_url = f"sqlite:///{work / 'deliver.db'}"
         count = size["webhooks"]
         asyncio.run(seed.pending_webhooks(db_url, count, f"{receiver}/hook"))

@@ -3,6 +3,8 @@ stays bounded under steady load. Active work and anything still pending is never
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from service.db import Database
@@ -29,37 +31,29 @@ async def purge_batch(db: Database, now: float, retention: float) -> int:
     )
     referred = sa.select(registrations.c.id).where(registrations.c.task_id == tasks.c.task_id)
     async with db.write() as conn:
-        expired = [
-            row[0]
-            for row in await conn.execute(
-                sa.select(registrations.c.id)
-                .where(
-                    registrations.c.state.in_(FINAL),
-                    registrations.c.updated_at < cutoff,
-                    ~waiting,
-                )
-                .limit(BATCH)
-            )
-        ]
+        expired = await _first_column(
+            conn,
+            sa.select(registrations.c.id).where(
+                registrations.c.state.in_(FINAL), registrations.c.updated_at < cutoff, ~waiting
+            ),
+        )
         if expired:
             await conn.execute(attempts.delete().where(attempts.c.registration_id.in_(expired)))
             await conn.execute(events.delete().where(events.c.registration_id.in_(expired)))
             await conn.execute(registrations.delete().where(registrations.c.id.in_(expired)))
-        unneeded = [
-            row[0]
-            for row in await conn.execute(
-                sa.select(tasks.c.task_id)
-                .where(
-                    tasks.c.state.in_(UNWATCHED),
-                    tasks.c.ended_at < cutoff,
-                    ~referred.exists(),
-                )
-                .limit(BATCH)
-            )
-        ]
+        unneeded = await _first_column(
+            conn,
+            sa.select(tasks.c.task_id).where(
+                tasks.c.state.in_(UNWATCHED), tasks.c.ended_at < cutoff, ~referred.exists()
+            ),
+        )
         if unneeded:
             await conn.execute(tasks.delete().where(tasks.c.task_id.in_(unneeded)))
     return len(expired) + len(unneeded)
+
+
+async def _first_column(conn: Any, query: sa.Select[Any]) -> list[Any]:
+    return [row[0] for row in await conn.execute(query.limit(BATCH))]
 
 
 async def purge(db: Database, now: float, retention: float, most: int = 20) -> int:
