@@ -84,10 +84,9 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         finally:
             self._retrying -= job.lane == outbox.RETRY
 
-    async def record(
-        self, conn: AsyncConnection, outcomes: list[outbox.Result], now: float
-    ) -> None:
+    async def record(self, conn: AsyncConnection, outcomes: list[outbox.Result], now: float) -> int:
         await outbox.record(conn, outcomes, now)
+        return 0
 
     async def attempt(self, event: outbox.Claimed) -> outbox.Result:
         """One signed POST; never raises."""

@@ -72,10 +72,11 @@ async def _drop_pending_progress(
         )
 
 
-async def emit_terminal(
-    conn: AsyncConnection, task_id: str, event_type: str, data: str, now: float
-) -> int:
-    """Give every active registration of an ended task its terminal event, or end it."""
+async def emit_terminal(conn: AsyncConnection, ends: dict[str, tuple[str, str]], now: float) -> int:
+    """Give every active registration of the tasks that ended (task id -> event type and
+    data) its terminal event, or end it; one query and one insert for the whole batch."""
+    if not ends:
+        return 0
     has_terminal = (
         sa.select(events.c.seq)
         .where(
@@ -86,14 +87,23 @@ async def emit_terminal(
     )
     rows = (
         await conn.execute(
-            sa.select(registrations.c.id, registrations.c.events, registrations.c.metadata).where(
-                registrations.c.task_id == task_id,
+            sa.select(
+                registrations.c.id,
+                registrations.c.events,
+                registrations.c.metadata,
+                registrations.c.task_id,
+            ).where(
+                registrations.c.task_id.in_(list(ends)),
                 registrations.c.state == "active",
                 ~has_terminal,
             )
         )
     ).all()
-    return await _emit_terminal_rows(conn, rows, event_type, data, now)
+    return await _emit_terminal_rows(
+        conn,
+        [(reg_id, wanted, meta, *ends[task_id]) for reg_id, wanted, meta, task_id in rows],
+        now,
+    )
 
 
 async def emit_for_registration(
@@ -107,15 +117,14 @@ async def emit_for_registration(
 ) -> int:
     """A registration that arrives after its task ended gets the terminal event at once."""
     return await _emit_terminal_rows(
-        conn, [(registration_id, list(wanted), metadata)], event_type, data, now
+        conn, [(registration_id, list(wanted), metadata, event_type, data)], now
     )
 
 
-async def _emit_terminal_rows(
-    conn: AsyncConnection, rows: Iterable[Any], event_type: str, data: str, now: float
-) -> int:
+async def _emit_terminal_rows(conn: AsyncConnection, rows: Iterable[Any], now: float) -> int:
+    """Rows of (registration id, events wanted, metadata, event type, data)."""
     new_rows, ended = [], []
-    for registration_id, wanted, metadata in rows:
+    for registration_id, wanted, metadata, event_type, data in rows:
         if event_type in wanted:
             new_rows.append(_row(registration_id, metadata, event_type, data, now))
         else:

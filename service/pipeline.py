@@ -56,8 +56,8 @@ class Pipeline(ABC, Generic[Job, Outcome]):
         """Run one job; never raises."""
 
     @abstractmethod
-    async def record(self, conn: AsyncConnection, outcomes: list[Outcome], now: float) -> None:
-        """Write finished jobs' outcomes."""
+    async def record(self, conn: AsyncConnection, outcomes: list[Outcome], now: float) -> int:
+        """Write finished jobs' outcomes; returns how much follow-up work they queued."""
 
     @abstractmethod
     async def release(self, conn: AsyncConnection, jobs: list[Job]) -> None:
@@ -69,8 +69,8 @@ class Pipeline(ABC, Generic[Job, Outcome]):
     def started(self, job: Job, now: float) -> None:
         """A claimed job is about to run."""
 
-    def committed(self) -> None:
-        """A turn's transaction has committed."""
+    def committed(self, queued: int) -> None:
+        """A turn's transaction has committed, with ``queued`` follow-up work in it."""
 
     def wait_hint(self) -> float:
         """How long to sleep when nothing is due."""
@@ -103,13 +103,14 @@ class Pipeline(ABC, Generic[Job, Outcome]):
         if not batch and room <= 0:
             return 0
         claimed: list[Job] = []
+        queued = 0
         async with self.db.write() as conn:
             if batch:
-                await self.record(conn, batch, now)
+                queued = await self.record(conn, batch, now)
             if room > 0:
                 claimed = await self.claim(conn, now, room)
         del self._results[: len(batch)]
-        self.committed()
+        self.committed(queued)
         for job in claimed:
             self.started(job, now)
             task = asyncio.create_task(self._run_job(job))

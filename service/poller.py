@@ -59,7 +59,6 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         self._probe_every = min(AUTH_PROBE_EVERY, max(1.0, settings.poll_interval_max))
         self._next_sweep = 0.0
         self._next_purge = 0.0
-        self._emitted = 0
 
     def room(self) -> int:
         room = min(
@@ -123,12 +122,11 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
 
     async def record(
         self, conn: AsyncConnection, outcomes: list[tuple[tasks.Claimed, Fetch]], now: float
-    ) -> None:
-        self._emitted += await apply(conn, outcomes, now, self.settings)
+    ) -> int:
+        return await apply(conn, outcomes, now, self.settings)
 
-    def committed(self) -> None:
-        if self._emitted:
-            self._emitted = 0
+    def committed(self, queued: int) -> None:
+        if queued:  # new events: the deliverer should look now
             self.on_events()
 
     def _note(self, fetch: Fetch) -> None:
@@ -250,13 +248,16 @@ async def apply(
             rows,
         )
     emitted = await outbox.emit_progress(conn, progressed, now)
+    given_up = [task_id for task_id, decision in ending if decision.give_up is not None]
+    snapshots: dict[str, str | None] = {}
+    if given_up:  # their webhook carries the last snapshot we kept
+        query = sa.select(table.c.task_id, table.c.snapshot).where(table.c.task_id.in_(given_up))
+        snapshots = dict((await conn.execute(query)).all())
+    ends: dict[str, tuple[str, str]] = {}
     for task_id, decision in ending:
         data = decision.snapshot
         if decision.give_up is not None:
-            snapshot = (
-                await conn.execute(sa.select(table.c.snapshot).where(table.c.task_id == task_id))
-            ).scalar()
-            data = tasks.given_up_data(task_id, snapshot, decision.give_up)
+            data = tasks.given_up_data(task_id, snapshots.get(task_id), decision.give_up)
         assert decision.event is not None and data is not None
-        emitted += await outbox.emit_terminal(conn, task_id, decision.event, data, now)
-    return emitted
+        ends[task_id] = (decision.event, data)
+    return emitted + await outbox.emit_terminal(conn, ends, now)

@@ -360,13 +360,18 @@ async def give_up_overdue(db: Database, now: float, timeout: float, limit: int =
     """Fail tasks that have been watched longer than TASK_TIMEOUT, oldest first."""
     async with db.write() as conn:
         rows = (await conn.execute(overdue_tasks(now, timeout, limit))).all()
-        emitted = 0
-        for task_id, snapshot in rows:
-            await conn.execute(
-                task_table.update()
-                .where(task_table.c.task_id == task_id)
-                .values(state="given_up", outcome="failed", ended_at=now, lease_until=None)
+        if not rows:
+            return 0
+        await conn.execute(
+            task_table.update()
+            .where(task_table.c.task_id.in_([task_id for task_id, _ in rows]))
+            .values(state="given_up", outcome="failed", ended_at=now, lease_until=None)
+        )
+        ends = {
+            task_id: (
+                "video.failed",
+                tasks.given_up_data(task_id, snapshot, "status_proxy_timeout"),
             )
-            data = tasks.given_up_data(task_id, snapshot, "status_proxy_timeout")
-            emitted += await outbox.emit_terminal(conn, task_id, "video.failed", data, now)
-    return emitted
+            for task_id, snapshot in rows
+        }
+        return await outbox.emit_terminal(conn, ends, now)

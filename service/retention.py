@@ -3,6 +3,7 @@ stays bounded under steady load. Active work and anything still pending is never
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import sqlalchemy as sa
@@ -64,4 +65,5 @@ async def purge(db: Database, now: float, retention: float, most: int = 20) -> i
         removed += count
         if count < BATCH:
             break
+        await asyncio.sleep(0)  # SQLite writes run on the event loop: let requests through
     return removed
