@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import callbacks, outbox, retry, signing
+from service import callbacks, logs, outbox, retry, signing
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -79,6 +79,10 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         self._retrying += job.lane == outbox.RETRY
 
     async def work(self, job: outbox.Claimed) -> outbox.Result:
+        # This job runs in its own asyncio task: these ids mark its lines only.
+        logs.task_id.set(job.task_id)
+        logs.registration_id.set(job.registration_id)
+        logs.event_id.set(job.id)
         try:
             return await self.attempt(job)
         finally:
@@ -120,11 +124,7 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         self.metrics.deliveries.labels(outcome).inc()
         if accepted:
             self.metrics.delivery_latency.observe(max(0.0, time.time() - event.created_at))
-        log.debug(
-            "delivery %s",
-            outcome,
-            extra={"event_id": event.id, "registration_id": event.registration_id},
-        )
+        log.debug("delivery %s", outcome)
         return outbox.Result(
             event, started, duration_ms, status_code, error, accepted, gone, next_at
         )

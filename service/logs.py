@@ -12,14 +12,28 @@ from typing import Any
 CONTEXT = ("request_id", "task_id", "registration_id", "event_id")
 EXTRA = ("method", "path", "status", "duration_ms")
 
-# The id of the HTTP request being served, for every line logged while serving it.
+# The ids of what is being worked on (an HTTP request, a poll, a delivery), for every
+# line logged while working on it. Each job runs in its own asyncio task, so a value
+# set there stays with that job.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+task_id: ContextVar[str | None] = ContextVar("task_id", default=None)
+registration_id: ContextVar[str | None] = ContextVar("registration_id", default=None)
+event_id: ContextVar[str | None] = ContextVar("event_id", default=None)
+_VARS = {
+    "request_id": request_id,
+    "task_id": task_id,
+    "registration_id": registration_id,
+    "event_id": event_id,
+}
 
 
-class RequestContext(logging.Filter):
+class Context(logging.Filter):
+    """Fill in the ids of the current context that a line does not name itself."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "request_id", None) is None:
-            record.request_id = request_id.get()
+        for key, var in _VARS.items():
+            if getattr(record, key, None) is None:
+                setattr(record, key, var.get())
         return True
 
 
@@ -41,6 +55,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class ReadableFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = [f"{key}={value}" for key in CONTEXT if (value := getattr(record, key, None))]
+        return f"{line} [{' '.join(ids)}]" if ids else line
+
+
 def configure(level: str) -> None:
     """Set up the root logger once per process."""
     root = logging.getLogger()
@@ -49,10 +73,10 @@ def configure(level: str) -> None:
         return
     handler = logging.StreamHandler(sys.stdout)
     if sys.stdout.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(ReadableFormatter())
     else:
         handler.setFormatter(JsonFormatter())
-    handler.addFilter(RequestContext())
+    handler.addFilter(Context())
     root.handlers = [handler]
     root.setLevel(level.upper())
     root._status_proxy = True  # type: ignore[attr-defined]

@@ -183,6 +183,7 @@ class Claimed:
     created_at: float
     lease_until: float
     callback_url: str = ""
+    task_id: str = ""
     lane: int = FIRST
 
 
@@ -249,17 +250,17 @@ async def claim(
         ).all()
     ]
     if claimed:
-        urls: dict[str, str] = dict(
-            (
-                await conn.execute(
-                    sa.select(registrations.c.id, registrations.c.callback_url).where(
-                        registrations.c.id.in_({event.registration_id for event in claimed})
-                    )
-                )
-            ).all()
-        )
+        targets = {
+            row.id: row
+            for row in await conn.execute(
+                sa.select(
+                    registrations.c.id, registrations.c.callback_url, registrations.c.task_id
+                ).where(registrations.c.id.in_({event.registration_id for event in claimed}))
+            )
+        }
         for event in claimed:
-            event.callback_url = urls[event.registration_id]
+            target = targets[event.registration_id]
+            event.callback_url, event.task_id = target.callback_url, target.task_id
     claimed.sort(key=lambda event: event.seq)
     return claimed
 

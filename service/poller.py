@@ -9,7 +9,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import outbox, registrations, retention, tasks
+from service import logs, outbox, registrations, retention, tasks
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -115,8 +115,10 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         self.limiter.take()
 
     async def work(self, job: tasks.Claimed) -> tuple[tasks.Claimed, Fetch]:
+        logs.task_id.set(job.task_id)  # this job runs in its own asyncio task
         fetch = await self.upstream.fetch(job.task_id)
         self.metrics.upstream_requests.labels(fetch.outcome).inc()
+        log.debug("poll %s", fetch.outcome)
         self._note(fetch)
         return job, fetch
 

@@ -322,3 +322,27 @@ def test_json_logs_carry_the_request_id_and_one_access_line(db_url, upstream, ho
     assert len(mine) == 1 and mine[0]["status"] == 201 and mine[0]["path"] == "/v1/registrations"
     assert mine[0]["method"] == "POST" and mine[0]["duration_ms"] >= 0
     assert not [line for line in lines if line["logger"] == "uvicorn.access"]
+
+
+def test_worker_lines_name_their_task_registration_and_event(db_url, upstream, hooks):
+    proc = serve(db_url, upstream.url, STATUS_PROXY_LOG_LEVEL="debug").wait_ready()
+    try:
+        task = upstream.add(duration=0.1, queued=0)
+        answer = httpx.post(
+            f"{proc.url}/v1/registrations",
+            json={"task_id": task, "callback_url": f"{hooks.url}/ids"},
+        )
+        registration = answer.json()["id"]
+        eventually(lambda: hooks.at("/ids"))
+        event = hooks.at("/ids")[0].headers["webhook-id"]
+    finally:
+        proc.stop()
+    lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+    polls = [line for line in lines if line["message"].startswith("poll ")]
+    assert polls and all(line["task_id"] == task for line in polls)
+    assert "request_id" not in polls[0]  # a worker line is not part of any request
+    deliveries = [line for line in lines if line["message"].startswith("delivery ")]
+    assert [line["message"] for line in deliveries] == ["delivery accepted"]
+    assert deliveries[0]["task_id"] == task
+    assert deliveries[0]["registration_id"] == registration
+    assert deliveries[0]["event_id"] == event
