@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test demo lint install bench clean
+.PHONY: run test demo lint install bench image-test clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "status-proxy needs Python 3.11 or newer")'
@@ -28,6 +28,11 @@ demo: $(STAMP)
 # Every figure against its reference in the same run; writes bench/results.json.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Builds the Dockerfile with podman on a local Debian base, runs it, sees a webhook.
+# Needs root and Debian's podman, buildah, runc, slirp4netns and debootstrap.
+image-test: $(STAMP)
+	STATUS_PROXY_IMAGE_TEST=1 $(BIN)/pytest tests/test_image.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check service migrations tests bench
