@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from types import FrameType
 from typing import Any, TypeVar
@@ -36,19 +37,37 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, except that a SIGTERM after a clean drain exits 0.
+    """uvicorn's server, except that a SIGTERM after a clean drain exits 0, and that
+    with a shutdown delay the first signal only marks the process not ready.
 
     uvicorn 0.29 and later re-raise the signal once shut down, which makes the
     process die by it (status -15); we record nothing to re-raise."""
 
+    def __init__(self, config: uvicorn.Config, shutdown_delay: float = 0.0) -> None:
+        super().__init__(config)
+        self.shutdown_delay = shutdown_delay
+        self.exit_at: float | None = None
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        runtime = getattr(getattr(self.config.app, "state", None), "runtime", None)
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
-        else:
+        elif self.exit_at is None and self.shutdown_delay > 0 and runtime is not None:
+            # Still serving, but /readyz says "shutting down" until the delay is over.
+            runtime.draining = True
+            self.exit_at = time.monotonic() + self.shutdown_delay
+        else:  # no delay, or a second signal during it
             self.should_exit = True
 
+    async def on_tick(self, counter: int) -> bool:
+        if self.exit_at is not None and time.monotonic() >= self.exit_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
-def serve_app(app: FastAPI, host: str, port: int, log_level: str) -> None:
+
+def serve_app(
+    app: FastAPI, host: str, port: int, log_level: str, shutdown_delay: float = 0.0
+) -> None:
     config = uvicorn.Config(
         app,
         host=host,
@@ -59,14 +78,14 @@ def serve_app(app: FastAPI, host: str, port: int, log_level: str) -> None:
         access_log=False,  # the app logs one access line per request, with its request id
         proxy_headers=False,
     )
-    Server(config).run()
+    Server(config, shutdown_delay).run()
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from service.main import create_app
 
     app = create_app(settings, workers=not args.no_workers)
-    serve_app(app, args.host, args.port, settings.log_level)
+    serve_app(app, args.host, args.port, settings.log_level, settings.shutdown_delay)
     return 0
 
 
@@ -168,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from service.main import create_app
 
                 app = create_app(settings, workers=True, api=False)
-                serve_app(app, args.host, args.port, settings.log_level)
+                serve_app(app, args.host, args.port, settings.log_level, settings.shutdown_delay)
                 return 0
             return run(_work(settings))
         if args.command == "migrate":

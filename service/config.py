@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     empty_video_retries: int = Field(3, ge=0)
     # Ended registrations, their attempts and unneeded snapshots are purged this long after.
     retention: float = Field(30 * 86400.0, gt=0)
+    # Between SIGTERM and closing the listener, /readyz answers 503 while requests are
+    # still served, so a load balancer moves traffic away before connections are refused.
+    shutdown_delay: float = Field(0.0, ge=0)
 
     @field_validator("api_keys", mode="before")
     @classmethod

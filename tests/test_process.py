@@ -98,6 +98,23 @@ def test_sigterm_drains_and_exits_zero(db_url, upstream):
     assert proc.stop(signal.SIGTERM) == 0
 
 
+def test_shutdown_delay_fails_readiness_first_and_keeps_serving(db_url, upstream):
+    proc = serve(db_url, upstream.url, STATUS_PROXY_SHUTDOWN_DELAY="3").wait_ready()
+    proc.popen.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+
+    def not_ready():
+        answer = httpx.get(f"{proc.url}/readyz", timeout=1)
+        return answer.status_code == 503 and "shutting down" in answer.json()["reasons"]
+
+    eventually(not_ready, timeout=2)
+    # Still serving the API while the load balancer notices.
+    assert httpx.get(f"{proc.url}/v1/registrations", timeout=1).status_code == 200
+    assert proc.popen.poll() is None
+    assert proc.stop(signal.SIGTERM) == 0  # a second signal does not wait out the delay
+    assert time.monotonic() - started < 3
+
+
 def test_sigint_exits_zero(db_url, upstream):
     proc = serve(db_url, upstream.url).wait_ready()
     assert proc.stop(signal.SIGINT) == 0
