@@ -336,6 +336,8 @@ def test_json_logs_carry_the_request_id_and_one_access_line(db_url, upstream, ho
     lines = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
     access = [line for line in lines if line["logger"] == "service.access"]
     mine = [line for line in access if line.get("request_id") == "req-7f3a"]
+    # At info, a request logs its access line and nothing else.
+    assert [line for line in lines if line.get("request_id") == "req-7f3a"] == mine
     assert len(mine) == 1 and mine[0]["status"] == 201 and mine[0]["path"] == "/v1/registrations"
     assert mine[0]["method"] == "POST" and mine[0]["duration_ms"] >= 0
     assert not [line for line in lines if line["logger"] == "uvicorn.access"]
