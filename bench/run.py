@@ -412,16 +412,34 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+FIGURES = {
+    "api": api_figures,
+    "polls": poller_figure,
+    "webhooks": delivery_figure,
+    "footprint": footprint_figure,
+    "latency": latency_figure,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", choices=FIGURES, action="append",
+        help="run these figures only and print them (results.json is left alone)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.client:
         print(json.dumps(run_client(json.loads(args.client))))
         return 0
     size = SIZES["smoke" if args.smoke else "full"]
+    if args.only:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.only:
+                print(name, json.dumps(FIGURES[name](size, Path(tmp)), default=str)[:2000])
+        return 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

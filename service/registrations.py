@@ -72,8 +72,12 @@ def _select() -> sa.Select[Any]:
     )
 
 
+def _snapshot(raw: str | None) -> dict[str, Any] | None:
+    snapshot = json.loads(raw) if raw else None
+    return snapshot if isinstance(snapshot, dict) else None
+
+
 def _public(row: Any) -> RegistrationPublic:
-    snapshot = json.loads(row.snapshot) if row.snapshot else None
     return RegistrationPublic(
         id=row.id,
         task_id=row.task_id,
@@ -82,7 +86,7 @@ def _public(row: Any) -> RegistrationPublic:
         metadata=row.metadata,
         state=row.state,
         created_at=int(row.created_at),
-        task=snapshot if isinstance(snapshot, dict) else None,
+        task=_snapshot(row.snapshot),
     )
 
 
@@ -103,12 +107,26 @@ async def create(
                 ).first()
                 if existing is not None:
                     return Created(_same_or_conflict(existing, body), False, 0)
-                registration_id, emitted = await _insert(db, conn, owner, key, body, now, interval)
+                registration_id, emitted, task = await _insert(
+                    db, conn, owner, key, body, now, interval
+                )
                 await db.notify(conn, "events" if emitted else "tasks")
-                row = (
-                    await conn.execute(_select().where(registrations.c.id == registration_id))
-                ).one()
-                return Created(_public(row), True, emitted)
+                if task.state == "ended":  # rare: the insert may have ended it already
+                    row = (
+                        await conn.execute(_select().where(registrations.c.id == registration_id))
+                    ).one()
+                    return Created(_public(row), True, emitted)
+                public = RegistrationPublic(
+                    id=registration_id,
+                    task_id=body.task_id,
+                    callback_url=body.callback_url,
+                    events=list(body.events),
+                    metadata=body.metadata,
+                    state="active",
+                    created_at=int(now),
+                    task=_snapshot(task.snapshot),
+                )
+                return Created(public, True, emitted)
         except IntegrityError:
             continue  # a concurrent twin won the unique index; read it on the next pass
     raise Conflict("the registration is being created concurrently; retry")
@@ -132,29 +150,32 @@ async def _insert(
     body: RegistrationCreate,
     now: float,
     interval: float,
-) -> tuple[str, int]:
-    await conn.execute(
-        db.insert_ignore(
-            task_table,
-            {
-                "task_id": body.task_id,
-                "state": "watching",
-                "created_at": now,
-                "watch_started_at": now,
-                "next_poll_at": 0.0,  # first polls sort ahead of routine ones
-                "interval": interval,
-                "errors": 0,
-                "empty_completions": 0,
-            },
-        )
+) -> tuple[str, int, Any]:
+    """Insert the registration, and its task unless known; answer its id, the events
+    queued at once (for a task already ended) and the task's state before."""
+    fresh = db.insert_ignore(
+        task_table,
+        {
+            "task_id": body.task_id,
+            "state": "watching",
+            "created_at": now,
+            "watch_started_at": now,
+            "next_poll_at": 0.0,  # first polls sort ahead of routine ones
+            "interval": interval,
+            "errors": 0,
+            "empty_completions": 0,
+        },
     )
-    task = (
-        await conn.execute(
-            sa.select(task_table.c.state, task_table.c.outcome, task_table.c.snapshot).where(
-                task_table.c.task_id == body.task_id
-            )
-        )
-    ).one()
+    task_columns = (task_table.c.state, task_table.c.outcome, task_table.c.snapshot)
+    task = None
+    if conn.dialect.insert_returning:  # SQLite 3.35+ and PostgreSQL: one round trip
+        task = (await conn.execute(fresh.returning(*task_columns))).first()
+    else:
+        await conn.execute(fresh)
+    if task is None:  # the task was known already
+        task = (
+            await conn.execute(sa.select(*task_columns).where(task_table.c.task_id == body.task_id))
+        ).one()
     if task.state in ("idle", "given_up"):
         # Nobody was watching it, or we gave it up: watch it afresh.
         await conn.execute(
@@ -193,7 +214,7 @@ async def _insert(
         emitted = await outbox.emit_for_registration(
             conn, registration_id, body.events, body.metadata, event_type, task.snapshot, now
         )
-    return registration_id, emitted
+    return registration_id, emitted, task
 
 
 async def get(db: Database, owner: str, registration_id: str) -> RegistrationPublic:
