@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -72,6 +73,23 @@ def _select() -> sa.Select[Any]:
     )
 
 
+# Built once: a statement made per request costs more to build and key for the cache
+# than SQLite takes to run it. Values travel as parameters.
+_ACTIVE_TWIN = _select().where(
+    registrations.c.dedupe_key == sa.bindparam("key"), registrations.c.state == "active"
+)
+_TASK_COLUMNS = (task_table.c.state, task_table.c.outcome, task_table.c.snapshot)
+_TASK_STATE = sa.select(*_TASK_COLUMNS).where(task_table.c.task_id == sa.bindparam("task_id"))
+_NEW_TASK = {  # by "is SQLite": INSERT … ON CONFLICT DO NOTHING in each dialect
+    True: sqlite.insert(task_table).on_conflict_do_nothing(),
+    False: postgresql.insert(task_table).on_conflict_do_nothing(),
+}
+_NEW_TASK_RETURNING = {
+    is_sqlite: insert.returning(*_TASK_COLUMNS) for is_sqlite, insert in _NEW_TASK.items()
+}
+_NEW_REGISTRATION = registrations.insert()
+
+
 def _snapshot(raw: str | None) -> dict[str, Any] | None:
     snapshot = json.loads(raw) if raw else None
     return snapshot if isinstance(snapshot, dict) else None
@@ -98,13 +116,7 @@ async def create(
     for _ in range(3):
         try:
             async with db.write() as conn:
-                existing = (
-                    await conn.execute(
-                        _select().where(
-                            registrations.c.dedupe_key == key, registrations.c.state == "active"
-                        )
-                    )
-                ).first()
+                existing = (await conn.execute(_ACTIVE_TWIN, {"key": key})).first()
                 if existing is not None:
                     return Created(_same_or_conflict(existing, body), False, 0)
                 registration_id, emitted, task = await _insert(
@@ -153,29 +165,24 @@ async def _insert(
 ) -> tuple[str, int, Any]:
     """Insert the registration, and its task unless known; answer its id, the events
     queued at once (for a task already ended) and the task's state before."""
-    fresh = db.insert_ignore(
-        task_table,
-        {
-            "task_id": body.task_id,
-            "state": "watching",
-            "created_at": now,
-            "watch_started_at": now,
-            "next_poll_at": 0.0,  # first polls sort ahead of routine ones
-            "interval": interval,
-            "errors": 0,
-            "empty_completions": 0,
-        },
-    )
-    task_columns = (task_table.c.state, task_table.c.outcome, task_table.c.snapshot)
+    fresh = {
+        "task_id": body.task_id,
+        "state": "watching",
+        "created_at": now,
+        "watch_started_at": now,
+        "next_poll_at": 0.0,  # first polls sort ahead of routine ones
+        "interval": interval,
+        "errors": 0,
+        "empty_completions": 0,
+    }
     task = None
     if conn.dialect.insert_returning:  # SQLite 3.35+ and PostgreSQL: one round trip
-        task = (await conn.execute(fresh.returning(*task_columns))).first()
+        insert = _NEW_TASK_RETURNING[db.is_sqlite]
+        task = (await conn.execute(insert, fresh)).first()
     else:
-        await conn.execute(fresh)
+        await conn.execute(_NEW_TASK[db.is_sqlite], fresh)
     if task is None:  # the task was known already
-        task = (
-            await conn.execute(sa.select(*task_columns).where(task_table.c.task_id == body.task_id))
-        ).one()
+        task = (await conn.execute(_TASK_STATE, {"task_id": body.task_id})).one()
     if task.state in ("idle", "given_up"):
         # Nobody was watching it, or we gave it up: watch it afresh.
         await conn.execute(
@@ -195,18 +202,19 @@ async def _insert(
         )
     registration_id = ids.new_id("reg")
     await conn.execute(
-        registrations.insert().values(
-            id=registration_id,
-            owner=owner,
-            task_id=body.task_id,
-            callback_url=body.callback_url,
-            events=list(body.events),
-            metadata=body.metadata,
-            state="active",
-            dedupe_key=key,
-            created_at=now,
-            updated_at=now,
-        )
+        _NEW_REGISTRATION,
+        {
+            "id": registration_id,
+            "owner": owner,
+            "task_id": body.task_id,
+            "callback_url": body.callback_url,
+            "events": list(body.events),
+            "metadata": body.metadata,
+            "state": "active",
+            "dedupe_key": key,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
     emitted = 0
     if task.state == "ended":

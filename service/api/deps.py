@@ -6,10 +6,12 @@ a thread hop per dependency per request, for work that takes microseconds."""
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.errors import ApiError
@@ -18,11 +20,36 @@ from service.runtime import Runtime, key_digest
 _bearer = HTTPBearer(auto_error=False, description="One of STATUS_PROXY_API_KEYS")
 
 
+@dataclass(slots=True, frozen=True)
+class Caller:
+    """Who is calling, and the runtime to serve them with."""
+
+    runtime: Runtime
+    owner: str  # the hash of the caller's key ("" when the API is open)
+
+
+class _RouteRules:
+    """What a route accepts beyond its declared parameters, worked out once per route."""
+
+    def __init__(self, route: APIRoute) -> None:
+        self.query_names = frozenset(_query_names(route.dependant))
+        self.takes_json = route.body_field is not None
+
+
 def _query_names(dependant: Dependant) -> list[str]:
     names = [param.alias for param in dependant.query_params]
     for sub in dependant.dependencies:
         names += _query_names(sub)
     return names
+
+
+def _rules(route: Any) -> _RouteRules | None:
+    if not isinstance(route, APIRoute):
+        return None
+    rules: _RouteRules | None = route.__dict__.get("_status_proxy_rules")
+    if rules is None:
+        rules = route.__dict__["_status_proxy_rules"] = _RouteRules(route)
+    return rules
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -33,11 +60,32 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-async def get_owner(
-    runtime: RuntimeDep,
+async def get_caller(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The caller's identity: the hash of its key ("" when the API is open)."""
+) -> Caller:
+    """Every /v1 route's one dependency, so a request pays for one, not four: checks the
+    key first (strangers learn nothing about the routes), then refuses query parameters
+    the route does not take, as bodies refuse unknown fields, and bodies that are not
+    JSON on routes that take one."""
+    runtime: Runtime = request.app.state.runtime
+    owner = _authenticate(runtime, credentials)
+    rules = _rules(request.scope.get("route"))
+    if rules is not None:
+        for name in request.query_params:
+            if name not in rules.query_names:
+                raise ApiError(422, f"unknown query parameter {name!r}", name or None)
+        if rules.takes_json:
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json" and not media.endswith("+json"):
+                raise ApiError(415, "the body must be JSON, sent as Content-Type: application/json")
+    return Caller(runtime, owner)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def _authenticate(runtime: Runtime, credentials: HTTPAuthorizationCredentials | None) -> str:
     digests: list[bytes] = runtime.key_digests
     if not digests:
         return ""
@@ -50,26 +98,3 @@ async def get_owner(
     if not found:
         raise ApiError(401, "the API key is not valid")
     return given.hex()
-
-
-OwnerDep = Annotated[str, Depends(get_owner)]
-
-
-async def known_query(request: Request, _owner: OwnerDep) -> None:
-    """Refuse query parameters the route does not take, as bodies refuse unknown fields
-    (after the key is checked: strangers learn nothing about the routes)."""
-    route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
-    if dependant is None:
-        return
-    known = set(_query_names(dependant))
-    for name in request.query_params:
-        if name not in known:
-            raise ApiError(422, f"unknown query parameter {name!r}", name or None)
-
-
-async def json_content(request: Request, _owner: OwnerDep) -> None:
-    """Bodies are JSON: say so, rather than fail to parse something else."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise ApiError(415, "the body must be JSON, sent as Content-Type: application/json")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from service import callbacks, ids, registrations
-from service.api.deps import OwnerDep, RuntimeDep, json_content, known_query
+from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
 from service.models import (
     AttemptPublic,
@@ -19,9 +19,7 @@ from service.models import (
     RegistrationState,
 )
 
-router = APIRouter(
-    prefix="/v1/registrations", tags=["registrations"], dependencies=[Depends(known_query)]
-)
+router = APIRouter(prefix="/v1/registrations", tags=["registrations"])
 
 RegistrationId = Annotated[str, Path(max_length=64, description="A registration id, reg_…")]
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, 1-100")]
@@ -62,63 +60,69 @@ def _page(items: list[HasId], has_more: bool) -> Page[HasId]:
     "",
     status_code=status.HTTP_201_CREATED,
     responses=_ALREADY | responses(400, 401, 409, 413, 415, 422, 503),
-    dependencies=[Depends(json_content)],
 )
 async def create_registration(
-    body: RegistrationCreate, owner: OwnerDep, runtime: RuntimeDep, response: Response
+    body: RegistrationCreate, caller: CallerDep, response: Response
 ) -> RegistrationPublic:
     """Watch a task and deliver its terminal event to the callback URL."""
     try:
-        await callbacks.check(body.callback_url, runtime.settings.callback_allow_private)
+        await callbacks.check(body.callback_url, caller.runtime.settings.callback_allow_private)
     except callbacks.CallbackRejected as exc:
         raise ApiError(422, str(exc), "callback_url") from None
     try:
         created = await registrations.create(
-            runtime.db, owner, body, time.time(), runtime.settings.poll_interval_min
+            caller.runtime.db,
+            caller.owner,
+            body,
+            time.time(),
+            caller.runtime.settings.poll_interval_min,
         )
     except registrations.Conflict as exc:
         raise ApiError(409, str(exc), exc.param) from None
     if created.created:
-        runtime.kick_poller()
+        caller.runtime.kick_poller()
     else:
         response.status_code = status.HTTP_200_OK
     if created.events:
-        runtime.kick_delivery()
+        caller.runtime.kick_delivery()
     return created.registration
 
 
 @router.get("", responses=responses(401, 422, 503))
 async def list_registrations(
-    owner: OwnerDep,
-    runtime: RuntimeDep,
+    caller: CallerDep,
     task_id: Annotated[str | None, Query(max_length=200)] = None,
     state: RegistrationState | None = None,
     limit: Limit = 20,
     after: RegistrationAfter = None,
 ) -> Page[RegistrationPublic]:
     """The caller's registrations, newest first."""
-    items, has_more = await registrations.page(runtime.db, owner, limit, after, task_id, state)
+    items, has_more = await registrations.page(
+        caller.runtime.db, caller.owner, limit, after, task_id, state
+    )
     return _page(items, has_more)
 
 
 @router.get("/{registration_id}", responses=responses(401, 404, 422, 503))
 async def get_registration(
-    registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep
+    registration_id: RegistrationId, caller: CallerDep
 ) -> RegistrationPublic:
     """One registration, with the task's latest snapshot."""
     try:
-        return await registrations.get(runtime.db, owner, _known(registration_id))
+        return await registrations.get(caller.runtime.db, caller.owner, _known(registration_id))
     except registrations.NotFound:
         raise ApiError(404, "no such registration") from None
 
 
 @router.delete("/{registration_id}", responses=responses(401, 404, 409, 422, 503))
 async def cancel_registration(
-    registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep
+    registration_id: RegistrationId, caller: CallerDep
 ) -> RegistrationPublic:
     """Cancel; no webhook follows."""
     try:
-        return await registrations.cancel(runtime.db, owner, _known(registration_id), time.time())
+        return await registrations.cancel(
+            caller.runtime.db, caller.owner, _known(registration_id), time.time()
+        )
     except registrations.NotFound:
         raise ApiError(404, "no such registration") from None
     except registrations.Conflict as exc:
@@ -128,15 +132,14 @@ async def cancel_registration(
 @router.get("/{registration_id}/deliveries", responses=responses(401, 404, 422, 503))
 async def list_deliveries(
     registration_id: RegistrationId,
-    owner: OwnerDep,
-    runtime: RuntimeDep,
+    caller: CallerDep,
     limit: Limit = 20,
     after: AttemptAfter = None,
 ) -> Page[AttemptPublic]:
     """Delivery attempts, oldest first."""
     try:
         items, has_more = await registrations.deliveries(
-            runtime.db, owner, _known(registration_id), limit, after
+            caller.runtime.db, caller.owner, _known(registration_id), limit, after
         )
     except registrations.NotFound:
         raise ApiError(404, "no such registration") from None
@@ -148,17 +151,15 @@ async def list_deliveries(
     status_code=status.HTTP_202_ACCEPTED,
     responses=responses(401, 404, 409, 422, 503),
 )
-async def redeliver(
-    registration_id: RegistrationId, owner: OwnerDep, runtime: RuntimeDep
-) -> Redelivery:
+async def redeliver(registration_id: RegistrationId, caller: CallerDep) -> Redelivery:
     """Send the terminal event again, with the same webhook-id."""
     try:
         event_id = await registrations.redeliver(
-            runtime.db, owner, _known(registration_id), time.time()
+            caller.runtime.db, caller.owner, _known(registration_id), time.time()
         )
     except registrations.NotFound:
         raise ApiError(404, "no such registration") from None
     except registrations.Conflict as exc:
         raise ApiError(409, str(exc)) from None
-    runtime.kick_delivery()
+    caller.runtime.kick_delivery()
     return Redelivery(registration_id=registration_id, event_id=event_id)

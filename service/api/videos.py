@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Path, Response
 
-from service.api.deps import OwnerDep, RuntimeDep, known_query
+from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
-from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, Task, valid_task_id
+from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, valid_task_id
 
-router = APIRouter(prefix="/v1/videos", tags=["videos"], dependencies=[Depends(known_query)])
-tasks = Task.__table__  # type: ignore[attr-defined]
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 TaskId = Annotated[
     str,
@@ -33,6 +31,9 @@ _SNAPSHOT: dict[int | str, dict[str, Any]] = {
 }
 
 
+SNAPSHOT_SQL = "SELECT snapshot, snapshot_at FROM tasks WHERE task_id = :task_id"
+
+
 def checked_task_id(task_id: str) -> str:
     if not valid_task_id(task_id):
         raise ApiError(422, "task_id has characters or a form that is not allowed", "task_id")
@@ -44,18 +45,15 @@ def checked_task_id(task_id: str) -> str:
     response_class=Response,
     responses=_SNAPSHOT | responses(401, 404, 422, 502, 504, 503),
 )
-async def get_video(task_id: TaskId, _owner: OwnerDep, runtime: RuntimeDep) -> Response:
+async def get_video(task_id: TaskId, caller: CallerDep) -> Response:
     """The latest stored snapshot, with no upstream request; untracked tasks are fetched once."""
     checked_task_id(task_id)
-    async with runtime.db.read() as conn:
-        row = (
-            await conn.execute(
-                sa.select(tasks.c.snapshot, tasks.c.snapshot_at).where(tasks.c.task_id == task_id)
-            )
-        ).first()
-    if row is not None and row.snapshot is not None:
-        age = max(0, int(time.time() - row.snapshot_at))
-        return Response(row.snapshot, media_type="application/json", headers={"Age": str(age)})
+    runtime = caller.runtime
+    row = await runtime.db.lookup(SNAPSHOT_SQL, {"task_id": task_id})
+    if row is not None and row[0] is not None:
+        snapshot, snapshot_at = row
+        age = max(0, int(time.time() - snapshot_at))
+        return Response(snapshot, media_type="application/json", headers={"Age": str(age)})
     fetch = await runtime.upstream.fetch(task_id)
     runtime.metrics.upstream_requests.labels(fetch.outcome).inc()
     if fetch.outcome == "ok":
