@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import logs
+from service import dashboard, logs
 from service.api import errors, health, registrations, videos
 from service.api.access import AccessLog
 from service.api.limits import BodyLimit
@@ -45,5 +45,6 @@ def create_app(
     if api:
         app.include_router(registrations.router)
         app.include_router(videos.router)
+        dashboard.install(app)
     app.include_router(health.router)
     return app

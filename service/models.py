@@ -114,7 +114,10 @@ class Attempt(SQLModel, table=True):
     """One try at sending one event."""
 
     __tablename__ = "attempts"
-    __table_args__ = (sa.Index("ix_attempts_registration", "registration_id", "id"),)
+    __table_args__ = (
+        sa.Index("ix_attempts_registration", "registration_id", "id"),
+        sa.Index("ix_attempts_created", "created_at"),
+    )
 
     id: str = Col(primary_key=True, max_length=40)
     registration_id: str = Col(max_length=40)

@@ -213,8 +213,9 @@ def test_bad_configuration_is_reported(tmp_path):
     assert result.returncode == 2 and b"bad configuration" in result.stderr
 
 
-def test_wheel_ships_the_migrations(tmp_path):
-    """A non-editable install carries the migrations and can migrate an empty database."""
+def test_wheel_ships_the_migrations_and_the_dashboard(tmp_path):
+    """A non-editable install carries the migrations and can migrate an empty database,
+    and carries the dashboard's templates and static files."""
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -229,6 +230,9 @@ def test_wheel_ships_the_migrations(tmp_path):
         check=True, capture_output=True,
     )  # fmt: skip
     assert (target / "service" / "migrations" / "env.py").is_file()
+    dashboard = target / "service" / "dashboard"
+    assert (dashboard / "templates" / "index.html").is_file()
+    assert (dashboard / "static" / "dashboard.js").is_file()
     env = env_for(f"sqlite:///{tmp_path / 'w.db'}", "http://127.0.0.1:9")
     env["PYTHONPATH"] = str(target)
     probe = "import service, sys; print(service.__file__)"

@@ -45,8 +45,14 @@ def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
         assert call("GET", f"/v1/videos/{task}").status_code == 200
         assert call("GET", "/v1/videos/video_nowhere").status_code == 404
         assert call("POST", "/v1/registrations", content=b"{bad").status_code == 415
-        for path in ("/readyz", "/metrics", "/openapi.json", "/healthz"):
+        for path in ("/readyz", "/metrics", "/openapi.json", "/healthz", "/dashboard"):
             call("GET", path)
+        # The dashboard: a refused key and a good one in its login form.
+        assert call("POST", "/dashboard/login", key=None, data={"key": "wrong"}).status_code == 401
+        assert (
+            call("POST", "/dashboard/login", key=None, data={"key": CLIENT_KEYS[1]}).status_code
+            == 303
+        )
         # The upstream stops taking our key: the alarm must not quote it.
         upstream.sim.api_key = "sk-rotated-elsewhere"
         call("POST", "/v1/registrations", json={**body, "task_id": upstream.add(duration=5)})

@@ -1,0 +1,224 @@
+"""The dashboard: server-rendered pages at /dashboard, behind the same keys as /v1.
+
+A key entered once is kept in a session cookie (HttpOnly, SameSite=Strict, scoped to
+/dashboard). The cookie holds a token derived from the key, never the key, and never
+the owner id stored in the database, so neither a copied cookie works on /v1 nor a
+database copy on the dashboard. Every value shown is escaped by the templates, and
+the Content-Security-Policy allows no inline script at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from service import registrations
+from service.dashboard import data
+from service.runtime import Runtime, key_digest
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "status_proxy_dashboard"
+PATH = "/dashboard"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.autoescape = True  # every template, whatever its name
+templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+router = APIRouter(prefix=PATH, include_in_schema=False)
+static = StaticFiles(directory=HERE / "static")
+
+
+class LoginRequired(Exception):
+    """No valid key on this request: show the login form."""
+
+
+class CrossSite(Exception):
+    """A form posted from another origin."""
+
+
+def _token(key: str) -> bytes:
+    return hashlib.sha256(b"status-proxy dashboard session\0" + key.encode()).digest()
+
+
+def _sessions(runtime: Runtime) -> list[tuple[bytes, str]]:
+    """(cookie token, owner id) for every configured key, worked out once."""
+    found: list[tuple[bytes, str]] | None = getattr(runtime, "_dashboard_sessions", None)
+    if found is None:
+        keys = [key.get_secret_value() for key in runtime.settings.api_keys]
+        found = [(_token(key), key_digest(key).hex()) for key in keys]
+        runtime._dashboard_sessions = found  # type: ignore[attr-defined]
+    return found
+
+
+def _owner_for_token(runtime: Runtime, given: bytes) -> str | None:
+    owner = None
+    for token, candidate in _sessions(runtime):  # every one compared: timing tells nothing
+        if hmac.compare_digest(given, token):
+            owner = candidate
+    return owner
+
+
+async def get_owner(request: Request) -> str:
+    """The caller's owner id from the session cookie or a Bearer key ("" when open)."""
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.settings.api_keys:
+        return ""
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        given = _token(header[7:].strip())
+    else:
+        try:
+            given = bytes.fromhex(request.cookies.get(COOKIE, ""))
+        except ValueError:
+            given = b""
+    owner = _owner_for_token(runtime, given)
+    if owner is None:
+        raise LoginRequired
+    return owner
+
+
+def same_origin(request: Request) -> None:
+    """Refuse a form posted from another site (the cookie's SameSite=Strict aside)."""
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        raise CrossSite
+
+
+Owner = Annotated[str, Depends(get_owner)]
+
+
+def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    runtime: Runtime = request.app.state.runtime
+    context.setdefault("keys_required", bool(runtime.settings.api_keys))
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def login_page(request: Request, error: str | None = None, status_code: int = 401) -> Response:
+    return page(request, "login.html", status_code, error=error, signing_in=True)
+
+
+def upstream_health(runtime: Runtime) -> tuple[str, str]:
+    """A word on the upstream as this process sees it, and its tone."""
+    poller = runtime.poller
+    if poller is None:
+        return "not polled by this process", "muted"
+    if poller.auth_problem:
+        return "key refused: polling paused", "bad"
+    if poller.limiter.paused_until > time.monotonic():
+        return "rate limited: paused", "warn"
+    return "ok", "good"
+
+
+async def _header(request: Request, owner: str) -> dict[str, Any]:
+    runtime: Runtime = request.app.state.runtime
+    health, tone = upstream_health(runtime)
+    return {
+        "counters": await data.counters(runtime.db, owner, time.time()),
+        "health": health,
+        "health_tone": tone,
+        "problems": [p for p in runtime.problems() if "polling paused" not in p],
+    }
+
+
+@router.get("")
+async def index(request: Request, owner: Owner, state: str = "all") -> Response:
+    runtime: Runtime = request.app.state.runtime
+    which = state if state in data.FILTERS else "all"
+    rows = await data.rows(runtime.db, owner, which)
+    header = await _header(request, owner)
+    return page(request, "index.html", rows=rows, which=which, filters=list(data.FILTERS), **header)
+
+
+@router.get("/registrations/{registration_id}")
+async def registration(
+    request: Request, registration_id: str, owner: Owner, done: str | None = None
+) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    found = await data.detail(runtime.db, owner, registration_id)
+    if found is None:
+        return page(request, "missing.html", 404)
+    detail, tries = found
+    header = await _header(request, owner)
+    notice = {"redelivered": "Redelivery queued: a new attempt follows shortly."}.get(done or "")
+    return page(
+        request, "registration.html", detail=detail, attempts=tries, notice=notice, **header
+    )
+
+
+@router.post("/registrations/{registration_id}/redeliver")
+async def redeliver(request: Request, registration_id: str, owner: Owner) -> Response:
+    same_origin(request)
+    runtime: Runtime = request.app.state.runtime
+    try:
+        await registrations.redeliver(runtime.db, owner, registration_id, time.time())
+    except registrations.NotFound:
+        return page(request, "missing.html", 404)
+    except registrations.Conflict as exc:
+        found = await data.detail(runtime.db, owner, registration_id)
+        assert found is not None
+        header = await _header(request, owner)
+        return page(
+            request, "registration.html", 409,
+            detail=found[0], attempts=found[1], error=str(exc), **header,
+        )  # fmt: skip
+    runtime.kick_delivery()
+    return RedirectResponse(f"{PATH}/registrations/{registration_id}?done=redelivered", 303)
+
+
+@router.post("/login")
+async def login(request: Request, key: Annotated[str, Form(max_length=500)] = "") -> Response:
+    same_origin(request)
+    runtime: Runtime = request.app.state.runtime
+    if not runtime.settings.api_keys:
+        return RedirectResponse(PATH, 303)
+    token = _token(key.strip())
+    if _owner_for_token(runtime, token) is None:
+        return login_page(request, "That key is not one of STATUS_PROXY_API_KEYS.")
+    response = RedirectResponse(PATH, 303)
+    response.set_cookie(
+        COOKIE, token.hex(), path=PATH, httponly=True, samesite="strict",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    same_origin(request)
+    response = RedirectResponse(PATH, 303)
+    response.delete_cookie(COOKIE, path=PATH)
+    return response
+
+
+def install(app: Any) -> None:
+    """Mount the pages and their static files, and answer a missing login with the form."""
+
+    async def needs_login(request: Request, _exc: Exception) -> Response:
+        return login_page(request)
+
+    async def cross_site(_request: Request, _exc: Exception) -> Response:
+        return Response("cross-site form refused", 403, media_type="text/plain")
+
+    app.add_exception_handler(LoginRequired, needs_login)
+    app.add_exception_handler(CrossSite, cross_site)
+    app.mount(f"{PATH}/static", static, name="dashboard-static")
+    app.include_router(router)

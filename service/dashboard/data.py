@@ -1,0 +1,181 @@
+"""What the dashboard shows, read from the database for one caller (one API key)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from service.db import Database
+from service.models import Attempt, Event, Registration, Task
+
+tasks = Task.__table__  # type: ignore[attr-defined]
+registrations = Registration.__table__  # type: ignore[attr-defined]
+events = Event.__table__  # type: ignore[attr-defined]
+attempts = Attempt.__table__  # type: ignore[attr-defined]
+
+ROWS = 100
+FAILURE_WINDOW = 3600.0
+
+# The filter menu: name → condition on the task.
+FILTERS: dict[str, Any] = {
+    "all": sa.true(),
+    "active": tasks.c.state == "watching",
+    "completed": tasks.c.outcome == "completed",
+    "failed": sa.or_(tasks.c.outcome == "failed", tasks.c.state == "given_up"),
+}
+
+
+@dataclass(slots=True, frozen=True)
+class Counters:
+    active_tasks: int
+    pending_deliveries: int
+    failures_last_hour: int
+
+
+@dataclass(slots=True, frozen=True)
+class Row:
+    """One registration with its task, as a line of the task table."""
+
+    registration_id: str
+    registration_state: str
+    task_id: str
+    status: str
+    progress: int | None
+    callback_url: str
+    metadata: str
+    created_at: float
+    updated_at: float | None
+
+
+@dataclass(slots=True, frozen=True)
+class Detail:
+    row: Row
+    events: list[str]
+    last_error: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class AttemptRow:
+    attempt: int
+    type: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    created_at: float
+
+
+def _mine(owner: str) -> Any:
+    return registrations.c.owner == owner
+
+
+async def counters(db: Database, owner: str, now: float) -> Counters:
+    joined = registrations.join(tasks, tasks.c.task_id == registrations.c.task_id)
+    active = (
+        sa.select(sa.func.count(sa.distinct(registrations.c.task_id)))
+        .select_from(joined)
+        .where(_mine(owner), registrations.c.state == "active", tasks.c.state == "watching")
+    )
+    pending = (
+        sa.select(sa.func.count())
+        .select_from(events.join(registrations, registrations.c.id == events.c.registration_id))
+        .where(_mine(owner), events.c.state == "pending")
+    )
+    failed = (
+        sa.select(sa.func.count())
+        .select_from(attempts.join(registrations, registrations.c.id == attempts.c.registration_id))
+        .where(
+            _mine(owner),
+            attempts.c.created_at > now - FAILURE_WINDOW,
+            sa.or_(
+                attempts.c.status_code.is_(None),
+                attempts.c.status_code < 200,
+                attempts.c.status_code >= 300,
+            ),
+        )
+    )
+    async with db.read() as conn:
+        values = [
+            int((await conn.execute(query)).scalar_one()) for query in (active, pending, failed)
+        ]
+    return Counters(*values)
+
+
+_ROW_COLUMNS = (
+    registrations.c.id,
+    registrations.c.state,
+    registrations.c.task_id,
+    registrations.c.callback_url,
+    registrations.c.metadata,
+    registrations.c.events,
+    registrations.c.created_at,
+    tasks.c.state.label("task_state"),
+    tasks.c.outcome,
+    tasks.c.raw_status,
+    tasks.c.progress,
+    tasks.c.snapshot_at,
+)
+
+
+def _row(found: Any) -> Row:
+    return Row(
+        registration_id=found.id,
+        registration_state=found.state,
+        task_id=found.task_id,
+        status=_status(found),
+        progress=found.progress,
+        callback_url=found.callback_url,
+        metadata=json.dumps(found.metadata, ensure_ascii=False) if found.metadata else "",
+        created_at=found.created_at,
+        updated_at=found.snapshot_at,
+    )
+
+
+def _status(found: Any) -> str:
+    if found.task_state == "given_up":
+        return "given up"
+    if found.raw_status:
+        return str(found.raw_status).lower()
+    return "not polled yet" if found.task_state == "watching" else str(found.task_state)
+
+
+async def rows(db: Database, owner: str, which: str) -> list[Row]:
+    """The caller's newest registrations with their tasks, filtered by the task's state."""
+    query = (
+        sa.select(*_ROW_COLUMNS)
+        .select_from(registrations.join(tasks, tasks.c.task_id == registrations.c.task_id))
+        .where(_mine(owner), FILTERS[which])
+        .order_by(registrations.c.id.desc())
+        .limit(ROWS)
+    )
+    async with db.read() as conn:
+        return [_row(found) for found in await conn.execute(query)]
+
+
+async def detail(
+    db: Database, owner: str, registration_id: str
+) -> tuple[Detail, list[AttemptRow]] | None:
+    """One registration of the caller's, with every attempt to deliver to it, newest first."""
+    query = (
+        sa.select(*_ROW_COLUMNS)
+        .select_from(registrations.join(tasks, tasks.c.task_id == registrations.c.task_id))
+        .where(_mine(owner), registrations.c.id == registration_id)
+    )
+    tries = (
+        sa.select(attempts)
+        .where(attempts.c.registration_id == registration_id)
+        .order_by(attempts.c.id.desc())
+        .limit(ROWS)
+    )
+    async with db.read() as conn:
+        found = (await conn.execute(query)).first()
+        if found is None:
+            return None
+        made = [
+            AttemptRow(a.attempt, a.type, a.status_code, a.error, a.duration_ms, a.created_at)
+            for a in await conn.execute(tries)
+        ]
+    last_error = next((a.error for a in made if a.error), None)
+    return Detail(_row(found), list(found.events), last_error), made

@@ -1,0 +1,155 @@
+"""The dashboard over HTTP: keys, escaping, filters, counters and redelivery."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.harness import eventually
+
+KEYS = ["dash-key-one", "dash-key-two"]
+XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
+
+
+@pytest.fixture
+def keyed(make_service):
+    return make_service(api_keys=KEYS)
+
+
+def dashboard_as(url: str, key: str) -> str:
+    """The dashboard's front page as a browser signed in with ``key`` sees it."""
+    with httpx.Client(base_url=url, timeout=15) as client:
+        answer = client.post("/dashboard/login", data={"key": key})
+        assert answer.status_code == 303, answer.text
+        return client.get("/dashboard").text
+
+
+def test_dashboard_asks_for_a_key_and_keeps_a_derived_token(keyed):
+    anonymous = httpx.get(f"{keyed.url}/dashboard")
+    assert anonymous.status_code == 401 and 'name="key"' in anonymous.text
+    wrong = httpx.post(f"{keyed.url}/dashboard/login", data={"key": "nope"})
+    assert wrong.status_code == 401 and "not one of" in wrong.text
+    assert "set-cookie" not in wrong.headers
+
+    answer = httpx.post(f"{keyed.url}/dashboard/login", data={"key": KEYS[0]})
+    assert answer.status_code == 303 and answer.headers["location"] == "/dashboard"
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard" in cookie
+    token = answer.cookies["status_proxy_dashboard"]
+    assert KEYS[0] not in cookie  # the key itself never leaves the login request
+
+    cookies = {"status_proxy_dashboard": token}
+    assert httpx.get(f"{keyed.url}/dashboard", cookies=cookies).status_code == 200
+    forged = {"status_proxy_dashboard": "00" * 32}
+    assert httpx.get(f"{keyed.url}/dashboard", cookies=forged).status_code == 401
+    assert (
+        httpx.get(f"{keyed.url}/dashboard", cookies={"status_proxy_dashboard": "zz"}).status_code
+        == 401
+    )
+    # The token is no key for the API, and a Bearer key works on the dashboard too.
+    v1 = httpx.get(f"{keyed.url}/v1/registrations", headers={"Authorization": f"Bearer {token}"})
+    assert v1.status_code == 401
+    bearer = {"Authorization": f"Bearer {KEYS[1]}"}
+    assert httpx.get(f"{keyed.url}/dashboard", headers=bearer).status_code == 200
+    for path in ("/dashboard/registrations/reg_x", "/dashboard/registrations/reg_x/redeliver"):
+        method = "POST" if path.endswith("redeliver") else "GET"
+        assert httpx.request(method, f"{keyed.url}{path}").status_code == 401
+
+    out = httpx.post(f"{keyed.url}/dashboard/logout", cookies=cookies)
+    assert out.status_code == 303 and 'status_proxy_dashboard=""' in out.headers["set-cookie"]
+
+
+def test_each_key_sees_its_own_registrations(keyed, upstream, hooks):
+    task = upstream.add(duration=30)
+    assert keyed.register(task, f"{hooks.url}/mine").status_code == 201
+    mine = dashboard_as(keyed.url, KEYS[0])
+    theirs = dashboard_as(keyed.url, KEYS[1])
+    assert task in mine and task not in theirs
+
+
+def test_every_value_is_escaped_and_no_inline_script_may_run(service, upstream, hooks):
+    task = upstream.add(duration=0.3, queued=0, outcome="failed")
+    created = service.register(task, f"{hooks.url}/x?q=<b>", metadata={"note": XSS})
+    assert created.status_code == 201, created.text
+    registration = created.json()["id"]
+    eventually(lambda: hooks.at("/x"))
+    for path in ("/dashboard", f"/dashboard/registrations/{registration}"):
+        page = httpx.get(f"{service.url}{path}")
+        assert page.status_code == 200
+        assert "<script>window" not in page.text and "<img src=x" not in page.text
+        assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page.text
+        # Scripts come from our own static file only, never inline.
+        assert re.findall(r"<script[^>]*>", page.text) == [
+            '<script src="/dashboard/static/dashboard.js" defer>'
+        ]
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+
+
+def test_filters_counters_and_attempts(service, upstream, hooks):
+    done = upstream.add(duration=0.2, queued=0)
+    running = upstream.add(duration=60, queued=0)
+    hooks.receiver.plan("/fail", 500)
+    assert service.register(done, f"{hooks.url}/fail").status_code == 201
+    assert service.register(running, f"{hooks.url}/ok").status_code == 201
+    eventually(lambda: len(hooks.at("/fail")) >= 2, timeout=20)
+
+    def view(state: str) -> str:
+        answer = httpx.get(f"{service.url}/dashboard", params={"state": state})
+        assert answer.status_code == 200
+        return answer.text
+
+    assert done in view("completed") and running not in view("completed")
+    assert running in view("active") and done not in view("active")
+    assert done in view("all") and running in view("all")
+    assert done not in view("failed")
+    assert done in view("bogus")  # an unknown filter shows everything
+
+    page = view("all")
+    assert re.search(r'id="active-tasks">1<', page)
+    assert re.search(r'id="pending-deliveries">1<', page)  # the failing one, waiting to retry
+    failures = int(re.search(r'id="failures">(\d+)<', page).group(1))
+    assert failures >= 2
+    assert re.search(r'id="upstream">ok<', page)
+
+
+def test_redeliver_from_the_dashboard(service, upstream, hooks):
+    task = upstream.add(duration=0.2, queued=0)
+    registration = service.register(task, f"{hooks.url}/again").json()["id"]
+    eventually(lambda: hooks.at("/again"))
+    detail = httpx.get(f"{service.url}/dashboard/registrations/{registration}")
+    assert detail.status_code == 200 and detail.text.count("<tr class=") == 1
+
+    foreign = httpx.post(
+        f"{service.url}/dashboard/registrations/{registration}/redeliver",
+        headers={"Origin": "https://elsewhere.example"},
+    )
+    assert foreign.status_code == 403
+    answer = httpx.post(
+        f"{service.url}/dashboard/registrations/{registration}/redeliver",
+        headers={"Origin": service.url},
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"].endswith("?done=redelivered")
+    eventually(lambda: len(hooks.at("/again")) == 2)
+    after = eventually(
+        lambda: (
+            (page := httpx.get(f"{service.url}{answer.headers['location']}").text).count(
+                "<tr class="
+            )
+            == 2
+            and page
+        )
+    )
+    assert "Redelivery queued" in after
+    missing = httpx.get(f"{service.url}/dashboard/registrations/reg_nope")
+    assert missing.status_code == 404
+
+
+def test_redeliver_before_the_task_ends_is_explained(service, upstream, hooks):
+    task = upstream.add(duration=60, queued=0)
+    registration = service.register(task, f"{hooks.url}/later").json()["id"]
+    answer = httpx.post(f"{service.url}/dashboard/registrations/{registration}/redeliver")
+    assert answer.status_code == 409 and "has not ended yet" in answer.text
