@@ -139,6 +139,23 @@ class Setting(SQLModel, table=True):
     value: str = Col(sa_column=Column(sa.Text, nullable=False))
 
 
+class IdempotencyKey(SQLModel, table=True):
+    """The first answer to a ``POST /v1/videos`` made with an ``Idempotency-Key``."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (sa.Index("ix_idempotency_expires", "expires_at"),)
+
+    owner: str = Col(primary_key=True, max_length=64)
+    key: str = Col(primary_key=True, max_length=255)
+    state: str = Col(max_length=16)  # pending (in flight) | done
+    fingerprint: str | None = Col(default=None, max_length=64)
+    status_code: int | None = None
+    content_type: str | None = Col(default=None, max_length=255)
+    body: bytes | None = Col(default=None, sa_column=Column(sa.LargeBinary, nullable=True))
+    created_at: float
+    expires_at: float
+
+
 # --- API schemas --------------------------------------------------------------------------
 
 ItemT = TypeVar("ItemT")

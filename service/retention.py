@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from service import idempotency
 from service.db import Database
 from service.models import Attempt, Event, Registration, Task
 
@@ -58,8 +59,9 @@ async def _first_column(conn: Any, query: sa.Select[Any]) -> list[Any]:
 
 
 async def purge(db: Database, now: float, retention: float, most: int = 20) -> int:
-    """Up to ``most`` batches, each its own short transaction."""
-    removed = 0
+    """Up to ``most`` batches, each its own short transaction; and expired idempotency
+    keys (kept 24 hours whatever the retention)."""
+    removed = await idempotency.purge(db, now)
     for _ in range(most):
         count = await purge_batch(db, now, retention)
         removed += count

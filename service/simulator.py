@@ -6,14 +6,43 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 NOT_EXIST = {"code": "task_not_exist", "message": "task_not_exist", "data": None}
+# Video bytes: a pattern with a prime period, so any range can be made and checked.
+PATTERN = bytes((i * 31 + 7) % 251 for i in range(251))
+CHUNK = 64 * 1024
+
+
+def video_bytes(offset: int, length: int) -> bytes:
+    """Bytes ``offset`` to ``offset + length`` of every simulated video."""
+    start = offset % len(PATTERN)
+    repeated = PATTERN * ((start + length) // len(PATTERN) + 1)
+    return repeated[start : start + length]
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | Literal[False] | None:
+    """(first, last) of a single ``bytes=`` range; None for the whole; False if unsatisfiable."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].strip().partition("-")
+    try:
+        if not first:  # the last N bytes
+            count = int(last)
+            return (max(0, size - count), size - 1) if count > 0 and size else False
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    except ValueError:
+        return None
+    return (start, end) if start <= end and start < size else False
+
+
 BAD_REQUEST = {"code": "invalid_request", "message": "model is busy", "data": None}
 
 
@@ -35,6 +64,7 @@ class SimTask:
     empty_fields: bool = False
     no_video: bool = False
     starts_when_polled: bool = False  # its clock starts at the first poll, not at creation
+    content_size: int = 256 * 1024
 
     def phase(self, now: float) -> tuple[str, int]:
         elapsed = now - self.created
@@ -80,6 +110,16 @@ class TaskSpec(BaseModel):
     empty_fields: bool = False
     no_video: bool = False
     starts_when_polled: bool = False
+    content_size: int = 256 * 1024  # bytes served by /content once completed
+
+
+@dataclass(slots=True)
+class Created:
+    """What one ``POST /v1/videos`` brought: its form or JSON fields, and its files."""
+
+    kind: str  # json | multipart
+    fields: dict[str, Any]
+    files: dict[str, tuple[str | None, str | None, bytes]]  # name -> (filename, type, bytes)
 
 
 class Faults(BaseModel):
@@ -91,6 +131,8 @@ class Faults(BaseModel):
     bad_request: float = 0.0  # share answered 400 with a code other than task_not_exist
     latency: float = 0.0  # seconds added to every status request
     not_found_status: Literal[400, 404] = 400  # new-api answers 400 task_not_exist
+    create_status: int | None = None  # answer creates with this error status
+    create_latency: float = 0.0  # seconds added to every create
 
 
 class Simulator:
@@ -107,6 +149,8 @@ class Simulator:
         self.polls: dict[str, int] = {}
         self.requests = 0
         self.rng = random.Random()
+        self.created: list[Created] = []
+        self.downloads = {"started": 0, "finished": 0, "aborted": 0}
 
     def add(self, spec: TaskSpec, **fields: str) -> SimTask:
         task = SimTask(
@@ -124,9 +168,24 @@ class Simulator:
             empty_fields=spec.empty_fields,
             no_video=spec.no_video,
             starts_when_polled=spec.starts_when_polled,
+            content_size=spec.content_size,
         )
         self.tasks[task.id] = task
         return task
+
+    async def _stream(self, first: int, last: int) -> AsyncIterator[bytes]:
+        self.downloads["started"] += 1
+        finished = False
+        try:
+            offset = first
+            while offset <= last:
+                length = min(CHUNK, last - offset + 1)
+                yield video_bytes(offset, length)
+                offset += length
+                await asyncio.sleep(0)
+            finished = True
+        finally:
+            self.downloads["finished" if finished else "aborted"] += 1
 
     def _authorised(self, request: Request) -> bool:
         if self.api_key is None:
@@ -141,17 +200,47 @@ class Simulator:
         async def create_video(request: Request) -> JSONResponse:
             if not self._authorised(request):
                 return JSONResponse({"error": {"message": "invalid token"}}, status_code=401)
+            if self.faults.create_latency:
+                await asyncio.sleep(self.faults.create_latency)
             if request.headers.get("content-type", "").startswith("multipart/"):
-                async with request.form() as form:
-                    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+                record = Created("multipart", {}, {})
+                async with request.form(max_part_size=64 * 1024 * 1024) as form:
+                    for name, value in form.multi_items():
+                        if isinstance(value, str):
+                            record.fields[name] = value
+                        else:
+                            data = await value.read()
+                            record.files[name] = (value.filename, value.content_type, data)
             else:
                 payload = await request.json()
-                fields = (
-                    {k: str(v) for k, v in payload.items()} if isinstance(payload, dict) else {}
-                )
+                record = Created("json", payload if isinstance(payload, dict) else {}, {})
+            self.created.append(record)
+            if self.faults.create_status is not None:
+                error = {"error": {"message": "invalid model", "type": "invalid_request_error"}}
+                return JSONResponse(error, status_code=self.faults.create_status)
+            fields = {k: str(v) for k, v in record.fields.items()}
             outcome = "failed" if self.rng.random() < self.fail_rate else "completed"
             task = self.add(TaskSpec(duration=self.duration, outcome=outcome), **fields)
             return JSONResponse(task.video(time.time(), str(request.base_url)))
+
+        @app.get("/v1/videos/{task_id}/content", response_model=None)
+        async def content(task_id: str, request: Request) -> Response:
+            if not self._authorised(request):
+                return JSONResponse({"error": {"message": "invalid token"}}, status_code=401)
+            task = self.tasks.get(task_id)
+            if task is None or task.phase(time.time())[0] != "completed":
+                return JSONResponse({"error": {"message": "video not ready"}}, status_code=404)
+            size = task.content_size
+            wanted = byte_range(request.headers.get("range"), size)
+            if wanted is False:
+                return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+            first, last = wanted if wanted else (0, size - 1)
+            headers = {"Accept-Ranges": "bytes", "Content-Length": str(last - first + 1)}
+            if wanted:
+                headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+            return StreamingResponse(
+                self._stream(first, last), 206 if wanted else 200, headers, "video/mp4"
+            )
 
         @app.get("/v1/videos/{task_id}")
         async def get_video(task_id: str, request: Request) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -76,6 +77,38 @@ class Upstream:
         except BodyTooLarge:
             return Fetch("error", detail="upstream answer too large")
         return classify(response.status_code, response.headers, body)
+
+    async def create(self, content: bytes | AsyncIterator[bytes], content_type: str) -> Answer:
+        """``POST /v1/videos`` with our key; a streamed body goes out as it comes.
+        Raises what the transport raises (timeouts included), and BodyTooLarge."""
+        headers = {**self.headers(), "Content-Type": content_type, "Accept": "application/json"}
+        async with self.client.stream(
+            "POST", self.base_url + "/v1/videos", content=content, headers=headers,
+            timeout=self.timeout,
+        ) as response:  # fmt: skip
+            body = await _read_limited(response)
+        kind = response.headers.get("content-type", "application/json")
+        return Answer(response.status_code, kind, body)
+
+    async def open_content(self, task_id: str, byte_range: str | None) -> httpx.Response:
+        """A streaming ``GET /v1/videos/{task_id}/content``; the caller closes it."""
+        headers = self.headers()
+        if byte_range:
+            headers["Range"] = byte_range
+        request = self.client.build_request(
+            "GET", self.base_url + video_path(task_id) + "/content", headers=headers,
+            timeout=self.timeout,
+        )  # fmt: skip
+        return await self.client.send(request, stream=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The upstream's answer to a create, whole."""
+
+    status_code: int
+    content_type: str
+    body: bytes
 
 
 # What a peer that is down, slow or not speaking HTTP can raise through the httpx API

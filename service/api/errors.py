@@ -23,6 +23,7 @@ CODES = {
     409: "conflict",
     413: "body_too_large",
     415: "unsupported_media_type",
+    416: "range_not_satisfiable",
     422: "invalid_request",
     502: "upstream_error",
     503: "not_ready",
@@ -34,13 +35,19 @@ class ApiError(Exception):
     """An error answer with the contract's envelope."""
 
     def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code or CODES.get(status, "error")
+        self.headers = headers or {}
 
 
 def envelope(
@@ -110,7 +117,9 @@ def _allowed(request: Request) -> str:
 
 async def _api(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return envelope(exc.status, exc.message, exc.param, exc.code)
+    response = envelope(exc.status, exc.message, exc.param, exc.code)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:

@@ -1,0 +1,388 @@
+"""The gateway routes: create through status-proxy (JSON and multipart, registering in
+the same call, idempotent), and download the video through it."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from service.simulator import video_bytes
+from tests.harness import ServerThread, eventually
+
+IMAGE = bytes(range(256)) * 12_000  # ~3 MB "reference image"
+
+
+def sim_tasks(upstream) -> int:
+    return len(upstream.sim.tasks)
+
+
+# --- create ------------------------------------------------------------------------------
+
+
+def test_json_create_registers_the_new_task_and_strips_our_fields(service, upstream, hooks):
+    answer = service.client.post(
+        "/v1/videos",
+        json={
+            "model": "sora-2", "prompt": "a fox", "seconds": "4",
+            "callback_url": f"{hooks.url}/json", "events": ["video.completed"],
+            "metadata": {"order": 7},
+        },
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    video = answer.json()
+    assert video["object"] == "video" and video["model"] == "sora-2"
+    registration = video["registration"]
+    assert registration["task_id"] == video["id"] and registration["events"] == ["video.completed"]
+    assert registration["metadata"] == {"order": 7}
+    sent = upstream.sim.created[-1]
+    assert sent.kind == "json"
+    assert sent.fields == {"model": "sora-2", "prompt": "a fox", "seconds": "4"}
+    eventually(lambda: hooks.at("/json"), timeout=20)
+    webhook = hooks.at("/json")[0].json
+    assert webhook["data"]["id"] == video["id"] and webhook["metadata"] == {"order": 7}
+
+
+def test_json_create_without_a_callback_only_creates(service, upstream):
+    answer = service.client.post("/v1/videos", json={"model": "sora-2", "prompt": "p"})
+    assert answer.status_code == 200 and "registration" not in answer.json()
+    assert service.client.get("/v1/registrations").json()["data"] == []
+
+
+def test_multipart_create_streams_files_and_registers(service, upstream, hooks):
+    answer = service.client.post(
+        "/v1/videos",
+        data={
+            "model": "doubao-seedance-1-0-pro", "prompt": "a cat", "size": "1280x720",
+            "seconds": "5", "callback_url": f"{hooks.url}/multi",
+            "events": "video.completed,video.failed", "metadata": '{"shot": "A1"}',
+        },
+        files={
+            "first_frame_image": ("first.png", IMAGE, "image/png"),
+            "last_frame_image": ("last.png", IMAGE[::-1], "image/png"),
+        },
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    video = answer.json()
+    assert video["registration"]["metadata"] == {"shot": "A1"}
+    assert video["registration"]["events"] == ["video.completed", "video.failed"]
+    sent = upstream.sim.created[-1]
+    assert sent.kind == "multipart"
+    assert sent.fields == {
+        "model": "doubao-seedance-1-0-pro", "prompt": "a cat", "size": "1280x720", "seconds": "5",
+    }  # fmt: skip
+    assert sent.files["first_frame_image"] == ("first.png", "image/png", IMAGE)
+    assert sent.files["last_frame_image"] == ("last.png", "image/png", IMAGE[::-1])
+    eventually(lambda: hooks.at("/multi"), timeout=20)
+
+
+def test_upstream_errors_pass_through_unchanged(service, upstream):
+    upstream.sim.faults.create_status = 400
+    answer = service.client.post(
+        "/v1/videos", json={"model": "nope", "callback_url": "http://127.0.0.1:9/x"}
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": {"message": "invalid model", "type": "invalid_request_error"}}
+    assert service.client.get("/v1/registrations").json()["data"] == []
+
+
+def test_upstream_timeout_is_504(make_service, upstream):
+    service = make_service(upstream_timeout=0.5)
+    upstream.sim.faults.create_latency = 2.0
+    answer = service.client.post("/v1/videos", json={"model": "m", "prompt": "p"})
+    assert answer.status_code == 504 and answer.json()["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"callback_url": "ftp://example.com/x"}, "callback_url"),
+        ({"callback_url": "http://127.0.0.1:9/x", "events": "video.sent"}, "events"),
+        ({"callback_url": "http://127.0.0.1:9/x", "metadata": "[1, 2]"}, "metadata"),
+        ({"metadata": '{"a": 1}'}, "metadata"),
+    ],
+)
+def test_bad_registration_fields_abort_the_upload(service, upstream, fields, param):
+    before = sim_tasks(upstream)
+    answer = service.client.post(
+        "/v1/videos",
+        data={"model": "m", "prompt": "p", **fields},
+        files={"first_frame_image": ("f.png", IMAGE, "image/png")},
+    )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["param"] == param
+    time.sleep(0.2)
+    assert sim_tasks(upstream) == before  # the upstream never got a whole request
+
+
+def test_bad_bodies_are_4xx(service):
+    post = service.client.post
+    assert (
+        post("/v1/videos", content=b"{no", headers={"content-type": "application/json"}).status_code
+        == 400
+    )
+    assert post("/v1/videos", json=[1, 2]).status_code == 422
+    assert (
+        post("/v1/videos", content=b"x", headers={"content-type": "text/plain"}).status_code == 415
+    )
+    no_boundary = {"content-type": "multipart/form-data"}
+    assert post("/v1/videos", content=b"x", headers=no_boundary).status_code == 415
+    broken = {"content-type": "multipart/form-data; boundary=zzz"}
+    cut = post(
+        "/v1/videos",
+        content=b"--zzz\r\nContent-Disposition: form-data; name=a\r\n\r\nb",
+        headers=broken,
+    )
+    assert cut.status_code in (400, 502) and "error" in cut.json()
+    assert post("/v1/videos", json={}, headers={"Idempotency-Key": "bad key"}).status_code == 422
+
+
+def test_an_upload_over_the_limit_is_413_and_creates_nothing(make_service, upstream):
+    service = make_service(upload_limit=1024 * 1024)
+    answer = service.client.post(
+        "/v1/videos",
+        data={"model": "m", "callback_url": "http://127.0.0.1:9/x"},
+        files={"first_frame_image": ("f.png", IMAGE, "image/png")},
+    )
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "body_too_large"
+    time.sleep(0.2)
+    assert upstream.sim.tasks == {}
+
+
+def test_uploads_stream_through_without_being_buffered(make_service):
+    """The client sends half a file, then waits until the upstream has received bytes:
+    if status-proxy held the body until it had all of it, this would never happen."""
+    received = []
+    app = FastAPI()
+
+    @app.post("/v1/videos")
+    async def create(request: Request) -> JSONResponse:
+        async for chunk in request.stream():
+            received.append(len(chunk))
+        return JSONResponse({"id": "video_streamed", "object": "video", "status": "queued"})
+
+    counting = ServerThread(app).start()
+    try:
+        service = make_service(upstream_base_url=counting.url)
+        half = IMAGE[: len(IMAGE) // 2]
+        head = (
+            b'--B\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="first_frame_image"; '
+            b'filename="f.png"\r\nContent-Type: image/png\r\n\r\n'
+        )
+
+        def body():
+            yield head + half
+            eventually(lambda: sum(received) > len(half) // 2, timeout=10)
+            yield IMAGE[len(half) :] + b"\r\n--B--\r\n"
+
+        answer = service.client.post(
+            "/v1/videos",
+            content=body(),
+            headers={"content-type": "multipart/form-data; boundary=B"},
+        )
+        assert answer.status_code == 200 and answer.json()["id"] == "video_streamed"
+        assert sum(received) > len(IMAGE)
+    finally:
+        counting.stop()
+
+
+# --- idempotency -------------------------------------------------------------------------
+
+
+def test_a_retry_with_the_same_key_gets_the_first_answer(service, upstream):
+    body = {"model": "m", "prompt": "p", "callback_url": "http://127.0.0.1:9/x"}
+    key = {"Idempotency-Key": "order-42-attempt"}
+    first = service.client.post("/v1/videos", json=body, headers=key)
+    again = service.client.post("/v1/videos", json=dict(reversed(body.items())), headers=key)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert len(upstream.sim.created) == 1
+    other = service.client.post("/v1/videos", json={**body, "prompt": "q"}, headers=key)
+    assert other.status_code == 409 and other.json()["error"]["param"] == "Idempotency-Key"
+    fresh = service.client.post("/v1/videos", json=body, headers={"Idempotency-Key": "k2"})
+    assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_a_multipart_retry_matches_whatever_its_boundary(service, upstream):
+    key = {"Idempotency-Key": "multi-1"}
+
+    def send(boundary: str) -> httpx.Response:
+        parts = httpx._multipart.MultipartStream(  # the same form, a new boundary each time
+            data={"model": "m"}, files={"first_frame_image": ("f.png", IMAGE[:5000], "image/png")},
+            boundary=boundary.encode(),
+        )  # fmt: skip
+        headers = {**key, "content-type": f"multipart/form-data; boundary={boundary}"}
+        return service.client.post("/v1/videos", content=b"".join(parts), headers=headers)
+
+    first, again = send("aaaa1111"), send("bbbb2222")
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() and len(upstream.sim.created) == 1
+
+
+def test_concurrent_requests_with_one_key_create_one_task(service, upstream):
+    upstream.sim.faults.create_latency = 1.0
+    key = {"Idempotency-Key": "twins"}
+    body = {"model": "m", "prompt": "p"}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(lambda _: service.client.post("/v1/videos", json=body, headers=key), range(2))
+        )
+    codes = sorted(answer.status_code for answer in answers)
+    assert codes == [200, 409], [a.text for a in answers]
+    busy = next(answer for answer in answers if answer.status_code == 409)
+    assert busy.headers["retry-after"] == "1"
+    assert len(upstream.sim.created) == 1
+    later = service.client.post("/v1/videos", json=body, headers=key)  # after: the answer
+    assert later.status_code == 200 and later.headers["idempotent-replayed"] == "true"
+
+
+def test_keys_are_scoped_per_api_key_and_failures_are_not_kept(make_service, upstream):
+    service = make_service(api_keys=["alpha", "beta"], upstream_timeout=0.5)
+    body, key = {"model": "m", "prompt": "p"}, "same-key"
+    as_alpha = service.client.post("/v1/videos", json=body, headers={"Idempotency-Key": key})
+    beta = {"Authorization": "Bearer beta", "Idempotency-Key": key}
+    as_beta = service.client.post("/v1/videos", json=body, headers=beta)
+    assert as_alpha.json()["id"] != as_beta.json()["id"]
+    upstream.sim.faults.create_latency = 2.0  # times out: nothing stored
+    timed_out = service.client.post("/v1/videos", json=body, headers={"Idempotency-Key": "t"})
+    assert timed_out.status_code == 504
+    upstream.sim.faults.create_latency = 0.0
+    retried = service.client.post("/v1/videos", json=body, headers={"Idempotency-Key": "t"})
+    assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
+
+
+# --- download ----------------------------------------------------------------------------
+
+
+def _finished(upstream, service, size: int) -> str:
+    task = upstream.add(duration=0.1, queued=0, content_size=size)
+    service.register(task, "http://127.0.0.1:9/none")
+    eventually(lambda: service.client.get(f"/v1/videos/{task}").json().get("status") == "completed")
+    return task
+
+
+def test_download_whole_and_in_ranges(service, upstream):
+    size = 1_000_003
+    task = _finished(upstream, service, size)
+    whole = service.client.get(f"/v1/videos/{task}/content")
+    assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
+    assert whole.headers["content-length"] == str(size)
+    assert hashlib.sha256(whole.content).digest() == hashlib.sha256(video_bytes(0, size)).digest()
+    part = service.client.get(f"/v1/videos/{task}/content", headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == video_bytes(100, 100)
+    assert part.headers["content-range"] == f"bytes 100-199/{size}"
+    tail = service.client.get(f"/v1/videos/{task}/content", headers={"Range": "bytes=-10"})
+    assert tail.status_code == 206 and tail.content == video_bytes(size - 10, 10)
+    outside = service.client.get(f"/v1/videos/{task}/content", headers={"Range": f"bytes={size}-"})
+    assert outside.status_code == 416 and outside.headers["content-range"] == f"bytes */{size}"
+    assert outside.json()["error"]["code"] == "range_not_satisfiable"
+
+
+def test_download_is_409_until_completed_and_404_when_unknown(service, upstream):
+    running = upstream.add(duration=60, queued=0)
+    service.register(running, "http://127.0.0.1:9/none")
+    answer = service.client.get(f"/v1/videos/{running}/content")
+    assert answer.status_code == 409 and answer.json()["error"]["param"] == "task_id"
+    untracked_running = upstream.add(duration=60, queued=0)
+    assert service.client.get(f"/v1/videos/{untracked_running}/content").status_code == 409
+    untracked_done = upstream.add(duration=0.01, queued=0)
+    time.sleep(0.05)
+    assert service.client.get(f"/v1/videos/{untracked_done}/content").status_code == 200
+    assert service.client.get("/v1/videos/video_nowhere/content").status_code == 404
+    failed = upstream.add(duration=0.01, queued=0, outcome="failed")
+    service.register(failed, "http://127.0.0.1:9/none")
+    eventually(lambda: service.client.get(f"/v1/videos/{failed}/content").status_code == 409)
+
+
+def test_a_client_that_goes_away_closes_the_upstream_download(service, upstream):
+    task = _finished(upstream, service, 200 * 1024 * 1024)  # far more than any buffer
+    with service.client.stream("GET", f"/v1/videos/{task}/content") as answer:
+        assert answer.status_code == 200
+        for _ in answer.iter_raw(64 * 1024):
+            break  # read one chunk, then hang up
+    eventually(lambda: upstream.sim.downloads["aborted"] == 1, timeout=10)
+    assert upstream.sim.downloads["finished"] == 0
+    assert service.client.get("/healthz").status_code == 200
+
+
+def test_gateway_routes_need_the_key(make_service, upstream):
+    service = make_service(api_keys=["k"])
+    bare = httpx.Client(base_url=service.url)
+    try:
+        assert bare.post("/v1/videos", json={"model": "m"}).status_code == 401
+        assert bare.get("/v1/videos/video_x/content").status_code == 401
+    finally:
+        bare.close()
+    assert upstream.sim.created == []
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_memory_stays_flat_whatever_the_size(db_url, upstream):
+    """300 MB down and 150 MB up through a real process: its peak memory barely moves."""
+    from tests.test_process import serve
+
+    received = []
+    app = FastAPI()
+
+    @app.post("/v1/videos")
+    async def create(request: Request) -> JSONResponse:
+        async for chunk in request.stream():
+            received.append(len(chunk))
+        return JSONResponse({"id": "video_big_upload", "object": "video", "status": "queued"})
+
+    task = upstream.add(duration=0.01, queued=0, content_size=300 * 1024 * 1024)
+    proc = serve(db_url, upstream.url).wait_ready()
+    try:
+        time.sleep(0.1)
+        before = _peak_rss_mb(proc.popen.pid)
+        got = 0
+        with httpx.stream("GET", f"{proc.url}/v1/videos/{task}/content", timeout=60) as answer:
+            assert answer.status_code == 200
+            for chunk in answer.iter_raw(1024 * 1024):
+                got += len(chunk)
+        assert got == 300 * 1024 * 1024
+        after_download = _peak_rss_mb(proc.popen.pid)
+    finally:
+        proc.stop()
+    assert after_download - before < 64, (before, after_download)
+
+    uploads = ServerThread(app).start()
+    proc = serve(db_url, uploads.url, STATUS_PROXY_UPLOAD_LIMIT=str(200 * 1024 * 1024))
+    proc.wait_ready()
+    try:
+        time.sleep(0.1)
+        before = _peak_rss_mb(proc.popen.pid)
+        block = bytes(1024 * 1024)
+
+        def body():
+            yield b'--B\r\nContent-Disposition: form-data; name="first_frame_image"; '
+            yield b'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+            for _ in range(150):
+                yield block
+            yield b"\r\n--B--\r\n"
+
+        answer = httpx.post(
+            f"{proc.url}/v1/videos", content=body(), timeout=60,
+            headers={"content-type": "multipart/form-data; boundary=B"},
+        )  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        assert sum(received) > 150 * 1024 * 1024
+        after_upload = _peak_rss_mb(proc.popen.pid)
+    finally:
+        proc.stop()
+        uploads.stop()
+    assert after_upload - before < 64, (before, after_upload)
