@@ -21,6 +21,9 @@ from service.main import create_app
 from service.receiver import Delivery, Receiver
 from service.runtime import load_secret
 
+# A stand-in reference image for the multipart create (a PNG signature and some bytes).
+FRAME = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
+
 
 def listen() -> socket.socket:
     """A socket on a free port of 127.0.0.1."""
@@ -68,7 +71,8 @@ def _show(delivery: Delivery) -> None:
 
 
 async def run(timeout: float = 60.0) -> int:
-    """Create a task upstream, register it, and print each webhook until the last one."""
+    """Create a task through status-proxy (registered in the same call), print each
+    webhook until the last one, then download the video through status-proxy."""
     upstream = simulator.Simulator(api_key="demo-upstream-key", duration=8.0)
     done = asyncio.Event()
 
@@ -96,23 +100,28 @@ async def run(timeout: float = 60.0) -> int:
             ):
                 receiver.secret = await _secret(settings)
                 print(f"status-proxy on {proxy.url}, upstream simulator on {sim.url}")
+                # One call: status-proxy creates the task upstream with its own key and
+                # registers the callback; the client never sees the upstream key.
                 created = await client.post(
-                    f"{sim.url}/v1/videos",
-                    headers={"Authorization": "Bearer demo-upstream-key"},
-                    json={"model": "doubao-seedance-1-0-pro", "prompt": "a cat surfing"},
-                )
-                task_id = created.json()["id"]
-                print(f"created upstream task {task_id}")
-                registration = await client.post(
-                    f"{proxy.url}/v1/registrations",
-                    json={
-                        "task_id": task_id,
+                    f"{proxy.url}/v1/videos",
+                    data={
+                        "model": "doubao-seedance-1-0-pro",
+                        "prompt": "a cat surfing",
+                        "size": "1280x720",
+                        "seconds": "5",
                         "callback_url": f"{hooks.url}/webhooks/video",
-                        "events": ["video.completed", "video.failed", "video.progress"],
-                        "metadata": {"order_id": "42"},
+                        "events": "video.completed,video.failed,video.progress",
+                        "metadata": json.dumps({"order_id": "42"}),
                     },
+                    files={"first_frame_image": ("first.png", FRAME, "image/png")},
+                    headers={"Idempotency-Key": "demo-order-42"},
                 )
-                print(f"registered: HTTP {registration.status_code} {registration.json()['id']}")
+                video = created.json()
+                task_id = video["id"]
+                print(
+                    f"created task {task_id} through status-proxy: HTTP {created.status_code}, "
+                    f"registration {video['registration']['id']}"
+                )
                 started = time.monotonic()
                 try:
                     await asyncio.wait_for(done.wait(), timeout)
@@ -120,7 +129,12 @@ async def run(timeout: float = 60.0) -> int:
                     print(f"no terminal webhook within {timeout:g}s")
                     return 1
                 took = time.monotonic() - started
-                print(f"terminal webhook arrived {took:.1f}s after registering")
+                print(f"terminal webhook arrived {took:.1f}s after creating the task")
+                download = await client.get(f"{proxy.url}/v1/videos/{task_id}/content")
+                print(
+                    f"downloaded the video through status-proxy: HTTP {download.status_code}, "
+                    f"{len(download.content)} bytes of {download.headers.get('content-type')}"
+                )
     return 0
 
 

@@ -295,6 +295,9 @@ def test_demo_shows_the_loop(tmp_path):
     assert "signature verified" in out and "MISMATCH" not in out
     event, _ = json.JSONDecoder().raw_decode(out[out.index("{\n") :])
     assert event["metadata"] == {"order_id": "42"}
+    # One call created and registered the task; the video came back through status-proxy.
+    assert "through status-proxy: HTTP 200, registration reg_" in out
+    assert "downloaded the video through status-proxy: HTTP 200, 262144 bytes of video/mp4" in out
 
 
 def test_rolling_restart_loses_nothing(db_url, upstream, hooks):
