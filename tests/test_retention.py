@@ -44,3 +44,16 @@ def test_the_database_stays_bounded_under_steady_load(make_service, upstream, ho
     # half second: the table holds the last few seconds' worth, not everything.
     assert len(hooks.at("/steady")) >= registered / 2
     assert max(seen[-6:]) < registered / 2, (registered, seen)
+
+
+def test_idempotency_keys_expire_after_a_day(make_service, upstream):
+    service = make_service(retention=1.0)  # purges run every half second
+    first = service.client.post("/v1/videos", json={"model": "m"}, headers={"Idempotency-Key": "k"})
+    assert first.status_code == 200
+    url = service.settings.database_url
+    assert sql(url, "SELECT state FROM idempotency_keys")[0] == [("done",)]
+    # A day later (moved back in time here), the key is purged and free again.
+    sql(url, f"UPDATE idempotency_keys SET expires_at = {time.time() - 1}")
+    eventually(lambda: sql(url, "SELECT count(*) FROM idempotency_keys")[0] == [(0,)])
+    again = service.client.post("/v1/videos", json={"model": "m"}, headers={"Idempotency-Key": "k"})
+    assert again.json()["id"] != first.json()["id"]
