@@ -337,8 +337,16 @@ class Relayed(StreamingResponse):
     upstream download is closed with it, shielded from that cancellation."""
 
     def __init__(self, upstream: httpx.Response, status_code: int, headers: dict[str, str]):
-        super().__init__(upstream.aiter_raw(), status_code, headers)
+        super().__init__(self._chunks(upstream), status_code, headers)
         self.upstream = upstream
+
+    @staticmethod
+    async def _chunks(upstream: httpx.Response) -> AsyncIterator[bytes]:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+            # Buffered chunks and a gone client's no-op sends never suspend: give the
+            # loop a turn, so that a disconnect is noticed and ends this stream.
+            await asyncio.sleep(0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
