@@ -155,10 +155,10 @@ def test_an_upload_over_the_limit_is_413_and_creates_nothing(make_service, upstr
     assert upstream.sim.tasks == {}
 
 
-def test_uploads_stream_through_without_being_buffered(make_service):
-    """The client sends half a file, then waits until the upstream has received bytes:
-    if status-proxy held the body until it had all of it, this would never happen."""
-    received = []
+@pytest.fixture
+def counting_upstream():
+    """An upstream whose create counts the bytes as they arrive, and keeps none."""
+    received: list[int] = []
     app = FastAPI()
 
     @app.post("/v1/videos")
@@ -167,30 +167,35 @@ def test_uploads_stream_through_without_being_buffered(make_service):
             received.append(len(chunk))
         return JSONResponse({"id": "video_streamed", "object": "video", "status": "queued"})
 
-    counting = ServerThread(app).start()
-    try:
-        service = make_service(upstream_base_url=counting.url)
-        half = IMAGE[: len(IMAGE) // 2]
-        head = (
-            b'--B\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'
-            b'--B\r\nContent-Disposition: form-data; name="first_frame_image"; '
-            b'filename="f.png"\r\nContent-Type: image/png\r\n\r\n'
-        )
+    thread = ServerThread(app).start()
+    yield received, thread.url
+    thread.stop()
 
-        def body():
-            yield head + half
-            eventually(lambda: sum(received) > len(half) // 2, timeout=10)
-            yield IMAGE[len(half) :] + b"\r\n--B--\r\n"
 
-        answer = service.client.post(
-            "/v1/videos",
-            content=body(),
-            headers={"content-type": "multipart/form-data; boundary=B"},
-        )
-        assert answer.status_code == 200 and answer.json()["id"] == "video_streamed"
-        assert sum(received) > len(IMAGE)
-    finally:
-        counting.stop()
+def test_uploads_stream_through_without_being_buffered(make_service, counting_upstream):
+    """The client sends half a file, then waits until the upstream has received bytes:
+    if status-proxy held the body until it had all of it, this would never happen."""
+    received, url = counting_upstream
+    service = make_service(upstream_base_url=url)
+    half = IMAGE[: len(IMAGE) // 2]
+    head = (
+        b'--B\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="first_frame_image"; '
+        b'filename="f.png"\r\nContent-Type: image/png\r\n\r\n'
+    )
+
+    def body():
+        yield head + half
+        eventually(lambda: sum(received) > len(half) // 2, timeout=10)
+        yield IMAGE[len(half) :] + b"\r\n--B--\r\n"
+
+    answer = service.client.post(
+        "/v1/videos",
+        content=body(),
+        headers={"content-type": "multipart/form-data; boundary=B"},
+    )
+    assert answer.status_code == 200 and answer.json()["id"] == "video_streamed"
+    assert sum(received) > len(IMAGE)
 
 
 # --- idempotency -------------------------------------------------------------------------
@@ -339,20 +344,12 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_memory_stays_flat_whatever_the_size(db_url, upstream):
-    """300 MB down and 150 MB up through a real process: its peak memory barely moves."""
+def test_memory_stays_flat_whatever_the_size(db_url, upstream, counting_upstream):
+    """200 MB down and 120 MB up through a real process: its peak memory barely moves."""
     from tests.test_process import serve
 
-    received = []
-    app = FastAPI()
-
-    @app.post("/v1/videos")
-    async def create(request: Request) -> JSONResponse:
-        async for chunk in request.stream():
-            received.append(len(chunk))
-        return JSONResponse({"id": "video_big_upload", "object": "video", "status": "queued"})
-
-    task = upstream.add(duration=0.01, queued=0, content_size=300 * 1024 * 1024)
+    received, uploads_url = counting_upstream
+    task = upstream.add(duration=0.01, queued=0, content_size=200 * 1024 * 1024)
     proc = serve(db_url, upstream.url).wait_ready()
     try:
         time.sleep(0.1)
@@ -362,14 +359,13 @@ def test_memory_stays_flat_whatever_the_size(db_url, upstream):
             assert answer.status_code == 200
             for chunk in answer.iter_raw(1024 * 1024):
                 got += len(chunk)
-        assert got == 300 * 1024 * 1024
+        assert got == 200 * 1024 * 1024
         after_download = _peak_rss_mb(proc.popen.pid)
     finally:
         proc.stop()
     assert after_download - before < 64, (before, after_download)
 
-    uploads = ServerThread(app).start()
-    proc = serve(db_url, uploads.url, STATUS_PROXY_UPLOAD_LIMIT=str(200 * 1024 * 1024))
+    proc = serve(db_url, uploads_url, STATUS_PROXY_UPLOAD_LIMIT=str(200 * 1024 * 1024))
     proc.wait_ready()
     try:
         time.sleep(0.1)
@@ -379,7 +375,7 @@ def test_memory_stays_flat_whatever_the_size(db_url, upstream):
         def body():
             yield b'--B\r\nContent-Disposition: form-data; name="first_frame_image"; '
             yield b'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
-            for _ in range(150):
+            for _ in range(120):
                 yield block
             yield b"\r\n--B--\r\n"
 
@@ -388,9 +384,8 @@ def test_memory_stays_flat_whatever_the_size(db_url, upstream):
             headers={"content-type": "multipart/form-data; boundary=B"},
         )  # fmt: skip
         assert answer.status_code == 200, answer.text
-        assert sum(received) > 150 * 1024 * 1024
+        assert sum(received) > 120 * 1024 * 1024
         after_upload = _peak_rss_mb(proc.popen.pid)
     finally:
         proc.stop()
-        uploads.stop()
     assert after_upload - before < 64, (before, after_upload)
