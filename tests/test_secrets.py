@@ -45,6 +45,14 @@ def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
         assert call("GET", f"/v1/videos/{task}").status_code == 200
         assert call("GET", "/v1/videos/video_nowhere").status_code == 404
         assert call("POST", "/v1/registrations", content=b"{bad").status_code == 415
+        # The gateway routes carry our upstream key upstream; it never comes back.
+        made = call("POST", "/v1/videos", json={"model": "m", "callback_url": f"{hooks.url}/g"})
+        assert made.status_code == 200
+        eventually(lambda: hooks.at("/g"), timeout=20)
+        assert call("GET", f"/v1/videos/{made.json()['id']}/content").status_code == 200
+        upstream.sim.faults.create_status = 401  # an upstream error body passes through
+        assert call("POST", "/v1/videos", json={"model": "m"}).status_code == 401
+        upstream.sim.faults.create_status = None
         for path in ("/readyz", "/metrics", "/openapi.json", "/healthz", "/dashboard"):
             call("GET", path)
         # The dashboard: a refused key and a good one in its login form.
