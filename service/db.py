@@ -16,6 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.compiler import compiles
 
 from service.config import Settings
 
@@ -26,6 +27,30 @@ NOTIFY_CHANNEL = "status_proxy_work"
 # What a database that is down, restarting, locked or misconfigured raises; workers wait
 # these out and the API answers 503, while anything else is a bug and is reported as one.
 UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError)
+
+
+class unindexed(sa.sql.expression.FunctionElement[Any]):
+    """A column the SQLite planner will not look up through an index (its documented unary
+    ``+``; the column itself elsewhere). For conditions that only confirm rows found by
+    their keys, such as ``id IN (...) AND state = 'active'``: without statistics SQLite
+    rates any equality as selective, and would walk every active row of the state index
+    instead of the twenty keys (measured: 145 µs a row instead of 25)."""
+
+    inherit_cache = True
+
+    def __init__(self, column: sa.ColumnElement[Any]) -> None:
+        super().__init__(column)
+        self.type = column.type
+
+
+@compiles(unindexed)
+def _unindexed(element: unindexed, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element: unindexed, compiler: Any, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
 
 
 def migrations_dir() -> Path:

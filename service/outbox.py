@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import ids
+from service.db import unindexed
 from service.models import TERMINAL_EVENTS, Attempt, Event, Registration, compact_json
 
 events = Event.__table__  # type: ignore[attr-defined]
@@ -60,16 +61,21 @@ async def _drop_pending_progress(
 ) -> None:
     """Coalesce: a newer snapshot replaces progress events that are waiting, not in flight."""
     if registration_ids:
-        await conn.execute(
-            events.update()
-            .where(
-                events.c.registration_id.in_(registration_ids),
-                events.c.type == "video.progress",
-                events.c.state == "pending",
-                sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
-            )
-            .values(state="dropped")
+        await conn.execute(drop_progress(registration_ids, now))
+
+
+def drop_progress(registration_ids: Sequence[str], now: float) -> sa.Update:
+    statement: sa.Update = (
+        events.update()
+        .where(
+            events.c.registration_id.in_(registration_ids),
+            events.c.type == "video.progress",
+            unindexed(events.c.state) == "pending",
+            sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
         )
+        .values(state="dropped")
+    )
+    return statement
 
 
 async def emit_terminal(conn: AsyncConnection, ends: dict[str, tuple[str, str]], now: float) -> int:
@@ -134,11 +140,7 @@ async def _emit_terminal_rows(conn: AsyncConnection, rows: Iterable[Any], now: f
     if new_rows:
         await conn.execute(events.insert(), new_rows)
     if ended:
-        await conn.execute(
-            registrations.update()
-            .where(registrations.c.id.in_(ended), registrations.c.state == "active")
-            .values(state="ended", updated_at=now)
-        )
+        await conn.execute(set_state(ended, ("active",), "ended", now))
     return len(new_rows)
 
 
@@ -335,11 +337,7 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
     await _set_state(conn, dead, ("active",), "failed", now)
     await _set_state(conn, gone, ("active", "delivered"), "failed", now)
     if gone:
-        await conn.execute(
-            events.update()
-            .where(events.c.registration_id.in_(gone), events.c.state == "pending")
-            .values(state="dropped")
-        )
+        await conn.execute(drop_pending(gone))
 
 
 def _event_state(result: Result) -> str:
@@ -354,11 +352,33 @@ async def _set_state(
     conn: AsyncConnection, ids_: Sequence[str], from_states: Sequence[str], to: str, now: float
 ) -> None:
     if ids_:
-        await conn.execute(
-            registrations.update()
-            .where(registrations.c.id.in_(set(ids_)), registrations.c.state.in_(from_states))
-            .values(state=to, updated_at=now)
+        await conn.execute(set_state(ids_, from_states, to, now))
+
+
+def set_state(ids_: Sequence[str], from_states: Sequence[str], to: str, now: float) -> sa.Update:
+    """Move registrations found by id from one of ``from_states`` to ``to``."""
+    statement: sa.Update = (
+        registrations.update()
+        .where(
+            registrations.c.id.in_(sorted(set(ids_))),
+            unindexed(registrations.c.state).in_(from_states),
         )
+        .values(state=to, updated_at=now)
+    )
+    return statement
+
+
+def drop_pending(registration_ids: Sequence[str]) -> sa.Update:
+    """Drop what is still waiting for registrations that will take nothing more."""
+    statement: sa.Update = (
+        events.update()
+        .where(
+            events.c.registration_id.in_(registration_ids),
+            unindexed(events.c.state) == "pending",
+        )
+        .values(state="dropped")
+    )
+    return statement
 
 
 async def release(conn: AsyncConnection, claimed: Sequence[Claimed]) -> None:
