@@ -19,7 +19,7 @@ QUERIES = {
     "due events": outbox.due_events(time.time(), 100, FIRST),
     "overdue tasks": registrations.overdue_tasks(time.time(), 86400, 200),
 }
-# Batch writes that find their rows by key, with a batch's worth of keys (SQLite's plan
+# Statements that find their rows by key, with a batch's worth of keys (SQLite's plan
 # changes with the count), and the index each must use: never the state index.
 BATCH = [f"reg_{n:026d}" for n in range(20)]
 KEYED = {
@@ -36,6 +36,8 @@ KEYED = {
         r"ix_events_registration",
     ),
     "pending by registration": (outbox.drop_pending(BATCH), r"ix_events_registration"),
+    # Every registration looks for an active twin: the partial unique index, not a walk.
+    "active twin": (registrations._ACTIVE_TWIN.params(key="k"), r"ux_registrations_active"),
 }
 
 
@@ -51,9 +53,12 @@ def plans(database_url):
                 if postgres:  # tables are tiny here: ask whether an index *can* serve
                     await conn.execute(sa.text("SET enable_seqscan = off"))
                 for name, query in {**QUERIES, **{k: q for k, (q, _) in KEYED.items()}}.items():
-                    sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+                    # With bound parameters, as the service runs it: a literal can let
+                    # SQLite use a partial index that a parameter does not.
+                    expanded = query.compile(conn).construct_expanded_state()
                     prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
-                    rows = (await conn.execute(sa.text(prefix + sql))).all()
+                    sql, values = prefix + expanded.statement, expanded.positional_parameters
+                    rows = (await conn.exec_driver_sql(sql, values)).all()
                     found[name] = "\n".join(str(row[-1]) for row in rows)
         finally:
             await engine.dispose()
