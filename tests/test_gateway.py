@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.simulator import video_bytes
-from tests.harness import ServerThread, eventually
+from tests.harness import ServerThread, eventually, sql
 
 IMAGE = bytes(range(256)) * 12_000  # ~3 MB "reference image"
 
@@ -389,3 +389,22 @@ def test_memory_stays_flat_whatever_the_size(db_url, upstream, counting_upstream
     finally:
         proc.stop()
     assert after_upload - before < 64, (before, after_upload)
+
+
+def test_a_database_failure_after_the_create_still_hands_back_the_task(service, upstream, hooks):
+    url = service.settings.database_url
+    sql(url, "ALTER TABLE registrations RENAME TO registrations_away")
+    try:
+        answer = service.client.post(
+            "/v1/videos",
+            json={"model": "m", "prompt": "p", "callback_url": f"{hooks.url}/late"},
+            headers={"Idempotency-Key": "paid-for"},
+        )
+    finally:
+        sql(url, "ALTER TABLE registrations_away RENAME TO registrations")
+    assert answer.status_code == 200, answer.text
+    video = answer.json()
+    assert video["registration"] is None and video["id"] in upstream.sim.tasks
+    # The client registers the task it was given once the database is back.
+    assert service.register(video["id"], f"{hooks.url}/late").status_code == 201
+    eventually(lambda: hooks.at("/late"), timeout=20)

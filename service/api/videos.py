@@ -21,6 +21,7 @@ from service import idempotency, registrations, status
 from service.api import gateway
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
+from service.db import UNAVAILABLE
 from service.models import (
     EVENT_ORDER,
     TASK_ID_LIMIT,
@@ -207,14 +208,25 @@ async def create_video(request: Request, caller: CallerDep) -> Response:
             await asyncio.shield(idempotency.release(runtime.db, caller.owner, key))
         raise
     if key is not None:
-        if answer.status_code < 500:  # the upstream answered: this is the first answer
+        await _remember(runtime, caller.owner, key, fingerprint, answer)
+    return Response(answer.body, answer.status_code, media_type=answer.content_type)
+
+
+async def _remember(
+    runtime: Runtime, owner: str, key: str, fingerprint: str, answer: Answer
+) -> None:
+    """Keep the answer the upstream gave for retries; drop the claim when it gave none.
+    A database that fails now must not cost the client the answer it is about to get."""
+    try:
+        if answer.status_code < 500:
             stored = idempotency.Stored(
                 fingerprint, answer.status_code, answer.content_type, answer.body
             )
-            await idempotency.store(runtime.db, caller.owner, key, stored, time.time())
+            await idempotency.store(runtime.db, owner, key, stored, time.time())
         else:
-            await idempotency.release(runtime.db, caller.owner, key)
-    return Response(answer.body, answer.status_code, media_type=answer.content_type)
+            await idempotency.release(runtime.db, owner, key)
+    except UNAVAILABLE as exc:
+        log.error("idempotency key not recorded: database %s", type(exc).__name__)
 
 
 async def _forward(
@@ -268,6 +280,11 @@ async def _register(
             runtime.settings.poll_interval_min,
         )
     except registrations.Conflict:
+        video["registration"] = None
+    except UNAVAILABLE as exc:
+        # The upstream made (and charges for) the task: hand back its id rather than
+        # lose it; the client can register it once the database is back.
+        log.error("task %s created but not registered: database %s", task_id, type(exc).__name__)
         video["registration"] = None
     else:
         runtime.kick_poller()
