@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import dashboard, logs
-from service.api import errors, health, registrations, videos
+from service.api import downloads, errors, gateway, health, registrations, videos
 from service.api.access import AccessLog
 from service.api.limits import BodyLimit
 from service.config import Settings
@@ -45,6 +45,8 @@ def create_app(
     if api:
         app.include_router(registrations.router)
         app.include_router(videos.router)
+        app.include_router(gateway.router)
+        app.include_router(downloads.router)
         dashboard.install(app)
     app.include_router(health.router)
     return app

@@ -1,4 +1,4 @@
-"""Create a video through status-proxy, registering it in the same call.
+"""``POST /v1/videos``: create a video through status-proxy, registering it in the same call.
 
 The body goes upstream as the client sent it, minus the three fields status-proxy
 consumes (``callback_url``, ``events``, ``metadata``). JSON bodies are small and are
@@ -11,23 +11,33 @@ upload before the upstream can create (and charge for) a task.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect
 
-from service import callbacks
-from service.api.errors import ApiError
-from service.models import RegistrationCreate
+from service import callbacks, idempotency, multipart, registrations
+from service.api.deps import CallerDep
+from service.api.errors import ApiError, responses
+from service.db import UNAVAILABLE
+from service.models import EVENT_ORDER, RegistrationCreate, valid_task_id
+from service.runtime import Runtime
+from service.upstream import TRANSPORT_ERRORS, Answer, BodyTooLarge
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 CONSUMED = ("callback_url", "events", "metadata")
-FIELD_LIMIT = 16 * 1024  # a consumed multipart field is a URL, a list or 4 KiB of JSON
 PLACEHOLDER_TASK = "task_to_be_created"
 
 
@@ -80,128 +90,19 @@ async def read_json(request: Request) -> tuple[bytes, dict[str, Any], str]:
     return json.dumps(payload, ensure_ascii=False).encode(), consumed, fingerprint
 
 
-class MultipartRelay:
-    """Re-frames a multipart body as it streams in, keeping the fields we consume and a
-    fingerprint of every part (names, file names, types and bytes; not the boundary,
-    which clients pick afresh on each retry)."""
-
-    def __init__(self, boundary: bytes) -> None:
-        self.boundary = boundary
-        self.fields: dict[str, list[str]] = {}
-        self.ended = False
-        self._hash = hashlib.sha256(b"multipart\0")
-        self._out: list[bytes] = []
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._name = self._value = b""
-        self._keeping: str | None = None
-        self._kept = bytearray()
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._part_begin,
-                "on_header_field": self._header_field,
-                "on_header_value": self._header_value,
-                "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished,
-                "on_part_data": self._part_data,
-                "on_part_end": self._part_end,
-                "on_end": self._end,
-            },
-            max_header_size=16 * 1024,
-        )
-
-    @property
-    def fingerprint(self) -> str:
-        return self._hash.hexdigest()
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Parse a chunk; answer the bytes to pass on so far."""
+def form_fields(fields: dict[str, list[str]]) -> dict[str, Any]:
+    """The consumed form fields as a registration takes them."""
+    found: dict[str, Any] = {}
+    if "callback_url" in fields:
+        found["callback_url"] = fields["callback_url"][-1]
+    if "events" in fields:
+        found["events"] = [e for value in fields["events"] for e in _listed(value)]
+    if "metadata" in fields:
         try:
-            self._parser.write(chunk)
-        except MultipartParseError as exc:
-            raise ApiError(400, f"the multipart body is malformed: {exc}") from None
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
-
-    def closing(self) -> bytes:
-        if not self.ended:
-            raise ApiError(400, "the multipart body ended before its closing boundary")
-        return b"--" + self.boundary + b"--\r\n"
-
-    def consumed(self) -> dict[str, Any]:
-        """The consumed fields as a registration takes them."""
-        found: dict[str, Any] = {}
-        if "callback_url" in self.fields:
-            found["callback_url"] = self.fields["callback_url"][-1]
-        if "events" in self.fields:
-            found["events"] = [e for value in self.fields["events"] for e in _listed(value)]
-        if "metadata" in self.fields:
-            try:
-                found["metadata"] = json.loads(self.fields["metadata"][-1])
-            except ValueError:
-                raise ApiError(422, "metadata must be a JSON object", "metadata") from None
-        return found
-
-    def _feed_hash(self, *pieces: bytes) -> None:
-        for piece in pieces:  # length-prefixed: no two part lists hash alike
-            self._hash.update(b"%d:" % len(piece) + piece)
-
-    def _part_begin(self) -> None:
-        self._headers = []
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._name += data[start:end]
-
-    def _header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def _header_end(self) -> None:
-        self._headers.append((self._name, self._value))
-        self._name = self._value = b""
-
-    def _headers_finished(self) -> None:
-        disposition = content_type = b""
-        for name, value in self._headers:
-            if name.lower() == b"content-disposition":
-                disposition = value
-            elif name.lower() == b"content-type":
-                content_type = value
-        _, options = parse_options_header(disposition)
-        field = options.get(b"name", b"").decode("utf-8", "replace")
-        filename = options.get(b"filename")
-        self._feed_hash(b"part", field.encode(), filename or b"\0", content_type)
-        if field in CONSUMED and filename is None:
-            self._keeping, self._kept = field, bytearray()
-            return
-        self._keeping = None
-        lines = b"".join(name + b": " + value + b"\r\n" for name, value in self._headers)
-        self._out.append(b"--" + self.boundary + b"\r\n" + lines + b"\r\n")
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
-        self._hash.update(chunk)
-        if self._keeping is None:
-            self._out.append(bytes(chunk))
-            return
-        self._kept += chunk
-        if len(self._kept) > FIELD_LIMIT:
-            raise ApiError(422, f"{self._keeping} is too long", self._keeping)
-
-    def _part_end(self) -> None:
-        self._feed_hash(b"end")
-        if self._keeping is None:
-            self._out.append(b"\r\n")
-            return
-        try:
-            value = self._kept.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(400, f"{self._keeping} is not UTF-8 text", self._keeping) from None
-        self.fields.setdefault(self._keeping, []).append(value)
-        self._keeping = None
-
-    def _end(self) -> None:
-        self.ended = True
+            found["metadata"] = json.loads(fields["metadata"][-1])
+        except ValueError:
+            raise ApiError(422, "metadata must be a JSON object", "metadata") from None
+    return found
 
 
 def _listed(value: str) -> list[str]:
@@ -224,7 +125,7 @@ class Relay:
 
     def __init__(self, request: Request, boundary: bytes, allow_private: bool) -> None:
         self.request = request
-        self.parts = MultipartRelay(boundary)
+        self.parts = multipart.MultipartRelay(boundary, CONSUMED)
         self.allow_private = allow_private
         self.failure: ApiError | None = None
         self.wanted: RegistrationCreate | None = None
@@ -236,11 +137,14 @@ class Relay:
                 if out:
                     yield out
             closing = self.parts.closing()
-            self.wanted = registration_from(self.parts.consumed())
+            self.wanted = registration_from(form_fields(self.parts.fields))
             await check_callback(self.wanted, self.allow_private)
         except ApiError as exc:
             self.failure = exc
             raise
+        except multipart.Refused as exc:
+            self.failure = ApiError(exc.status, str(exc), exc.param)
+            raise self.failure from None
         except HTTPException as exc:  # the body limit
             self.failure = ApiError(exc.status_code, str(exc.detail))
             raise self.failure from None
@@ -254,3 +158,195 @@ class Relay:
         async for _ in self.body():
             pass
         return self.parts.fingerprint
+
+
+_TEXT = {"type": "string"}
+_CREATE_FIELDS = {
+    "model": _TEXT,
+    "prompt": _TEXT,
+    "callback_url": {"type": "string", "maxLength": 2048},
+    "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_ORDER)}},
+    "metadata": {"type": "object"},
+}
+_CREATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The upstream's create body, JSON or multipart, plus the "
+        "registration fields status-proxy consumes (callback_url, events, metadata)",
+        "content": {
+            "application/json": {"schema": {"type": "object", "properties": _CREATE_FIELDS}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        **_CREATE_FIELDS,
+                        "events": _TEXT,
+                        "metadata": _TEXT,
+                        "first_frame_image": {"type": "string", "format": "binary"},
+                    },
+                }
+            },
+        },
+    },
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.KEY_LIMIT},
+            "description": "A retry with the same key within 24 h gets the first answer",
+        }
+    ],
+}
+_CREATED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The upstream's answer, plus `registration` when one was made",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
+
+
+@router.post(
+    "",
+    response_class=Response,
+    responses=_CREATED | responses(400, 401, 409, 413, 415, 422, 502, 503, 504),
+    openapi_extra=_CREATE_BODY,
+)
+async def create_video(request: Request, caller: CallerDep) -> Response:
+    """Create a video upstream with status-proxy's key; with a `callback_url`, the new
+    task is registered in the same call. Upstream errors pass through unchanged."""
+    runtime = caller.runtime
+    allow_private = runtime.settings.callback_allow_private
+    key = request.headers.get("idempotency-key")
+    if key is not None and not idempotency.valid_key(key):
+        message = "Idempotency-Key must be 1-255 visible ASCII characters"
+        raise ApiError(422, message, "Idempotency-Key")
+    kind, options = media_type(request)
+    relay: Relay | None = None
+    if kind == "application/json" or kind.endswith("+json"):
+        content, consumed, fingerprint = await read_json(request)
+        wanted = registration_from(consumed)
+        body: bytes | AsyncIterator[bytes] = content
+        content_type = "application/json"
+    elif kind == "multipart/form-data" and options.get(b"boundary"):
+        relay = Relay(request, options[b"boundary"], allow_private)
+        body, content_type, fingerprint, wanted = (
+            relay.body(),
+            request.headers["content-type"],
+            "",
+            None,
+        )
+    else:
+        raise ApiError(415, "the body must be JSON or multipart/form-data with a boundary")
+
+    if key is not None:
+        try:
+            stored = await idempotency.claim(runtime.db, caller.owner, key, time.time())
+        except idempotency.InFlight:
+            message = "a request with this Idempotency-Key is still being answered; retry shortly"
+            raise ApiError(409, message, "Idempotency-Key", headers={"Retry-After": "1"}) from None
+        if stored is not None:
+            if relay is not None:
+                fingerprint = await relay.drain()
+            if fingerprint != stored.fingerprint:
+                message = "this Idempotency-Key was used with a different request"
+                raise ApiError(409, message, "Idempotency-Key")
+            replayed = {"Idempotent-Replayed": "true"}
+            return Response(stored.body, stored.status_code, replayed, stored.content_type)
+    try:
+        if relay is None:
+            await check_callback(wanted, allow_private)
+        answer = await _forward(runtime, body, content_type, relay)
+        if relay is not None:
+            fingerprint, wanted = relay.parts.fingerprint, relay.wanted
+        answer = await _register(runtime, caller.owner, answer, wanted)
+    except BaseException:
+        if key is not None:
+            await asyncio.shield(idempotency.release(runtime.db, caller.owner, key))
+        raise
+    if key is not None:
+        await _remember(runtime, caller.owner, key, fingerprint, answer)
+    return Response(answer.body, answer.status_code, media_type=answer.content_type)
+
+
+async def _remember(
+    runtime: Runtime, owner: str, key: str, fingerprint: str, answer: Answer
+) -> None:
+    """Keep the answer the upstream gave for retries; drop the claim when it gave none.
+    A database that fails now must not cost the client the answer it is about to get."""
+    try:
+        if answer.status_code < 500:
+            stored = idempotency.Stored(
+                fingerprint, answer.status_code, answer.content_type, answer.body
+            )
+            await idempotency.store(runtime.db, owner, key, stored, time.time())
+        else:
+            await idempotency.release(runtime.db, owner, key)
+    except UNAVAILABLE as exc:
+        log.error("idempotency key not recorded: database %s", type(exc).__name__)
+
+
+async def _forward(
+    runtime: Runtime,
+    body: bytes | AsyncIterator[bytes],
+    content_type: str,
+    relay: Relay | None,
+) -> Answer:
+    try:
+        return await runtime.upstream.create(body, content_type)
+    except Exception as exc:
+        # A failure while streaming the client's body (a bad field, the body limit, the
+        # client leaving) surfaces from the transport as some error; answer the cause.
+        if relay is not None and relay.failure is not None:
+            raise relay.failure from None
+        if isinstance(exc, ApiError):
+            raise
+        if isinstance(exc, ClientDisconnect):
+            raise ApiError(400, "the request body ended early") from None
+        if isinstance(exc, BodyTooLarge):
+            raise ApiError(502, "the upstream's answer is too large") from None
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            raise ApiError(504, "the upstream did not answer in time") from None
+        if isinstance(exc, TRANSPORT_ERRORS):
+            name = type(exc).__name__
+            raise ApiError(502, f"the upstream is unreachable: {name}") from None
+        raise
+
+
+async def _register(
+    runtime: Runtime, owner: str, answer: Answer, wanted: RegistrationCreate | None
+) -> Answer:
+    """Register the task the upstream just created, and say so in the answer."""
+    if wanted is None or not 200 <= answer.status_code < 300:
+        return answer
+    try:
+        video = json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError):
+        video = None
+    task_id = video.get("id") or video.get("task_id") if isinstance(video, dict) else None
+    if not isinstance(task_id, str) or not valid_task_id(task_id):
+        log.warning("the upstream created a video without a usable id: not registered")
+        return answer
+    assert isinstance(video, dict)
+    try:
+        created = await registrations.create(
+            runtime.db,
+            owner,
+            wanted.model_copy(update={"task_id": task_id}),
+            time.time(),
+            runtime.settings.poll_interval_min,
+        )
+    except registrations.Conflict:
+        video["registration"] = None
+    except UNAVAILABLE as exc:
+        # The upstream made (and charges for) the task: hand back its id rather than
+        # lose it; the client can register it once the database is back.
+        log.error("task %s created but not registered: database %s", task_id, type(exc).__name__)
+        video["registration"] = None
+    else:
+        runtime.kick_poller()
+        if created.events:
+            runtime.kick_delivery()
+        video["registration"] = created.registration.model_dump(mode="json")
+    body = json.dumps(video, ensure_ascii=False).encode()
+    return Answer(answer.status_code, "application/json", body)
