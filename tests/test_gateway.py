@@ -408,3 +408,28 @@ def test_a_database_failure_after_the_create_still_hands_back_the_task(service, 
     # The client registers the task it was given once the database is back.
     assert service.register(video["id"], f"{hooks.url}/late").status_code == 201
     eventually(lambda: hooks.at("/late"), timeout=20)
+
+
+def test_registration_fields_may_follow_the_files(service, upstream, hooks):
+    """Parts arrive in the client's order: fields after a file are still consumed."""
+    form = httpx._multipart.MultipartStream(
+        data={}, files={"first_frame_image": ("f.png", IMAGE[:70_000], "image/png")},
+        boundary=b"after-the-file",
+    )  # fmt: skip
+    tail = (
+        b'--after-the-file\r\nContent-Disposition: form-data; name="events"\r\n\r\n'
+        b'["video.completed"]\r\n'
+        b'--after-the-file\r\nContent-Disposition: form-data; name="callback_url"\r\n\r\n'
+        + f"{hooks.url}/after".encode()
+        + b"\r\n--after-the-file--\r\n"
+    )
+    body = b"".join(form).removesuffix(b"--after-the-file--\r\n") + tail
+    answer = service.client.post(
+        "/v1/videos",
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=after-the-file; charset=utf-8"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["registration"]["events"] == ["video.completed"]
+    sent = upstream.sim.created[-1]
+    assert sent.fields == {} and sent.files["first_frame_image"][2] == IMAGE[:70_000]
