@@ -433,3 +433,12 @@ def test_registration_fields_may_follow_the_files(service, upstream, hooks):
     assert answer.json()["registration"]["events"] == ["video.completed"]
     sent = upstream.sim.created[-1]
     assert sent.fields == {} and sent.files["first_frame_image"][2] == IMAGE[:70_000]
+
+
+def test_a_retry_on_another_replica_gets_the_first_answer(make_service, upstream):
+    first_replica, second_replica = make_service(), make_service()  # one database
+    body, key = {"model": "m", "prompt": "p"}, {"Idempotency-Key": "across"}
+    first = first_replica.client.post("/v1/videos", json=body, headers=key)
+    again = second_replica.client.post("/v1/videos", json=body, headers=key)
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert len(upstream.sim.created) == 1
