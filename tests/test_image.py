@@ -122,32 +122,32 @@ def container(image: str, upstream, hooks) -> Iterator[tuple[str, str]]:
     volume = f"{name}-data"
     port = free_port()
     podman("volume", "create", volume)
-    podman(
-        "run",
-        "--detach",
-        "--name",
-        name,
-        *RUN,
-        "--network=slirp4netns:allow_host_loopback=true",
-        "--publish",
-        f"127.0.0.1:{port}:8080",
-        "--volume",
-        f"{volume}:/data",
-        "--env",
-        f"STATUS_PROXY_UPSTREAM_BASE_URL={from_container(upstream.url)}",
-        "--env",
-        f"STATUS_PROXY_UPSTREAM_API_KEY={UPSTREAM_KEY}",
-        "--env",
-        f"STATUS_PROXY_WEBHOOK_SECRET={SECRET}",
-        "--env",
-        "STATUS_PROXY_CALLBACK_ALLOW_PRIVATE=true",
-        "--env",
-        "STATUS_PROXY_POLL_INTERVAL_MIN=0.2",
-        "--env",
-        "STATUS_PROXY_POLL_INTERVAL_MAX=0.5",
-        image,
-    )
-    try:
+    try:  # cleaned up even when the run itself fails
+        podman(
+            "run",
+            "--detach",
+            "--name",
+            name,
+            *RUN,
+            "--network=slirp4netns:allow_host_loopback=true",
+            "--publish",
+            f"127.0.0.1:{port}:8080",
+            "--volume",
+            f"{volume}:/data",
+            "--env",
+            f"STATUS_PROXY_UPSTREAM_BASE_URL={from_container(upstream.url)}",
+            "--env",
+            f"STATUS_PROXY_UPSTREAM_API_KEY={UPSTREAM_KEY}",
+            "--env",
+            f"STATUS_PROXY_WEBHOOK_SECRET={SECRET}",
+            "--env",
+            "STATUS_PROXY_CALLBACK_ALLOW_PRIVATE=true",
+            "--env",
+            "STATUS_PROXY_POLL_INTERVAL_MIN=0.2",
+            "--env",
+            "STATUS_PROXY_POLL_INTERVAL_MAX=0.5",
+            image,
+        )
         yield name, f"http://127.0.0.1:{port}"
     finally:
         podman("rm", "--force", "--time", "5", name, check=False)
