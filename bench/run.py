@@ -185,6 +185,14 @@ def references(method: str, url: str, seconds: float, **extra: Any) -> tuple[Any
     return raw, plain
 
 
+def versus(rate: float, raw: dict[str, float], plain: dict[str, float]) -> dict[str, float]:
+    """A client figure next to the raw aiohttp loop and the plain httpx loop."""
+    return {
+        "status_proxy": rate, "reference": raw["rate"], "ratio": rate / raw["rate"],
+        "plain_httpx": plain["rate"], "vs_plain_httpx": rate / plain["rate"],
+    }  # fmt: skip
+
+
 def poller_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
     """3: polls/s the poller sustains, against raw aiohttp and plain httpx GET loops."""
     seconds = size["seconds"]
@@ -209,11 +217,7 @@ def poller_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
                 httpx.get(f"{upstream}/count").json()["count"],
                 time.monotonic() - start,
             )
-    rate = (after - before) / elapsed
-    return {
-        "status_proxy": rate, "reference": raw["rate"], "ratio": rate / raw["rate"],
-        "plain_httpx": plain["rate"], "vs_plain_httpx": rate / plain["rate"],
-    }  # fmt: skip
+    return versus((after - before) / elapsed, raw, plain)
 
 
 def delivery_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -242,11 +246,7 @@ def delivery_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
                     break
                 time.sleep(0.05)
             elapsed = time.monotonic() - start
-    rate = got / elapsed
-    return {
-        "status_proxy": rate, "reference": raw["rate"], "ratio": rate / raw["rate"],
-        "plain_httpx": plain["rate"], "vs_plain_httpx": rate / plain["rate"], "webhooks": got,
-    }  # fmt: skip
+    return {**versus(got / elapsed, raw, plain), "webhooks": got}
 
 
 def footprint_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:

@@ -14,11 +14,11 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from service import status
+from service.api import videos
 from service.api.deps import CallerDep
-from service.api.errors import ApiError, responses
+from service.api.errors import ApiError, responses, upstream_failure
 from service.api.videos import TaskId, checked_task_id
 from service.runtime import Runtime
-from service.upstream import TRANSPORT_ERRORS
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
@@ -50,10 +50,11 @@ async def video_content(task_id: TaskId, caller: CallerDep, request: Request) ->
     await _completed_or_409(runtime, task_id)
     try:
         upstream = await runtime.upstream.open_content(task_id, request.headers.get("range"))
-    except (httpx.TimeoutException, TimeoutError):
-        raise ApiError(504, "the upstream did not answer in time") from None
-    except TRANSPORT_ERRORS as exc:
-        raise ApiError(502, f"the upstream is unreachable: {type(exc).__name__}") from None
+    except Exception as exc:
+        failure = upstream_failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
     status = upstream.status_code
     headers = {name: upstream.headers[name] for name in _PASSED_ON if name in upstream.headers}
     if status in (200, 206):
@@ -77,14 +78,8 @@ async def _completed_or_409(runtime: Runtime, task_id: str) -> None:
             return
         now = "failed" if outcome == "failed" or state == "given_up" else raw_status or "not done"
         raise ApiError(409, f"the video is not ready: the task is {now}", "task_id")
-    fetch = await runtime.upstream.fetch(task_id)  # not tracked: ask once
-    runtime.metrics.upstream_requests.labels(fetch.outcome).inc()
-    if fetch.outcome == "not_found":
-        raise ApiError(404, "the upstream has no such task", "task_id")
-    if fetch.outcome == "timeout":
-        raise ApiError(504, "the upstream did not answer in time")
-    if fetch.video is None:
-        raise ApiError(502, fetch.detail or "the upstream failed")
+    fetch = await videos.fetch_through(runtime, task_id)  # not tracked: ask once
+    assert fetch.video is not None  # an "ok" fetch carries its video object
     reading = status.read(fetch.video)
     if reading.kind != "completed":
         raise ApiError(409, f"the video is not ready: the task is {reading.raw_status}", "task_id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,6 +13,7 @@ from starlette.exceptions import HTTPException
 
 from service.db import UNAVAILABLE
 from service.models import ErrorBody
+from service.upstream import TRANSPORT_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,16 @@ class ApiError(Exception):
         self.param = param
         self.code = code or CODES.get(status, "error")
         self.headers = headers or {}
+
+
+def upstream_failure(exc: BaseException) -> ApiError | None:
+    """The answer for an upstream request that failed on the way (504 for a timeout,
+    502 for anything else the transport raises), or None for any other exception."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return ApiError(504, "the upstream did not answer in time")
+    if isinstance(exc, TRANSPORT_ERRORS):
+        return ApiError(502, f"the upstream is unreachable: {type(exc).__name__}")
+    return None
 
 
 def envelope(

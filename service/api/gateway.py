@@ -19,20 +19,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from service import callbacks, idempotency, multipart, registrations
+from service import idempotency, multipart, registrations
+from service.api import registrations as api_registrations
 from service.api.deps import CallerDep
-from service.api.errors import ApiError, responses
+from service.api.errors import ApiError, responses, upstream_failure
 from service.db import UNAVAILABLE
 from service.models import EVENT_ORDER, RegistrationCreate, valid_task_id
 from service.runtime import Runtime
-from service.upstream import TRANSPORT_ERRORS, Answer, BodyTooLarge
+from service.upstream import Answer, BodyTooLarge
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
@@ -68,26 +68,43 @@ def registration_from(fields: dict[str, Any]) -> RegistrationCreate | None:
 
 
 async def check_callback(wanted: RegistrationCreate | None, allow_private: bool) -> None:
-    if wanted is None:
-        return
-    try:
-        await callbacks.check(wanted.callback_url, allow_private)
-    except callbacks.CallbackRejected as exc:
-        raise ApiError(422, str(exc), "callback_url") from None
+    if wanted is not None:
+        await api_registrations.vet_callback(wanted.callback_url, allow_private)
 
 
-async def read_json(request: Request) -> tuple[bytes, dict[str, Any], str]:
-    """The body to send upstream, the consumed fields, and the request's fingerprint."""
-    raw = await request.body()
-    try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise ApiError(422, "the body must be a JSON object")
-    fingerprint = fingerprint_json(payload)
-    consumed = {name: payload.pop(name) for name in CONSUMED if name in payload}
-    return json.dumps(payload, ensure_ascii=False).encode(), consumed, fingerprint
+class JsonIntake:
+    """A JSON create body: small, so read whole, and its registration fields checked
+    before anything goes upstream."""
+
+    content_type = "application/json"
+    failure: ApiError | None = None  # nothing can fail while a bytes body is sent
+
+    def __init__(self, content: bytes, fingerprint: str, wanted: RegistrationCreate | None):
+        self.content = content
+        self.fingerprint = fingerprint
+        self.wanted = wanted
+
+    @classmethod
+    async def read(cls, request: Request) -> JsonIntake:
+        try:
+            payload = json.loads(await request.body())
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "the body is not valid JSON") from None
+        if not isinstance(payload, dict):
+            raise ApiError(422, "the body must be a JSON object")
+        fingerprint = fingerprint_json(payload)
+        consumed = {name: payload.pop(name) for name in CONSUMED if name in payload}
+        content = json.dumps(payload, ensure_ascii=False).encode()
+        return cls(content, fingerprint, registration_from(consumed))
+
+    def body(self) -> bytes:
+        return self.content
+
+    async def precheck(self, allow_private: bool) -> None:
+        await check_callback(self.wanted, allow_private)
+
+    async def drain(self) -> str:
+        return self.fingerprint
 
 
 def form_fields(fields: dict[str, list[str]]) -> dict[str, Any]:
@@ -120,11 +137,13 @@ def _listed(value: str) -> list[str]:
 
 
 class Relay:
-    """The multipart body going upstream, checked at the end; a failure inside the
-    stream is kept here so the route can answer it rather than a transport error."""
+    """A multipart create body, streamed upstream and checked as it ends; a failure
+    inside the stream is kept here so the route can answer it rather than a transport
+    error. The fingerprint and the registration fields are known once it has streamed."""
 
     def __init__(self, request: Request, boundary: bytes, allow_private: bool) -> None:
         self.request = request
+        self.content_type = request.headers["content-type"]
         self.parts = multipart.MultipartRelay(boundary, CONSUMED)
         self.allow_private = allow_private
         self.failure: ApiError | None = None
@@ -153,11 +172,21 @@ class Relay:
             raise self.failure from None
         yield closing
 
+    @property
+    def fingerprint(self) -> str:
+        return self.parts.fingerprint
+
+    async def precheck(self, allow_private: bool) -> None:
+        """Nothing before: the fields are checked as the body ends."""
+
     async def drain(self) -> str:
         """Read the whole body without sending it anywhere; its fingerprint."""
         async for _ in self.body():
             pass
-        return self.parts.fingerprint
+        return self.fingerprint
+
+
+Intake = JsonIntake | Relay
 
 
 _TEXT = {"type": "string"}
@@ -222,20 +251,11 @@ async def create_video(request: Request, caller: CallerDep) -> Response:
         message = "Idempotency-Key must be 1-255 visible ASCII characters"
         raise ApiError(422, message, "Idempotency-Key")
     kind, options = media_type(request)
-    relay: Relay | None = None
+    intake: Intake
     if kind == "application/json" or kind.endswith("+json"):
-        content, consumed, fingerprint = await read_json(request)
-        wanted = registration_from(consumed)
-        body: bytes | AsyncIterator[bytes] = content
-        content_type = "application/json"
+        intake = await JsonIntake.read(request)
     elif kind == "multipart/form-data" and options.get(b"boundary"):
-        relay = Relay(request, options[b"boundary"], allow_private)
-        body, content_type, fingerprint, wanted = (
-            relay.body(),
-            request.headers["content-type"],
-            "",
-            None,
-        )
+        intake = Relay(request, options[b"boundary"], allow_private)
     else:
         raise ApiError(415, "the body must be JSON or multipart/form-data with a boundary")
 
@@ -246,26 +266,21 @@ async def create_video(request: Request, caller: CallerDep) -> Response:
             message = "a request with this Idempotency-Key is still being answered; retry shortly"
             raise ApiError(409, message, "Idempotency-Key", headers={"Retry-After": "1"}) from None
         if stored is not None:
-            if relay is not None:
-                fingerprint = await relay.drain()
-            if fingerprint != stored.fingerprint:
+            if await intake.drain() != stored.fingerprint:
                 message = "this Idempotency-Key was used with a different request"
                 raise ApiError(409, message, "Idempotency-Key")
             replayed = {"Idempotent-Replayed": "true"}
             return Response(stored.body, stored.status_code, replayed, stored.content_type)
     try:
-        if relay is None:
-            await check_callback(wanted, allow_private)
-        answer = await _forward(runtime, body, content_type, relay)
-        if relay is not None:
-            fingerprint, wanted = relay.parts.fingerprint, relay.wanted
-        answer = await _register(runtime, caller.owner, answer, wanted)
+        await intake.precheck(allow_private)
+        answer = await _forward(runtime, intake)
+        answer = await _register(runtime, caller.owner, answer, intake.wanted)
     except BaseException:
         if key is not None:
             await asyncio.shield(idempotency.release(runtime.db, caller.owner, key))
         raise
     if key is not None:
-        await _remember(runtime, caller.owner, key, fingerprint, answer)
+        await _remember(runtime, caller.owner, key, intake.fingerprint, answer)
     return Response(answer.body, answer.status_code, media_type=answer.content_type)
 
 
@@ -286,31 +301,24 @@ async def _remember(
         log.error("idempotency key not recorded: database %s", type(exc).__name__)
 
 
-async def _forward(
-    runtime: Runtime,
-    body: bytes | AsyncIterator[bytes],
-    content_type: str,
-    relay: Relay | None,
-) -> Answer:
+async def _forward(runtime: Runtime, intake: Intake) -> Answer:
     try:
-        return await runtime.upstream.create(body, content_type)
+        return await runtime.upstream.create(intake.body(), intake.content_type)
     except Exception as exc:
         # A failure while streaming the client's body (a bad field, the body limit, the
         # client leaving) surfaces from the transport as some error; answer the cause.
-        if relay is not None and relay.failure is not None:
-            raise relay.failure from None
+        if intake.failure is not None:
+            raise intake.failure from None
         if isinstance(exc, ApiError):
             raise
         if isinstance(exc, ClientDisconnect):
             raise ApiError(400, "the request body ended early") from None
         if isinstance(exc, BodyTooLarge):
             raise ApiError(502, "the upstream's answer is too large") from None
-        if isinstance(exc, httpx.TimeoutException | TimeoutError):
-            raise ApiError(504, "the upstream did not answer in time") from None
-        if isinstance(exc, TRANSPORT_ERRORS):
-            name = type(exc).__name__
-            raise ApiError(502, f"the upstream is unreachable: {name}") from None
-        raise
+        failure = upstream_failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 async def _register(
@@ -344,9 +352,7 @@ async def _register(
         log.error("task %s created but not registered: database %s", task_id, type(exc).__name__)
         video["registration"] = None
     else:
-        runtime.kick_poller()
-        if created.events:
-            runtime.kick_delivery()
+        api_registrations.wake_workers(runtime, created)
         video["registration"] = created.registration.model_dump(mode="json")
     body = json.dumps(video, ensure_ascii=False).encode()
     return Answer(answer.status_code, "application/json", body)

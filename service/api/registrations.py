@@ -18,6 +18,7 @@ from service.models import (
     RegistrationPublic,
     RegistrationState,
 )
+from service.runtime import Runtime
 
 router = APIRouter(prefix="/v1/registrations", tags=["registrations"])
 
@@ -65,10 +66,7 @@ async def create_registration(
     body: RegistrationCreate, caller: CallerDep, response: Response
 ) -> RegistrationPublic:
     """Watch a task and deliver its terminal event to the callback URL."""
-    try:
-        await callbacks.check(body.callback_url, caller.runtime.settings.callback_allow_private)
-    except callbacks.CallbackRejected as exc:
-        raise ApiError(422, str(exc), "callback_url") from None
+    await vet_callback(body.callback_url, caller.runtime.settings.callback_allow_private)
     try:
         created = await registrations.create(
             caller.runtime.db,
@@ -79,13 +77,26 @@ async def create_registration(
         )
     except registrations.Conflict as exc:
         raise ApiError(409, str(exc), exc.param) from None
-    if created.created:
-        caller.runtime.kick_poller()
-    else:
+    if not created.created:
         response.status_code = status.HTTP_200_OK
-    if created.events:
-        caller.runtime.kick_delivery()
+    wake_workers(caller.runtime, created)
     return created.registration
+
+
+async def vet_callback(url: str, allow_private: bool) -> None:
+    """422 for a callback URL that may not be used (checked again at delivery time)."""
+    try:
+        await callbacks.check(url, allow_private)
+    except callbacks.CallbackRejected as exc:
+        raise ApiError(422, str(exc), "callback_url") from None
+
+
+def wake_workers(runtime: Runtime, created: registrations.Created) -> None:
+    """Have this process's workers look now: a new task to poll, events to send."""
+    if created.created:
+        runtime.kick_poller()
+    if created.events:
+        runtime.kick_delivery()
 
 
 @router.get("", responses=responses(401, 422, 503))

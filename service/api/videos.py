@@ -10,6 +10,8 @@ from fastapi import APIRouter, Path, Response
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
 from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, valid_task_id
+from service.runtime import Runtime
+from service.upstream import Fetch
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
@@ -54,10 +56,17 @@ async def get_video(task_id: TaskId, caller: CallerDep) -> Response:
         snapshot, snapshot_at = row
         age = max(0, int(time.time() - snapshot_at))
         return Response(snapshot, media_type="application/json", headers={"Age": str(age)})
+    fetch = await fetch_through(runtime, task_id)
+    return Response(fetch.body, media_type="application/json", headers={"Age": "0"})
+
+
+async def fetch_through(runtime: Runtime, task_id: str) -> Fetch:
+    """Ask the upstream once about a task status-proxy does not track; anything but a
+    video object is answered as the API's error for it."""
     fetch = await runtime.upstream.fetch(task_id)
     runtime.metrics.upstream_requests.labels(fetch.outcome).inc()
     if fetch.outcome == "ok":
-        return Response(fetch.body, media_type="application/json", headers={"Age": "0"})
+        return fetch
     if fetch.outcome == "not_found":
         raise ApiError(404, "the upstream has no such task", "task_id")
     if fetch.outcome == "timeout":

@@ -57,21 +57,13 @@ def _token(key: str) -> bytes:
     return hashlib.sha256(b"status-proxy dashboard session\0" + key.encode()).digest()
 
 
-def _sessions(runtime: Runtime) -> list[tuple[bytes, str]]:
-    """(cookie token, owner id) for every configured key, worked out once."""
-    found: list[tuple[bytes, str]] | None = getattr(runtime, "_dashboard_sessions", None)
-    if found is None:
-        keys = [key.get_secret_value() for key in runtime.settings.api_keys]
-        found = [(_token(key), key_digest(key).hex()) for key in keys]
-        runtime._dashboard_sessions = found  # type: ignore[attr-defined]
-    return found
-
-
 def _owner_for_token(runtime: Runtime, given: bytes) -> str | None:
+    """The owner id whose key makes this token; two hashes a configured key, no state."""
     owner = None
-    for token, candidate in _sessions(runtime):  # every one compared: timing tells nothing
-        if hmac.compare_digest(given, token):
-            owner = candidate
+    for secret in runtime.settings.api_keys:  # every one compared: timing tells nothing
+        key = secret.get_secret_value()
+        if hmac.compare_digest(given, _token(key)):
+            owner = key_digest(key).hex()
     return owner
 
 
