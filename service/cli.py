@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import uvicorn
 from fastapi import FastAPI
 
-from service import logs
+from service import logs, signing, webhook_secrets
 from service.config import Settings
 from service.db import Database
-from service.runtime import Runtime, load_secret
+from service.runtime import Runtime, key_digest, load_secret
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,14 +120,30 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
-async def _secret(settings: Settings) -> int:
+async def _secret(settings: Settings, api_key: str | None) -> int:
+    """Print the open API's secret, or with ``api_key`` that key's current secret (made
+    now if the key has none yet, as its first webhook or GET /v1/webhook_secret would)."""
+    if api_key is not None and not _configured(settings, api_key):
+        print("status-proxy: that key is not one of STATUS_PROXY_API_KEYS", file=sys.stderr)
+        return 2
     db = Database(settings)
     try:
         await db.migrate()
-        print(await load_secret(db, settings))
+        if api_key is None:
+            print(await load_secret(db, settings))
+        else:
+            owner = key_digest(api_key).hex()
+            print((await webhook_secrets.current(db, owner, time.time())).secret)
+    except signing.MalformedSecret as exc:
+        print(f"status-proxy: {exc}", file=sys.stderr)
+        return 1
     finally:
         await db.dispose()
     return 0
+
+
+def _configured(settings: Settings, api_key: str) -> bool:
+    return any(key.get_secret_value() == api_key for key in settings.api_keys)
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -166,7 +182,13 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-key", default=None, help="the Bearer key it demands (default: any)")
     sim.add_argument("--duration", type=float, default=20.0, help="seconds a task runs")
     sim.add_argument("--fail-rate", type=float, default=0.0, help="share of tasks that fail")
-    commands.add_parser("secret", help="print the webhook signing secret")
+    secret = commands.add_parser("secret", help="print the webhook signing secret")
+    secret.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="print the secret that signs this client key's webhooks",
+    )
     return top
 
 
@@ -193,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return asyncio.run(_migrate(settings))
         if args.command == "secret":
-            return asyncio.run(_secret(settings))
+            return asyncio.run(_secret(settings, args.api_key))
         if args.command == "simulate-upstream":
             return _simulate(args, settings)
         if args.command == "demo":

@@ -7,6 +7,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service import signing
+
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 
 
@@ -19,7 +21,10 @@ def _split(value: object) -> object:
 class Settings(BaseSettings):
     """Every knob of the service; durations are seconds."""
 
-    model_config = SettingsConfigDict(env_prefix="STATUS_PROXY_", extra="ignore")
+    # Errors never quote the value: it may be a key or a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="STATUS_PROXY_", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str = "sqlite:///./data/status-proxy.db"
     upstream_base_url: str = "https://octopusx.ai"
@@ -79,8 +84,17 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith("whsec_"):
-            raise ValueError("the webhook secret must start with whsec_")
+        # After SecretStr wrapping, so a refused value is shown masked, never in clear.
+        if value is not None:
+            try:
+                signing.check(value.get_secret_value())
+            except signing.MalformedSecret as exc:
+                raise ValueError(
+                    f"STATUS_PROXY_WEBHOOK_SECRET must be {signing.SHAPE} (Standard Webhooks), "
+                    f"but {exc}; leave it unset to have one generated, or make one with: "
+                    f'python -c "import base64, os; '
+                    f"print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
+                ) from None
         return value
 
     @model_validator(mode="after")

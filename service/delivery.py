@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import callbacks, logs, outbox, retry, signing
+from service import callbacks, logs, outbox, retry, signing, webhook_secrets
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -46,13 +46,13 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         settings: Settings,
         db: Database,
         client: httpx.AsyncClient,
-        secret: str,
+        open_secret: str,
         metrics: Metrics,
     ) -> None:
         super().__init__(db, IDLE_WAIT, drain_timeout=settings.delivery_timeout + 2)
         self.settings = settings
         self.client = client
-        self.secret = secret
+        self.open_secret = open_secret  # signs the open API's webhooks (owner "")
         self.metrics = metrics
         # An attempt cannot outlive its timeout, so the lease only needs a margin for the write.
         self.lease = settings.delivery_timeout + 10
@@ -70,7 +70,19 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         room = min(limit - len(claimed), self.retry_slots - self._retrying)
         if room > 0:
             claimed += await outbox.claim(conn, now, room, self.lease, outbox.RETRY)
+        await self._attach_secrets(conn, claimed, now)
         return claimed
+
+    async def _attach_secrets(
+        self, conn: AsyncConnection, claimed: list[outbox.Claimed], now: float
+    ) -> None:
+        """Each event carries the secrets valid now, read in this claim transaction: a
+        rotation on any replica signs from the next attempt on, a retry included."""
+        if claimed:
+            owners = sorted({event.owner for event in claimed})
+            found = await webhook_secrets.for_owners(conn, owners, self.open_secret, now)
+            for event in claimed:
+                event.secrets = found[event.owner]
 
     async def release(self, conn: AsyncConnection, jobs: list[outbox.Claimed]) -> None:
         await outbox.release(conn, jobs)
@@ -107,6 +119,9 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             error = f"timed out after {self.settings.delivery_timeout:g}s"
         except callbacks.CallbackRejected as exc:
             error = str(exc)
+        except signing.MalformedSecret as exc:
+            log.error("the stored signing secret of this key is malformed (%s): rotate it", exc)
+            error = "the signing secret of this key is malformed: rotate it"
         except TRANSPORT_ERRORS as exc:
             error = _describe(exc)
         duration_ms = int((time.monotonic() - clock) * 1000)
@@ -151,7 +166,7 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             "user-agent": USER_AGENT,
             "webhook-id": event.id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signing.sign(self.secret, event.id, timestamp, body),
+            "webhook-signature": signing.signatures(event.secrets, event.id, timestamp, body),
         }
         async with self.client.stream(
             "POST", event.callback_url, content=body, headers=headers

@@ -8,7 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import dashboard, logs
-from service.api import downloads, errors, gateway, health, registrations, videos
+from service.api import (
+    downloads,
+    errors,
+    gateway,
+    health,
+    registrations,
+    videos,
+    webhook_secret,
+)
 from service.api.access import AccessLog
 from service.api.limits import BodyLimit
 from service.config import Settings
@@ -47,6 +55,7 @@ def create_app(
         app.include_router(videos.router)
         app.include_router(gateway.router)
         app.include_router(downloads.router)
+        app.include_router(webhook_secret.router)
         dashboard.install(app)
     app.include_router(health.router)
     return app

@@ -139,6 +139,19 @@ class Setting(SQLModel, table=True):
     value: str = Col(sa_column=Column(sa.Text, nullable=False))
 
 
+class WebhookSecret(SQLModel, table=True):
+    """A client key's signing secrets: the current one and, during a rotation's grace
+    period, the one before it. Keyed by the key's owner id, never the key."""
+
+    __tablename__ = "webhook_secrets"
+
+    owner: str = Col(primary_key=True, max_length=64)
+    secret: str = Col(sa_column=Column(sa.Text, nullable=False))
+    created_at: float
+    previous_secret: str | None = Col(default=None, sa_column=Column(sa.Text, nullable=True))
+    previous_expires_at: float | None = None
+
+
 class IdempotencyKey(SQLModel, table=True):
     """The first answer to a ``POST /v1/videos`` made with an ``Idempotency-Key``."""
 
@@ -260,6 +273,33 @@ class ErrorBody(BaseModel):
     """Every error the API answers has this shape."""
 
     error: ErrorDetail
+
+
+class WebhookSecretPublic(BaseModel):
+    """The calling key's signing secret (``GET /v1/webhook_secret``)."""
+
+    object: Literal["webhook_secret"] = "webhook_secret"
+    secret: str = Field(examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+    created_at: int
+    previous_expires_at: int | None = Field(
+        description="Until when the previous secret also signs (unix time), or null"
+    )
+
+
+GRACE_PERIOD_MAX = 7 * 86400
+
+
+class SecretRotation(BaseModel):
+    """Body of ``POST /v1/webhook_secret/rotate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grace_period: int = Field(
+        86400,
+        ge=0,
+        le=GRACE_PERIOD_MAX,
+        description="Seconds during which the previous secret still signs, next to the new one",
+    )
 
 
 class Redelivery(BaseModel):

@@ -187,6 +187,8 @@ class Claimed:
     callback_url: str = ""
     task_id: str = ""
     lane: int = FIRST
+    owner: str = ""  # the registration's key owner: whose secrets sign it
+    secrets: tuple[str, ...] = ()  # what signs this attempt, newest first
 
 
 def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
@@ -256,13 +258,17 @@ async def claim(
             row.id: row
             for row in await conn.execute(
                 sa.select(
-                    registrations.c.id, registrations.c.callback_url, registrations.c.task_id
+                    registrations.c.id,
+                    registrations.c.callback_url,
+                    registrations.c.task_id,
+                    registrations.c.owner,
                 ).where(registrations.c.id.in_({event.registration_id for event in claimed}))
             )
         }
         for event in claimed:
             target = targets[event.registration_id]
             event.callback_url, event.task_id = target.callback_url, target.task_id
+            event.owner = target.owner
     claimed.sort(key=lambda event: event.seq)
     return claimed
 

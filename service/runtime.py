@@ -124,7 +124,8 @@ def _delivery_session(settings: Settings) -> aiohttp.ClientSession:
 
 
 async def load_secret(db: Database, settings: Settings) -> str:
-    """The configured secret, else the one generated once and kept in the database."""
+    """The open API's secret: the configured one, else the one generated once and kept in
+    the database (checked as it is read: MalformedSecret if someone spoiled it)."""
     if settings.webhook_secret is not None:
         return settings.webhook_secret.get_secret_value()
     async with db.write() as conn:
@@ -136,4 +137,11 @@ async def load_secret(db: Database, settings: Settings) -> str:
                 sa.select(settings_table.c.value).where(settings_table.c.key == SECRET_KEY)
             )
         ).scalar_one()
-    return str(value)
+    try:
+        return signing.check(str(value))
+    except signing.MalformedSecret as exc:
+        raise signing.MalformedSecret(
+            f"the webhook secret stored in the database (settings table, key {SECRET_KEY!r}) "
+            f"is malformed: {exc}; delete that row to have a new one generated, or set "
+            "STATUS_PROXY_WEBHOOK_SECRET"
+        ) from None

@@ -34,6 +34,10 @@ class _RouteRules:
     def __init__(self, route: APIRoute) -> None:
         self.query_names = frozenset(_query_names(route.dependant))
         self.takes_json = route.body_field is not None
+        # A route whose body is optional takes an empty request too, without a type.
+        self.body_optional = (
+            route.body_field is not None and not route.body_field.field_info.is_required()
+        )
 
 
 def _query_names(dependant: Dependant) -> list[str]:
@@ -75,7 +79,7 @@ async def get_caller(
         for name in request.query_params:
             if name not in rules.query_names:
                 raise ApiError(422, f"unknown query parameter {name!r}", name or None)
-        if rules.takes_json:
+        if rules.takes_json and not (rules.body_optional and _empty(request)):
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
                 raise ApiError(415, "the body must be JSON, sent as Content-Type: application/json")
@@ -83,6 +87,12 @@ async def get_caller(
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def _empty(request: Request) -> bool:
+    """Whether the request announces no body at all."""
+    headers = request.headers
+    return "transfer-encoding" not in headers and headers.get("content-length", "0") == "0"
 
 
 def _authenticate(runtime: Runtime, credentials: HTTPAuthorizationCredentials | None) -> str:
