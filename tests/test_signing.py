@@ -1,3 +1,4 @@
+import base64
 import json
 import time
 
@@ -33,3 +34,55 @@ def test_verify_accepts_any_listed_signature_and_rejects_others():
 def test_secret_shape():
     secret = signing.new_secret()
     assert secret.startswith("whsec_") and secret != signing.new_secret()
+    assert len(signing.key(secret)) == 32
+
+
+def _whsec(size):
+    return "whsec_" + base64.b64encode(bytes(range(size))).decode()
+
+
+@pytest.mark.parametrize("secret", [_whsec(24), _whsec(32), _whsec(64), signing.new_secret()])
+def test_well_formed_secrets_are_taken(secret):
+    assert signing.check(secret) == secret
+    assert signing.key(secret) == base64.b64decode(secret.removeprefix("whsec_"))
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("whsec_my-webhook-secret", "not padded standard base64"),  # the example
+        ("whsec_!!!!", "not padded standard base64"),  # decoded leniently, an empty key
+        ("whsec_", "0 bytes"),
+        ("", "does not start with whsec_"),
+        (base64.b64encode(bytes(32)).decode(), "does not start with whsec_"),
+        ("WHSEC_" + _whsec(32)[6:], "does not start with whsec_"),
+        (_whsec(23), "23 bytes"),
+        (_whsec(65), "65 bytes"),
+        (_whsec(32).rstrip("="), "not padded standard base64"),
+        ("whsec_" + base64.urlsafe_b64encode(b"\xfb\xff" * 16).decode(), "standard base64"),
+        (_whsec(32) + "\n", "not padded standard base64"),
+        (" " + _whsec(32), "does not start with whsec_"),
+        (_whsec(32)[:-2] + "B=", "not canonical"),  # stray bits in the last character
+    ],
+)
+def test_malformed_secrets_are_refused_without_being_quoted(secret, why):
+    with pytest.raises(signing.MalformedSecret, match=why) as refused:
+        signing.key(secret)
+    tail = secret.removeprefix("whsec_")
+    assert not tail or tail not in str(refused.value)
+    with pytest.raises(signing.MalformedSecret):
+        signing.sign(secret, "m", 1, b"x")
+
+
+def test_two_signatures_newest_first_each_verifies_alone():
+    new, old, stranger = signing.new_secret(), signing.new_secret(), signing.new_secret()
+    body, timestamp = b'{"id":"evt_2"}', int(time.time())
+    value = signing.signatures((new, old), "evt_2", timestamp, body)
+    first, second = value.split(" ")
+    assert first == signing.sign(new, "evt_2", timestamp, body)
+    assert second == signing.sign(old, "evt_2", timestamp, body)
+    headers = {"webhook-id": "evt_2", "webhook-timestamp": str(timestamp)}
+    for secret in (new, old):
+        Webhook(secret).verify(body, headers | {"webhook-signature": value})
+    with pytest.raises(WebhookVerificationError):
+        Webhook(stranger).verify(body, headers | {"webhook-signature": value})
