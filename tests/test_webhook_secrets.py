@@ -3,7 +3,9 @@ its own secret only, rotation signs twice during the grace period, retries and
 redeliveries sign with what is valid when they are sent, malformed secrets are refused."""
 
 import asyncio
+import base64
 import hashlib
+import subprocess
 import time
 
 import pytest
@@ -12,7 +14,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from service import signing, webhook_secrets
 from service.config import Settings
 from service.db import Database
-from tests.harness import SECRET, eventually, sql
+from tests.harness import SECRET, eventually, free_port, sql
+from tests.test_process import COMMAND, env_for
 
 KEYS = ("key-alpha", "key-beta")
 
@@ -279,3 +282,63 @@ def test_replicas_racing_to_create_a_secret_agree(db_url):
 def test_what_signs_at_a_moment(stored, now, expected):
     assert stored.signing(now) == expected
     assert (stored.public(now).previous_expires_at is None) == (len(expected) == 1)
+
+
+def _cli(env, *args):
+    return subprocess.run([COMMAND, *args], env=env, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", ["serve", "work"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "whsec_my-webhook-secret",  # the issue's example: base64 it is not
+        "whsec_!!!!",  # read leniently, an empty key that anyone could sign with
+        "plain-webhook-secret-value",
+        "whsec_" + base64.b64encode(b"sixteen-bytes-k!").decode(),  # too short
+    ],
+)
+def test_a_malformed_configured_secret_refuses_to_start(tmp_path, command, value):
+    database = tmp_path / "s.db"
+    env = env_for(f"sqlite:///{database}", "http://127.0.0.1:9", STATUS_PROXY_WEBHOOK_SECRET=value)
+    result = _cli(env, command, *(["--port", str(free_port())] if command == "serve" else []))
+    output = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 2, output
+    assert "STATUS_PROXY_WEBHOOK_SECRET must be whsec_" in result.stderr.decode()
+    assert "base64 of 24 to 64 random bytes" in result.stderr.decode()
+    assert value.removeprefix("whsec_") not in output  # named, never quoted
+    assert not database.exists()  # refused before anything was opened
+
+
+def test_the_secret_command_prints_a_keys_secret(db_url, make_service):
+    service = make_service(api_keys=list(KEYS))
+    env = env_for(db_url, "http://127.0.0.1:9", STATUS_PROXY_API_KEYS=",".join(KEYS))
+    first = _cli(env, "secret", "--api-key", KEYS[1])  # before any use: made now, and kept
+    assert first.returncode == 0, first.stderr
+    printed = first.stdout.decode().strip()
+    assert signing.check(printed) and printed not in first.stderr.decode()
+    assert secret_of(service, KEYS[1])["secret"] == printed
+    rotated = rotate(service, KEYS[1], grace_period=60)["secret"]
+    assert _cli(env, "secret", "--api-key", KEYS[1]).stdout.decode().strip() == rotated
+    alpha = _cli(env, "secret", "--api-key", KEYS[0]).stdout.decode().strip()
+    assert alpha == secret_of(service, KEYS[0])["secret"] != rotated
+    assert _cli(env, "secret").stdout.decode().strip() == SECRET  # the open API's
+    unknown = _cli(env, "secret", "--api-key", "key-gamma")
+    assert unknown.returncode == 2 and b"not one of STATUS_PROXY_API_KEYS" in unknown.stderr
+    assert b"key-gamma" not in unknown.stdout + unknown.stderr
+
+
+def test_the_secret_command_refuses_malformed_stored_secrets(db_url, make_service):
+    make_service(api_keys=list(KEYS))
+    env = env_for(db_url, "http://127.0.0.1:9", STATUS_PROXY_API_KEYS=",".join(KEYS))
+    del env["STATUS_PROXY_WEBHOOK_SECRET"]
+    sql(
+        db_url,
+        "INSERT INTO settings (key, value) VALUES ('webhook_secret', 'whsec_c3BvaWx0')",
+        "INSERT INTO webhook_secrets (owner, secret, created_at) "
+        f"VALUES ('{owner(KEYS[0])}', 'whsec_c3BvaWx0', 0)",
+    )
+    for args in (("secret",), ("secret", "--api-key", KEYS[0])):
+        result = _cli(env, *args)
+        assert result.returncode == 1 and b"malformed" in result.stderr
+        assert b"c3BvaWx0" not in result.stdout + result.stderr
