@@ -279,7 +279,7 @@ class WebhookSecretPublic(BaseModel):
     """The calling key's signing secret (``GET /v1/webhook_secret``)."""
 
     object: Literal["webhook_secret"] = "webhook_secret"
-    secret: str = Field(examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+    secret: str = Field(examples=["whsec_…"])
     created_at: int
     previous_expires_at: int | None = Field(
         description="Until when the previous secret also signs (unix time), or null"

@@ -26,11 +26,15 @@ def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
         STATUS_PROXY_API_KEYS=",".join(CLIENT_KEYS),
     ).wait_ready()
     seen = []
+    signing_secrets = []  # each key's, as its own secret route answered them
 
     def call(method, path, key=CLIENT_KEYS[0], **kwargs):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         response = httpx.request(method, proc.url + path, headers=headers, timeout=10, **kwargs)
-        seen.append(f"{response.status_code} {response.headers} {response.text}")
+        if path.startswith("/v1/webhook_secret") and response.status_code == 200:
+            signing_secrets.append(response.json()["secret"])  # the one route that may
+        else:
+            seen.append(f"{response.status_code} {response.headers} {response.text}")
         return response
 
     try:
@@ -38,6 +42,18 @@ def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
         body = {"task_id": task, "callback_url": f"{hooks.url}/s", "metadata": {"a": 1}}
         reg = call("POST", "/v1/registrations", json=body).json()
         eventually(lambda: hooks.at("/s"))
+        # Each key's signing secret, a rotation with a grace period, and refused tries.
+        for key in CLIENT_KEYS:
+            assert call("GET", "/v1/webhook_secret", key=key).status_code == 200
+        assert (
+            call("POST", "/v1/webhook_secret/rotate", json={"grace_period": 60}).status_code == 200
+        )
+        assert (
+            call("POST", "/v1/webhook_secret/rotate", json={"grace_period": -1}).status_code == 422
+        )
+        assert call("GET", "/v1/webhook_secret", key="wrong-key").status_code == 401
+        call("POST", f"/v1/registrations/{reg['id']}/redeliver")  # signed twice now
+        eventually(lambda: len(hooks.at("/s")) == 2)
         assert call("GET", "/v1/registrations", key="wrong-key").status_code == 401
         assert call("GET", "/v1/registrations", key=None).status_code == 401
         assert call("GET", f"/v1/registrations/{reg['id']}", key=CLIENT_KEYS[1]).status_code == 404
@@ -71,6 +87,10 @@ def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
     assert '"level": "debug"' in output  # the run really logged at debug level
     secrets = [UPSTREAM_KEY, SECRET, SECRET.removeprefix("whsec_"), DB_PASSWORD, *CLIENT_KEYS]
     secrets.append(base64.b64decode(SECRET.removeprefix("whsec_")).hex())
+    assert len(set(signing_secrets)) == 3  # two keys' secrets and one rotated in
+    for secret in signing_secrets:
+        secrets += [secret, secret.removeprefix("whsec_")]
+        secrets.append(base64.b64decode(secret.removeprefix("whsec_")).hex())
     for secret in secrets:
         assert secret not in output, f"{secret!r} in the logs"
         for answer in seen:
