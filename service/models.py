@@ -296,6 +296,7 @@ class SecretRotation(BaseModel):
 
     grace_period: int = Field(
         86400,
+        strict=True,  # a whole number of seconds: not true, "60" or 1.5
         ge=0,
         le=GRACE_PERIOD_MAX,
         description="Seconds during which the previous secret still signs, next to the new one",

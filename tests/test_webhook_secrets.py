@@ -181,6 +181,8 @@ def test_rotate_takes_an_empty_body_and_refuses_bad_grace_periods(keyed):
         {"grace_period": 604801},
         {"grace_period": "soon"},
         {"grace_period": 1.5},
+        {"grace_period": False},
+        {"grace_period": "60"},
         {"grace_period": None},
         {"grace": 10},
     ):
