@@ -63,7 +63,10 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def signatures(secrets_: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` header value: one signature per secret, in the order
-    given (the newest first during a rotation), separated by spaces as the spec says."""
+    given (the newest first during a rotation), separated by spaces as the spec says.
+    No secret at all is refused: a webhook never leaves unsigned."""
+    if not secrets_:
+        raise MalformedSecret("there is no secret to sign with")
     return " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets_)
 
 

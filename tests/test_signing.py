@@ -86,3 +86,8 @@ def test_two_signatures_newest_first_each_verifies_alone():
         Webhook(secret).verify(body, headers | {"webhook-signature": value})
     with pytest.raises(WebhookVerificationError):
         Webhook(stranger).verify(body, headers | {"webhook-signature": value})
+
+
+def test_nothing_to_sign_with_is_refused():
+    with pytest.raises(signing.MalformedSecret, match="no secret"):
+        signing.signatures((), "m", 1, b"x")
