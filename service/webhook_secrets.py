@@ -111,12 +111,14 @@ async def current(db: Database, owner: str, now: float) -> KeySecrets:
 async def rotate(db: Database, owner: str, grace_period: float, now: float) -> KeySecrets:
     """Give the key a new secret. The one it replaces keeps signing, after the new one,
     for ``grace_period`` seconds; an earlier previous secret stops at once. A malformed
-    current secret is dropped rather than kept signing."""
+    current secret is dropped rather than kept signing. A key without a secret yet gets
+    its first one."""
     async with db.write() as conn:
-        await ensure(conn, [owner], now)
         row = (
             await conn.execute(sa.select(*COLUMNS).where(table.c.owner == owner).with_for_update())
-        ).one()
+        ).first()
+        if row is None:  # a first secret replaces nothing, so nothing else signs
+            return (await ensure(conn, [owner], now))[owner]
         previous: str | None = row.secret
         try:
             signing.check(row.secret)

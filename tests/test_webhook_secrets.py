@@ -171,6 +171,9 @@ def test_a_redelivery_signs_with_the_current_secrets(keyed, upstream, hooks):
 
 def test_rotate_takes_an_empty_body_and_refuses_bad_grace_periods(keyed):
     client = keyed.client
+    first = rotate(keyed, KEYS[1])  # no secret yet: the first one, with nothing before it
+    assert first["previous_expires_at"] is None and secret_of(keyed, KEYS[1]) == first
+    secret_of(keyed, KEYS[0])
     empty = client.post("/v1/webhook_secret/rotate")
     assert empty.status_code == 200, empty.text
     assert abs(empty.json()["previous_expires_at"] - (time.time() + 86400)) < 60
