@@ -8,6 +8,7 @@ instead, which the runtime loads; nothing here serves it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,7 +63,8 @@ class KeySecrets:
         return WebhookSecretPublic(
             secret=self.secret,
             created_at=int(self.created_at),
-            previous_expires_at=int(self.previous_expires_at or 0) if grace else None,
+            # Rounded up: the previous secret signs until that second has passed.
+            previous_expires_at=math.ceil(self.previous_expires_at or 0) if grace else None,
         )
 
 

@@ -75,6 +75,8 @@ def test_each_key_has_its_own_secret_and_only_it_verifies(keyed, upstream, hooks
         assert found["object"] == "webhook_secret" and found["previous_expires_at"] is None
         assert signing.check(found["secret"]) and abs(found["created_at"] - time.time()) < 60
     assert alpha["secret"] != beta["secret"] != SECRET
+    answer = keyed.client.get("/v1/webhook_secret")
+    assert answer.headers["cache-control"] == "no-store"
     assert secret_of(keyed, KEYS[0]) == alpha  # created once, then kept
     _, to_alpha = deliver(keyed, upstream, hooks, KEYS[0], "/a")
     _, to_beta = deliver(keyed, upstream, hooks, KEYS[1], "/b")
@@ -96,7 +98,9 @@ def test_rotation_signs_with_both_newest_first_then_only_the_new(keyed, upstream
     old = secret_of(keyed, KEYS[0])["secret"]
     beta = secret_of(keyed, KEYS[1])["secret"]
     before = time.time()
-    new = rotate(keyed, KEYS[0], grace_period=3600)
+    answer = keyed.client.post("/v1/webhook_secret/rotate", json={"grace_period": 3600})
+    assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+    new = answer.json()
     assert new["secret"] != old and signing.check(new["secret"])
     assert before + 3600 - 5 <= new["previous_expires_at"] <= time.time() + 3600 + 5
     assert secret_of(keyed, KEYS[0]) == new

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from service import signing, webhook_secrets
 from service.api.deps import Caller, CallerDep
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/webhook_secret", tags=["signing secrets"])
 
+NO_STORE = "no-store"  # no cache or proxy on the way keeps a copy of a secret
 OPEN_API = (
     "the API is open (STATUS_PROXY_API_KEYS is not set): webhooks are signed with "
     "STATUS_PROXY_WEBHOOK_SECRET, which the operator reads with `status-proxy secret`"
@@ -33,7 +34,7 @@ def _owner(caller: Caller) -> str:
 
 
 @router.get("", responses=responses(401, 409, 415, 422, 503))
-async def get_webhook_secret(caller: CallerDep) -> WebhookSecretPublic:
+async def get_webhook_secret(caller: CallerDep, response: Response) -> WebhookSecretPublic:
     """The calling key's signing secret (created on first need), and until when the
     previous one also signs while a rotation's grace period lasts."""
     now = time.time()
@@ -42,12 +43,13 @@ async def get_webhook_secret(caller: CallerDep) -> WebhookSecretPublic:
     except signing.MalformedSecret as exc:
         log.error("%s", exc)
         raise ApiError(409, str(exc), code="malformed_secret") from None
+    response.headers["Cache-Control"] = NO_STORE
     return found.public(now)
 
 
 @router.post("/rotate", responses=responses(400, 401, 409, 413, 415, 422, 503))
 async def rotate_webhook_secret(
-    caller: CallerDep, body: SecretRotation | None = None
+    caller: CallerDep, response: Response, body: SecretRotation | None = None
 ) -> WebhookSecretPublic:
     """A new signing secret for the calling key. Until ``grace_period`` seconds have
     passed, every webhook of the key carries two signatures, the new one first."""
@@ -62,4 +64,5 @@ async def rotate_webhook_secret(
         log.info(
             "webhook secret rotated; the previous one signs for %d s more", rotation.grace_period
         )
+    response.headers["Cache-Control"] = NO_STORE
     return rotated.public(now)
