@@ -8,13 +8,16 @@ import hashlib
 import subprocess
 import time
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service import signing, webhook_secrets
 from service.config import Settings
 from service.db import Database
-from tests.harness import SECRET, eventually, free_port, sql
+from service.main import create_app
+from tests.conftest import test_settings
+from tests.harness import SECRET, ServerThread, eventually, free_port, sql
 from tests.test_process import COMMAND, env_for
 
 KEYS = ("key-alpha", "key-beta")
@@ -351,3 +354,27 @@ def test_the_secret_command_refuses_malformed_stored_secrets(db_url, make_servic
         result = _cli(env, *args)
         assert result.returncode == 1 and b"malformed" in result.stderr
         assert b"c3BvaWx0" not in result.stdout + result.stderr
+
+
+def test_a_rotation_on_one_replica_signs_on_another(keyed, upstream, hooks, db_url):
+    """An API-only replica rotates; the worker of another process signs with the result."""
+    settings = test_settings(db_url, upstream.url, api_keys=list(KEYS))
+    api_only = ServerThread(create_app(settings, workers=False)).start()
+    try:
+        old = secret_of(keyed, KEYS[0])["secret"]
+        response = httpx.post(
+            f"{api_only.url}/v1/webhook_secret/rotate",
+            json={"grace_period": 3600},
+            headers=auth(KEYS[0]),
+            timeout=15,
+        )
+        assert response.status_code == 200, response.text
+        new = response.json()
+        assert secret_of(keyed, KEYS[0]) == new  # the other replica reads the same
+    finally:
+        api_only.stop()
+    _, delivery = deliver(keyed, upstream, hooks, KEYS[0], "/replica")
+    first, _ = signatures(delivery)
+    stamp, event_id = int(delivery.headers["webhook-timestamp"]), delivery.headers["webhook-id"]
+    assert first == signing.sign(new["secret"], event_id, stamp, delivery.body)
+    assert verifies(old, delivery)
