@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import outbox, poller, registrations
+from service import outbox, poller, registrations, webhook_secrets
 from service.config import async_url
 from service.outbox import FIRST
 from tests.harness import eventually
@@ -36,6 +36,11 @@ KEYED = {
         r"ix_events_registration",
     ),
     "pending by registration": (outbox.drop_pending(BATCH), r"ix_events_registration"),
+    # Each delivery claim reads the signing secrets of its events' keys.
+    "signing secrets by key": (
+        webhook_secrets.by_owners([f"{n:064x}" for n in range(20)]),
+        r"sqlite_autoindex_webhook_secrets_1",
+    ),
     # Every registration looks for an active twin: the partial unique index, not a walk.
     "active twin": (registrations._ACTIVE_TWIN.params(key="k"), r"ux_registrations_active"),
 }
@@ -70,7 +75,9 @@ def plans(database_url):
 def test_hot_queries_use_indexes_not_scans(service):
     found = plans(service.settings.database_url)
     for name, plan in found.items():
-        assert not re.search(r"\bSCAN (tasks|events|registrations)\b|Seq Scan", plan), (name, plan)
+        assert not re.search(
+            r"\bSCAN (tasks|events|registrations|webhook_secrets)\b|Seq Scan", plan
+        ), (name, plan)
         assert re.search(r"USING (COVERING )?INDEX |Index", plan), (name, plan)
     if service.settings.database_url.startswith("sqlite"):  # PostgreSQL keeps statistics
         for name, (_, index) in KEYED.items():
