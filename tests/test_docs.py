@@ -1,6 +1,9 @@
 """Every setting is documented where operators look: .env.example and the README."""
 
+import time
 from pathlib import Path
+
+import pytest
 
 from service.config import Settings
 
@@ -36,3 +39,29 @@ def test_env_example_defaults_are_the_real_defaults():
             assert tuple(float(v) for v in value.split(",")) == default, name
         elif isinstance(default, str):
             assert value == default, name
+
+
+def test_the_readme_verification_with_two_secrets_works():
+    """The README's receiver code, run as written against real signatures."""
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    from service import signing
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("Verifying with two secrets:", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    new, old, stranger = (signing.new_secret() for _ in range(3))
+    code = code.replace('"whsec_new…"', repr(new)).replace('"whsec_old…"', repr(old))
+    namespace: dict = {}
+    exec(code, namespace)  # our own README, run as a reader would
+    body, stamp = b'{"id":"evt_1"}', int(time.time())
+    for secrets in ((new, old), (new,), (old,)):
+        headers = {
+            "webhook-id": "evt_1",
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": signing.signatures(secrets, "evt_1", stamp, body),
+        }
+        assert namespace["verify"](body, headers) == {"id": "evt_1"}
+    headers["webhook-signature"] = signing.sign(stranger, "evt_1", stamp, body)
+    with pytest.raises(WebhookVerificationError):
+        namespace["verify"](body, headers)
