@@ -110,7 +110,10 @@ def is_video_of(body: Any, task_id: str) -> bool:
 def read(video: dict[str, Any]) -> Reading:
     """Normalise an upstream video object (unwrapped, and known to be of this task)."""
     status = video.get("status")
-    raw = str(status).strip() if not absent(status) else None
+    # Printable characters only: the word is stored in a column, and PostgreSQL refuses NUL.
+    raw = "".join(ch for ch in str(status) if ch.isprintable()).strip() or None
+    if absent(status):
+        raw = None
     word = raw.lower() if raw else ""
     error = _error(video)
     kind = Kind.IN_PROGRESS

@@ -146,3 +146,8 @@ def test_unknown_status_logged_once(caplog):
 )  # fmt: skip
 def test_absent(value, absent):
     assert status.absent(value) is absent
+
+
+def test_a_status_word_keeps_only_printable_characters():
+    reading = status.read({"status": "queued\x00\n"})
+    assert reading.raw_status == "queued" and reading.kind == "in_progress"
