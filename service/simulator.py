@@ -15,7 +15,22 @@ Two profiles (``Simulator(profile=…)``, ``status-proxy simulate-upstream --pro
   ``Retry-After``.
 
 Per task (``POST /_sim/tasks``, ``TaskSpec``) and for all requests (``POST /_sim/faults``,
-``Faults``), tests turn the knobs that replay each answer of ../shared/UPSTREAM.md.
+``Faults``), tests turn the knobs that replay each answer of ../shared/UPSTREAM.md:
+
+- per task: ``model``/``family`` (doubao, sora, ali), ``view`` (video, flat, wrapped),
+  ``outcome`` (completed, failed, timed_out), ``no_video`` (the link field stays ""),
+  ``error`` (hidden: 403 model limit; not_implemented: 501; invalid_channel_id: 400;
+  convert_to_openai_video_failed: 500; get_task_failed: a passing 500) for
+  ``error_for`` seconds or always, ``invisible_for`` (400 task_not_exist at first);
+- for all status requests: ``rate_limit``/``retry_after`` (429), ``server_error`` (503),
+  ``bad_request`` (400), ``forbidden`` (403 for every task: the key), ``not_video`` with
+  ``not_video_body`` (a 200 error envelope, HTML page, ``[]`` or ``null``), ``encoding``
+  (a byte-order mark, UTF-16, Latin-1, a lone surrogate escape), ``latency``;
+- creates: ``create_status`` for the first ``create_failures`` creates (new-api's 429 is
+  its saturation answer, no Retry-After), ``create_latency``;
+- ``/content``: ``content_status`` 403 (new-api's URL block, a text body) or 502 (an
+  expired provider link); in the new-api profile, 400 while not completed, 404 for an
+  unknown task, ``Range`` ignored.
 """
 
 from __future__ import annotations

@@ -120,25 +120,26 @@ def _decide_ok(
     kind = reading.kind
     empty = task.empty_completions
     waiting = reading.link_pending and empty < settings.empty_video_retries
-    if kind is status.Kind.COMPLETED and waiting:
+    holding = kind is status.Kind.COMPLETED and waiting
+    if holding:
         # Some gateways say "completed" a moment before the video link is filled in. An
         # answer with no link field at all (Sora through new-api) has nothing to wait for.
+        # Looked at again soon, but told as progress to nobody: it says "completed".
         kind = status.Kind.IN_PROGRESS
         empty += 1
-        changed = True
     if kind is not status.Kind.IN_PROGRESS:
         values.update(state="ended", outcome=kind.value, ended_at=now)
         event: Literal["video.completed", "video.failed"] = (
             "video.completed" if kind is status.Kind.COMPLETED else "video.failed"
         )
         return Decision(values, event=event, snapshot=text)
-    interval = next_interval(task.interval, changed, settings)
+    interval = next_interval(task.interval, changed or holding, settings)
     values.update(
         interval=interval,
         empty_completions=empty,
         next_poll_at=now + _jittered(interval, settings),
     )
-    return Decision(values, progressed=changed, snapshot=text)
+    return Decision(values, progressed=changed and not holding, snapshot=text)
 
 
 def give_up(common: dict[str, Any], code: str, error: dict[str, Any] | None = None) -> Decision:

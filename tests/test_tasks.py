@@ -56,6 +56,8 @@ def test_completed_without_video_is_polled_a_bounded_number_of_times():
     video = {"status": "completed", "video_url": ""}
     first = tasks.decide(claimed(), ok(video), NOW, SETTINGS)
     assert first.event is None and first.values["empty_completions"] == 1
+    # Looked at again at the minimum, but no video.progress says "completed" meanwhile.
+    assert first.values["interval"] == 5 and not first.progressed
     last = tasks.decide(claimed(empty_completions=2), ok(video), NOW, SETTINGS)
     assert last.event == "video.completed"
 
