@@ -22,8 +22,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -n 4
 
+# make demo PROFILE=new-api: the simulator plays vanilla new-api instead of octopusx.
+PROFILE ?= octopusx
 demo: $(STAMP)
-	$(BIN)/status-proxy demo
+	$(BIN)/status-proxy demo --profile $(PROFILE)
 
 # Every figure against its reference in the same run; writes bench/results.json.
 bench: $(STAMP)

@@ -22,6 +22,8 @@ from service.db import Database
 from service.runtime import Runtime, key_digest, load_secret
 
 log = logging.getLogger(__name__)
+# The simulator's profiles, named here so that `--help` does not import the simulator.
+PROFILES = ("octopusx", "new-api")
 T = TypeVar("T")
 
 
@@ -150,7 +152,11 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from service import simulator
 
     app = simulator.Simulator(
-        api_key=args.api_key, duration=args.duration, fail_rate=args.fail_rate
+        api_key=args.api_key,
+        duration=args.duration,
+        fail_rate=args.fail_rate,
+        profile=args.profile,
+        refresh=args.refresh,
     ).create_app()
     serve_app(app, args.host, args.port, settings.log_level)
     return 0
@@ -176,12 +182,28 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply migrations and exit")
     demo = commands.add_parser("demo", help="the whole loop on this machine")
     demo.add_argument("--timeout", type=float, default=60.0)
+    demo.add_argument(
+        "--profile", choices=PROFILES, default="octopusx", help="which gateway the simulator plays"
+    )
     sim = commands.add_parser("simulate-upstream", help="serve a simulated video upstream")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=9090)
     sim.add_argument("--api-key", default=None, help="the Bearer key it demands (default: any)")
     sim.add_argument("--duration", type=float, default=20.0, help="seconds a task runs")
     sim.add_argument("--fail-rate", type=float, default=0.0, help="share of tasks that fail")
+    sim.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="octopusx",
+        help="octopusx (video_url, live progress) or new-api (vanilla new-api: metadata.url, "
+        "'unknown' until its first refresh, coarse progress, /content ignores Range)",
+    )
+    sim.add_argument(
+        "--refresh",
+        type=float,
+        default=2.0,
+        help="new-api profile: seconds between its refreshes of a task (real gateways: 15-30)",
+    )
     secret = commands.add_parser("secret", help="print the webhook signing secret")
     secret.add_argument(
         "--api-key",
@@ -221,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from service import demo
 
-            return run(demo.run(args.timeout))
+            return run(demo.run(args.timeout, args.profile))
     return 0
 
 

@@ -63,17 +63,20 @@ def _show(delivery: Delivery) -> None:
     data = event["data"]
     mark = "signature verified" if delivery.verified else "SIGNATURE MISMATCH"
     print(
-        f"  webhook {event['type']:<16} status={data.get('status')!s:<11} "
+        f"  webhook {event['type']:<16} upstream status={data.get('status')!s:<11} "
         f"progress={data.get('progress')!s:<4} {mark}  webhook-id={event['id']}"
     )
     if event["type"] != "video.progress":
         print(json.dumps(event, indent=2))
 
 
-async def run(timeout: float = 60.0) -> int:
+async def run(timeout: float = 60.0, profile: simulator.Profile = "octopusx") -> int:
     """Create a task through status-proxy (registered in the same call), print each
-    webhook until the last one, then download the video through status-proxy."""
-    upstream = simulator.Simulator(api_key="demo-upstream-key", duration=8.0)
+    webhook until the last one, then download the video through status-proxy. The
+    simulator plays octopusx or vanilla new-api (``profile``)."""
+    upstream = simulator.Simulator(
+        api_key="demo-upstream-key", duration=8.0, profile=profile, refresh=2.0
+    )
     done = asyncio.Event()
 
     def arrived(delivery: Delivery) -> None:
@@ -99,23 +102,10 @@ async def run(timeout: float = 60.0) -> int:
                 httpx.AsyncClient(timeout=10) as client,
             ):
                 receiver.secret = await _secret(settings)
-                print(f"status-proxy on {proxy.url}, upstream simulator on {sim.url}")
+                print(f"status-proxy on {proxy.url}, upstream simulator ({profile}) on {sim.url}")
                 # One call: status-proxy creates the task upstream with its own key and
                 # registers the callback; the client never sees the upstream key.
-                created = await client.post(
-                    f"{proxy.url}/v1/videos",
-                    data={
-                        "model": "doubao-seedance-1-0-pro",
-                        "prompt": "a cat surfing",
-                        "size": "1280x720",
-                        "seconds": "5",
-                        "callback_url": f"{hooks.url}/webhooks/video",
-                        "events": "video.completed,video.failed,video.progress",
-                        "metadata": json.dumps({"order_id": "42"}),
-                    },
-                    files={"first_frame_image": ("first.png", FRAME, "image/png")},
-                    headers={"Idempotency-Key": "demo-order-42"},
-                )
+                created = await _create(client, proxy.url, f"{hooks.url}/webhooks/video", profile)
                 video = created.json()
                 task_id = video["id"]
                 print(
@@ -136,6 +126,38 @@ async def run(timeout: float = 60.0) -> int:
                     f"{len(download.content)} bytes of {download.headers.get('content-type')}"
                 )
     return 0
+
+
+async def _create(
+    client: httpx.AsyncClient, proxy: str, callback: str, profile: str
+) -> httpx.Response:
+    """octopusx's Doubao channel takes a multipart form with reference frames; vanilla
+    new-api ignores uploaded files for Doubao, so its create is plain JSON."""
+    events = "video.completed,video.failed,video.progress"
+    headers = {"Idempotency-Key": f"demo-order-42-{profile}"}
+    if profile == "new-api":
+        body = {
+            "model": "doubao-seedance-1-0-pro-250528",
+            "prompt": "a cat surfing",
+            "seconds": "5",
+            "callback_url": callback,
+            "events": events.split(","),
+        }
+        return await client.post(f"{proxy}/v1/videos", json=body, headers=headers)
+    return await client.post(
+        f"{proxy}/v1/videos",
+        data={
+            "model": "doubao-seedance-1-0-pro",
+            "prompt": "a cat surfing",
+            "size": "1280x720",
+            "seconds": "5",
+            "callback_url": callback,
+            "events": events,
+            "metadata": json.dumps({"order_id": "42"}),
+        },
+        files={"first_frame_image": ("first.png", FRAME, "image/png")},
+        headers=headers,
+    )
 
 
 async def _secret(settings: Settings) -> str:

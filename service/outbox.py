@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import ids
+from service import ids, snapshot, status
 from service.db import unindexed
 from service.models import TERMINAL_EVENTS, Attempt, Event, Registration, compact_json
 
@@ -19,34 +19,48 @@ registrations = Registration.__table__  # type: ignore[attr-defined]
 attempts = Attempt.__table__  # type: ignore[attr-defined]
 
 FIRST, RETRY = 0, 1
+# The one upstream there is until several can be named (the contract's "default").
+DEFAULT_UPSTREAM = "default"
 
 
 def body(
-    event_id: str, event_type: str, created: float, registration_id: str, metadata: Any, data: str
+    event_id: str,
+    event_type: str,
+    created: float,
+    registration_id: str,
+    metadata: Any,
+    data: str,
+    task_id: str,
 ) -> str:
-    """The webhook body; ``data`` is spliced in as the upstream sent it."""
+    """The webhook body: ``result`` is status-proxy's reading of ``data``, and ``data``
+    is spliced in as the upstream sent it (clean UTF-8 JSON whatever bytes came in)."""
     stamp = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    parsed = snapshot.parse(data)
+    video = parsed.value if parsed is not None and isinstance(parsed.value, dict) else None
     head = compact_json(
         {
             "id": event_id,
             "type": event_type,
             "timestamp": stamp,
             "registration_id": registration_id,
+            "task_id": task_id,
+            "upstream": DEFAULT_UPSTREAM,
             "metadata": metadata,
+            "result": status.result(video),
         }
     )
-    return head[:-1] + ',"data":' + data + "}"
+    return head[:-1] + ',"data":' + (parsed.text if parsed is not None else "null") + "}"
 
 
 def _row(
-    registration_id: str, metadata: Any, event_type: str, data: str, now: float
+    registration_id: str, metadata: Any, event_type: str, data: str, now: float, task_id: str
 ) -> dict[str, Any]:
     event_id = ids.new_id("evt")
     return {
         "id": event_id,
         "registration_id": registration_id,
         "type": event_type,
-        "body": body(event_id, event_type, now, registration_id, metadata, data),
+        "body": body(event_id, event_type, now, registration_id, metadata, data, task_id),
         "state": "pending",
         "attempts": 0,
         "lane": FIRST,
@@ -107,7 +121,7 @@ async def emit_terminal(conn: AsyncConnection, ends: dict[str, tuple[str, str]],
     ).all()
     return await _emit_terminal_rows(
         conn,
-        [(reg_id, wanted, meta, *ends[task_id]) for reg_id, wanted, meta, task_id in rows],
+        [(reg_id, wanted, meta, *ends[task_id], task_id) for reg_id, wanted, meta, task_id in rows],
         now,
     )
 
@@ -120,19 +134,20 @@ async def emit_for_registration(
     event_type: str,
     data: str,
     now: float,
+    task_id: str,
 ) -> int:
     """A registration that arrives after its task ended gets the terminal event at once."""
     return await _emit_terminal_rows(
-        conn, [(registration_id, list(wanted), metadata, event_type, data)], now
+        conn, [(registration_id, list(wanted), metadata, event_type, data, task_id)], now
     )
 
 
 async def _emit_terminal_rows(conn: AsyncConnection, rows: Iterable[Any], now: float) -> int:
-    """Rows of (registration id, events wanted, metadata, event type, data)."""
+    """Rows of (registration id, events wanted, metadata, event type, data, task id)."""
     new_rows, ended = [], []
-    for registration_id, wanted, metadata, event_type, data in rows:
+    for registration_id, wanted, metadata, event_type, data, task_id in rows:
         if event_type in wanted:
-            new_rows.append(_row(registration_id, metadata, event_type, data, now))
+            new_rows.append(_row(registration_id, metadata, event_type, data, now, task_id))
         else:
             ended.append(registration_id)
     # A progress event not yet accepted when the terminal one is ready is dropped.
@@ -162,7 +177,7 @@ async def emit_progress(conn: AsyncConnection, snapshots: dict[str, str], now: f
         )
     ).all()
     new_rows = [
-        _row(reg_id, metadata, "video.progress", snapshots[task_id], now)
+        _row(reg_id, metadata, "video.progress", snapshots[task_id], now, task_id)
         for reg_id, task_id, wanted, metadata in rows
         if "video.progress" in wanted
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,9 @@ SWEEP_EVERY = 5.0
 PURGE_EVERY = 60.0
 AUTH_PROBE_EVERY = 15.0
 AUTH_LOG_EVERY = 60.0
+# A 403 is one task's problem (new-api hides the tasks of models a key may not use);
+# this many different tasks answering 403 with no readable answer between is the key's.
+FORBIDDEN_STREAK = 3
 
 
 class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
@@ -59,6 +63,7 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         self._probe_every = min(AUTH_PROBE_EVERY, max(1.0, settings.poll_interval_max))
         self._next_sweep = 0.0
         self._next_purge = 0.0
+        self._forbidden: set[str] = set()  # tasks that answered 403 since the last readable answer
 
     def room(self) -> int:
         room = min(
@@ -116,7 +121,7 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
 
     async def work(self, job: tasks.Claimed) -> tuple[tasks.Claimed, Fetch]:
         logs.task_id.set(job.task_id)  # this job runs in its own asyncio task
-        fetch = await self.upstream.fetch(job.task_id)
+        fetch = self._judge(job.task_id, await self.upstream.fetch(job.task_id))
         self.metrics.upstream_requests.labels(fetch.outcome).inc()
         log.debug("poll %s", fetch.outcome)
         self._note(fetch)
@@ -131,12 +136,27 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         if queued:  # new events: the deliverer should look now
             self.on_events()
 
+    def _judge(self, task_id: str, fetch: Fetch) -> Fetch:
+        """A 403 stays this task's problem unless several different tasks answer it in a
+        row; then it is the key's, and pauses polling like a 401."""
+        if fetch.outcome in ("ok", "not_found"):
+            self._forbidden.clear()
+        elif fetch.outcome == "forbidden":
+            self._forbidden.add(task_id)
+            if len(self._forbidden) >= FORBIDDEN_STREAK:
+                detail = f"upstream refused our key (403 for {len(self._forbidden)} tasks in a row)"
+                return dataclasses.replace(fetch, outcome="unauthorized", detail=detail)
+        return fetch
+
     def _note(self, fetch: Fetch) -> None:
         if fetch.outcome == "rate_limited":
             streak = self.limiter.streak
             pause = self.limiter.rate_limited(fetch.retry_after)
             if self.limiter.streak != streak:  # a new pause, not its echo from requests in flight
                 log.warning("upstream rate limit (429): pausing all polls for %.1fs", pause)
+            return
+        if fetch.outcome == "forbidden":  # answered, about one task: the upstream is fine
+            self.limiter.succeeded()
             return
         if fetch.outcome not in ("ok", "not_found"):
             self.limiter.settled()
@@ -259,7 +279,9 @@ async def apply(
     for task_id, decision in ending:
         data = decision.snapshot
         if decision.give_up is not None:
-            data = tasks.given_up_data(task_id, snapshots.get(task_id), decision.give_up)
+            data = tasks.given_up_data(
+                task_id, snapshots.get(task_id), decision.give_up, decision.error
+            )
         assert decision.event is not None and data is not None
         ends[task_id] = (decision.event, data)
     return emitted + await outbox.emit_terminal(conn, ends, now)

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import ids, outbox, tasks
+from service import ids, outbox, snapshot, tasks
 from service.db import Database
 from service.models import (
     TERMINAL_EVENTS,
@@ -91,8 +91,8 @@ _NEW_REGISTRATION = registrations.insert()
 
 
 def _snapshot(raw: str | None) -> dict[str, Any] | None:
-    snapshot = json.loads(raw) if raw else None
-    return snapshot if isinstance(snapshot, dict) else None
+    # Tolerant: a row kept by an older release may hold a byte-order mark or worse.
+    return snapshot.load(raw)
 
 
 def _public(row: Any) -> RegistrationPublic:
@@ -220,7 +220,14 @@ async def _insert(
     if task.state == "ended":
         event_type = "video.completed" if task.outcome == "completed" else "video.failed"
         emitted = await outbox.emit_for_registration(
-            conn, registration_id, body.events, body.metadata, event_type, task.snapshot, now
+            conn,
+            registration_id,
+            body.events,
+            body.metadata,
+            event_type,
+            task.snapshot,
+            now,
+            body.task_id,
         )
     return registration_id, emitted, task
 
@@ -399,8 +406,8 @@ async def give_up_overdue(db: Database, now: float, timeout: float, limit: int =
         ends = {
             task_id: (
                 "video.failed",
-                tasks.given_up_data(task_id, snapshot, "status_proxy_timeout"),
+                tasks.given_up_data(task_id, stored, "status_proxy_timeout"),
             )
-            for task_id, snapshot in rows
+            for task_id, stored in rows
         }
         return await outbox.emit_terminal(conn, ends, now)

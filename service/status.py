@@ -1,20 +1,56 @@
-"""What an upstream video object says about its task, whatever the gateway's dialect."""
+"""How an OpenAI-style video answer reads, whatever the gateway's dialect (pure).
+
+Follows what real gateways send (../shared/UPSTREAM.md): octopusx's customised new-api
+(``video_url`` at the top level, empty placeholders while running), vanilla new-api
+(the link in ``metadata.url``, ``unknown`` before its first refresh, Sora's stored error
+body), the flat task view of its release candidates (``SUCCESS``, ``"100%"``,
+``fail_reason``) and the ``{"code":"success","data":{…}}`` wrapper of its task routes.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["in_progress", "completed", "failed"]
+
+class Kind(StrEnum):
+    """What an answer says about its task, in status-proxy's words."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
 
 COMPLETED = frozenset({"completed", "succeeded", "success"})
 FAILED = frozenset({"failed", "failure", "error", "cancelled", "canceled", "expired"})
-# "not_start" is what one new-api fork leaks from its provider for a queued task.
+# "not_start" and "unknown" are new-api's words for a task its provider has not
+# reported on yet (the first before the task starts, the second before its first refresh).
 IN_PROGRESS = frozenset(
-    {"queued", "pending", "submitted", "not_start", "processing", "in_progress", "running"}
+    {
+        "queued", "pending", "submitted", "not_start", "processing", "in_progress",
+        "running", "unknown", "starting", "throttled",
+    }
+)  # fmt: skip
+
+# Where gateways put the video link, in order of preference: octopusx and OpenAI-style
+# forks at the top level; new-api's Doubao, Kling, Vidu, Jimeng, Hailuo and Ali in
+# metadata.url (meta_data.url in builds of late October 2025); some forks in
+# metadata.video_url or a top-level url; new-api's task view in result_url; Volcengine
+# Ark in content.video_url; Replicate and Runway in output.
+LINK_PATHS: tuple[tuple[str, ...], ...] = (
+    ("video_url",),
+    ("metadata", "url"),
+    ("metadata", "video_url"),
+    ("meta_data", "url"),
+    ("meta_data", "video_url"),
+    ("url",),
+    ("result_url",),
+    ("content", "video_url"),
+    ("output",),
 )
 
 _unknown_seen: set[str] = set()
@@ -22,12 +58,24 @@ _unknown_seen: set[str] = set()
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """The normalised view of one upstream answer."""
+    """The normalised view of one upstream answer.
+
+    ``video_url`` is the link when there is one; ``link_pending`` says a link field is
+    there but still empty (the gateway may fill it a moment after "completed"); when
+    neither, the answer has no link field at all (Sora through new-api, Gemini: the
+    video is read through ``/content``). ``error`` is ``{"code", "message"}`` of a
+    failure, when the upstream gave a reason."""
 
     kind: Kind
     raw_status: str | None
     progress: int | None
-    has_video: bool
+    video_url: str | None = None
+    link_pending: bool = False
+    error: dict[str, str] | None = None
+
+    @property
+    def has_video(self) -> bool:
+        return self.video_url is not None
 
 
 def absent(value: Any) -> bool:
@@ -39,26 +87,121 @@ def absent(value: Any) -> bool:
     return False
 
 
+def unwrap(body: Any) -> Any:
+    """The object inside new-api's ``{"code":"success","data":{…}}`` wrapper, or the body."""
+    if isinstance(body, dict) and body.get("code") == "success":
+        data = body.get("data")
+        if isinstance(data, dict):
+            return data
+    return body
+
+
+def is_video_of(body: Any, task_id: str) -> bool:
+    """Whether a 200 body is a video object of this task: an object with a status, or
+    with this task's ``id``/``task_id`` (Sora's stored error body has no status). An
+    error envelope, an HTML page, ``[]`` or ``null`` is not."""
+    if not isinstance(body, dict):
+        return False
+    if not absent(body.get("status")):
+        return True
+    return task_id in (body.get("id"), body.get("task_id"))
+
+
 def read(video: dict[str, Any]) -> Reading:
-    """Normalise an upstream video object."""
+    """Normalise an upstream video object (unwrapped, and known to be of this task)."""
     status = video.get("status")
-    raw = str(status).strip() if not absent(status) else None
+    # Printable characters only: the word is stored in a column, and PostgreSQL refuses NUL.
+    raw = "".join(ch for ch in str(status) if ch.isprintable()).strip() or None
+    if absent(status):
+        raw = None
     word = raw.lower() if raw else ""
-    kind: Kind
+    error = _error(video)
+    kind = Kind.IN_PROGRESS
     if word in COMPLETED:
-        kind = "completed"
-    elif word in FAILED or not absent(video.get("error")):
-        kind = "failed"
-    else:
-        kind = "in_progress"
-        if word and word not in IN_PROGRESS:
-            _log_unknown(raw or word)
+        kind = Kind.COMPLETED
+    elif word in FAILED or (not word and error is not None):
+        # An error beside a status that is not a failure word (new-api's Ali family
+        # while throttled) does not end the task; with no status at all it does (Sora).
+        kind = Kind.FAILED
+    elif word and word not in IN_PROGRESS:
+        _log_unknown(raw or word)
+    url, pending = find_link(video)
     return Reading(
         kind=kind,
         raw_status=raw[:64] if raw else None,
         progress=_progress(video.get("progress")),
-        has_video=not absent(video.get("video_url")),
+        video_url=url,
+        link_pending=pending,
+        error=error if kind is Kind.FAILED else None,
     )
+
+
+def result(video: dict[str, Any] | None) -> dict[str, Any]:
+    """The webhook's ``result``: status-proxy's reading of ``data``, the same shape for
+    every family (``progress`` 0 to 100, 100 once completed)."""
+    if video is None:
+        return {"status": Kind.IN_PROGRESS.value, "progress": 0, "video_url": None, "error": None}
+    reading = read(video)
+    progress = 100 if reading.kind is Kind.COMPLETED else reading.progress or 0
+    return {
+        "status": reading.kind.value,
+        "progress": progress,
+        "video_url": reading.video_url,
+        "error": reading.error,
+    }
+
+
+def find_link(video: dict[str, Any]) -> tuple[str | None, bool]:
+    """The video link wherever the upstream put it, and whether a link field is there
+    but still empty."""
+    pending = False
+    for path in LINK_PATHS:
+        found, value = _dig(video, path)
+        if not found:
+            continue
+        link = _link(value)
+        if link is not None:
+            return link, False
+        pending = True
+    return None, pending
+
+
+def _dig(video: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+    value: Any = video
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return False, None
+        value = value[key]
+    return True, value
+
+
+def _link(value: Any) -> str | None:
+    """A link from a string, or from the first of a list of them (Replicate, Runway)."""
+    if isinstance(value, list):
+        value = next((item for item in value if isinstance(item, str) and item.strip()), None)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _error(video: dict[str, Any]) -> dict[str, str] | None:
+    """``{"code", "message"}`` from an ``error`` object or string, or a ``fail_reason``."""
+    error = video.get("error")
+    if isinstance(error, dict) and not absent(error):
+        return {
+            "code": _text(error.get("code") or error.get("type")),
+            "message": _text(error.get("message")),
+        }
+    if isinstance(error, str) and error.strip():
+        return {"code": "", "message": error.strip()[:1000]}
+    reason = video.get("fail_reason")
+    if isinstance(reason, str) and reason.strip():
+        return {"code": "", "message": reason.strip()[:1000]}
+    return None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)[:1000]
 
 
 def _progress(value: Any) -> int | None:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from service import retry, status
+from service import retry, snapshot, status
 from service.config import Settings
 from service.upstream import Fetch
 
 GIVE_UP_MESSAGES = {
     "status_proxy_timeout": "status-proxy gave up: the task did not end within TASK_TIMEOUT",
     "status_proxy_not_found": "status-proxy gave up: the upstream does not know this task",
+    "status_proxy_upstream_error": "status-proxy gave up: the upstream keeps answering an error",
 }
+UPSTREAM_ERROR = "status_proxy_upstream_error"
 
 
 @dataclass(slots=True)
@@ -39,6 +40,7 @@ class Decision:
     values: dict[str, Any]
     event: Literal["video.completed", "video.failed"] | None = None
     give_up: str | None = None  # error code when status-proxy gives the task up itself
+    error: dict[str, Any] | None = None  # the webhook's data.error then, when not the stock one
     progressed: bool = False
     snapshot: str | None = None
 
@@ -62,7 +64,9 @@ def decide(task: Claimed, fetch: Fetch, now: float, settings: Settings) -> Decis
         return give_up(common, "status_proxy_timeout")
     if fetch.outcome == "ok" and fetch.video is not None:
         return _decide_ok(task, fetch, now, settings, common)
-    if fetch.outcome == "not_found":
+    if fetch.outcome in ("not_found", "forbidden"):
+        # A 403 reaching here is one task's (new-api hides tasks of models a key may not
+        # use); the poller turns it into "unauthorized" when several tasks answer it.
         since = task.not_found_since if task.not_found_since is not None else now
         if now - since >= settings.not_found_grace:
             return give_up(common, "status_proxy_not_found")
@@ -73,7 +77,28 @@ def decide(task: Claimed, fetch: Fetch, now: float, settings: Settings) -> Decis
         return Decision({**common, "next_poll_at": now + settings.poll_interval_min})
     errors = task.errors + 1
     wait = retry.poll_backoff(errors, settings.poll_interval_min, settings.poll_interval_max)
-    return Decision({**common, "errors": errors, "next_poll_at": now + wait})
+    values = {**common, "errors": errors, "next_poll_at": now + wait}
+    if fetch.outcome == "lasting":
+        # An error the upstream will keep answering: given the same grace as a missing
+        # task (not_found_since holds "unreadable since"), then given up with its words.
+        since = task.not_found_since if task.not_found_since is not None else now
+        if now - since >= settings.not_found_grace:
+            return give_up(common, UPSTREAM_ERROR, lasting_error(fetch))
+        values["not_found_since"] = since
+    return Decision(values)
+
+
+def lasting_error(fetch: Fetch) -> dict[str, Any]:
+    """``data.error`` of a task given up over an error the upstream would not stop answering."""
+    said = ": ".join(part for part in (fetch.code, fetch.message) if part)
+    message = f"status-proxy gave up: the upstream keeps answering {fetch.status_code}"
+    return {
+        "code": UPSTREAM_ERROR,
+        "message": f"{message} ({said})" if said else message,
+        "upstream_status": fetch.status_code,
+        "upstream_code": fetch.code,
+        "upstream_message": fetch.message,
+    }
 
 
 def _decide_ok(
@@ -81,55 +106,54 @@ def _decide_ok(
 ) -> Decision:
     assert fetch.video is not None
     reading = status.read(fetch.video)
-    snapshot = fetch.body.decode()
+    text = fetch.text
     changed = (reading.raw_status, reading.progress) != (task.raw_status, task.progress)
     values = {
         **common,
         "raw_status": reading.raw_status,
         "progress": reading.progress,
-        "snapshot": snapshot,
+        "snapshot": text,
         "snapshot_at": now,
         "errors": 0,
         "not_found_since": None,
     }
     kind = reading.kind
     empty = task.empty_completions
-    if kind == "completed" and not reading.has_video and empty < settings.empty_video_retries:
-        # Some gateways say "completed" a moment before the video link is filled in.
-        kind = "in_progress"
+    waiting = reading.link_pending and empty < settings.empty_video_retries
+    holding = kind is status.Kind.COMPLETED and waiting
+    if holding:
+        # Some gateways say "completed" a moment before the video link is filled in. An
+        # answer with no link field at all (Sora through new-api) has nothing to wait for.
+        # Looked at again soon, but told as progress to nobody: it says "completed".
+        kind = status.Kind.IN_PROGRESS
         empty += 1
-        changed = True
-    if kind != "in_progress":
-        values.update(state="ended", outcome=kind, ended_at=now)
+    if kind is not status.Kind.IN_PROGRESS:
+        values.update(state="ended", outcome=kind.value, ended_at=now)
         event: Literal["video.completed", "video.failed"] = (
-            "video.completed" if kind == "completed" else "video.failed"
+            "video.completed" if kind is status.Kind.COMPLETED else "video.failed"
         )
-        return Decision(values, event=event, snapshot=snapshot)
-    interval = next_interval(task.interval, changed, settings)
+        return Decision(values, event=event, snapshot=text)
+    interval = next_interval(task.interval, changed or holding, settings)
     values.update(
         interval=interval,
         empty_completions=empty,
         next_poll_at=now + _jittered(interval, settings),
     )
-    return Decision(values, progressed=changed, snapshot=snapshot)
+    return Decision(values, progressed=changed and not holding, snapshot=text)
 
 
-def give_up(common: dict[str, Any], code: str) -> Decision:
+def give_up(common: dict[str, Any], code: str, error: dict[str, Any] | None = None) -> Decision:
     """Status-proxy ends the task itself with ``video.failed``."""
     values = {**common, "state": "given_up", "outcome": "failed", "ended_at": common["polled_at"]}
-    return Decision(values, event="video.failed", give_up=code)
+    return Decision(values, event="video.failed", give_up=code, error=error)
 
 
-def given_up_data(task_id: str, snapshot: str | None, code: str) -> str:
-    """The ``data`` of a ``video.failed`` that status-proxy sends on its own account."""
-    video: dict[str, Any] = {"id": task_id, "object": "video"}
-    if snapshot:
-        try:
-            loaded = json.loads(snapshot)
-        except ValueError:
-            loaded = None
-        if isinstance(loaded, dict):
-            video = loaded
+def given_up_data(
+    task_id: str, stored: str | None, code: str, error: dict[str, Any] | None = None
+) -> str:
+    """The ``data`` of a ``video.failed`` that status-proxy sends on its own account:
+    the last snapshot kept (or a bare video object) with ``status`` and ``error`` set."""
+    video: dict[str, Any] = snapshot.load(stored) or {"id": task_id, "object": "video"}
     video["status"] = "failed"
-    video["error"] = {"code": code, "message": GIVE_UP_MESSAGES[code]}
-    return json.dumps(video, separators=(",", ":"), ensure_ascii=False)
+    video["error"] = error or {"code": code, "message": GIVE_UP_MESSAGES[code]}
+    return snapshot.dumps(video)

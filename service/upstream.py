@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,16 +12,32 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
-from service import retry
+from service import retry, snapshot, status
 
-Outcome = Literal["ok", "not_found", "rate_limited", "unauthorized", "error", "timeout"]
+Outcome = Literal[
+    "ok", "not_found", "forbidden", "lasting", "rate_limited", "unauthorized", "error", "timeout"
+]
+# ok: a video object of this task. not_found: "no such task" (for now). forbidden: a 403,
+# this task's problem unless several tasks answer it in a row (the poller judges that).
+# lasting: an error the upstream will answer again and again. rate_limited, unauthorized:
+# the whole upstream's problem. error, timeout: passing; back off this task.
+
+# Codes new-api answers for errors that will not go away by asking again: a platform
+# without a converter, a channel that is gone, a task it cannot convert.
+LASTING_CODES = frozenset(
+    {"not_implemented", "invalid_channel_id", "convert_to_openai_video_failed"}
+)
 
 MAX_BODY = 1024 * 1024  # a status object is small; refuse to hold more
 
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """One answer to ``GET /v1/videos/{task_id}``, classified."""
+    """One answer to ``GET /v1/videos/{task_id}``, classified.
+
+    ``video`` is the task's object (unwrapped) and ``text`` its clean UTF-8 JSON text,
+    the snapshot to keep; ``code`` and ``message`` are the upstream's own words for an
+    error, when it gave them."""
 
     outcome: Outcome
     status_code: int | None = None
@@ -30,20 +45,14 @@ class Fetch:
     video: dict[str, Any] | None = None
     retry_after: float | None = None
     detail: str = ""
+    text: str = ""
+    code: str = ""
+    message: str = ""
 
 
 def video_path(task_id: str) -> str:
     """The upstream path of a task; the id is one encoded segment and cannot change the path."""
     return "/v1/videos/" + quote(task_id, safe="")
-
-
-def is_task_not_exist(body: Any) -> bool:
-    """Whether a 400 body is new-api's "no such task" (at the top level or under error)."""
-    if not isinstance(body, dict):
-        return False
-    error = body.get("error")
-    codes = [body.get("code"), error.get("code") if isinstance(error, dict) else None]
-    return "task_not_exist" in codes
 
 
 class Upstream:
@@ -76,7 +85,7 @@ class Upstream:
             return Fetch("error", detail=f"upstream unreachable: {type(exc).__name__}")
         except BodyTooLarge:
             return Fetch("error", detail="upstream answer too large")
-        return classify(response.status_code, response.headers, body)
+        return classify(response.status_code, response.headers, body, task_id)
 
     async def create(self, content: bytes | AsyncIterator[bytes], content_type: str) -> Answer:
         """``POST /v1/videos`` with our key; a streamed body goes out as it comes.
@@ -131,22 +140,57 @@ async def _read_limited(response: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
-def classify(status: int, headers: httpx.Headers, body: bytes) -> Fetch:
-    """Turn a status code and body into an outcome."""
-    parsed: Any = None
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        parsed = None
-    if status == 200:
-        if isinstance(parsed, dict):
-            return Fetch("ok", status, body, video=parsed)
-        return Fetch("error", status, body, detail="upstream answered 200 without a JSON object")
-    if status == 404 or (status == 400 and is_task_not_exist(parsed)):
-        return Fetch("not_found", status, body, detail="upstream has no such task")
-    if status == 429:
+def classify(status_code: int, headers: httpx.Headers, body: bytes, task_id: str) -> Fetch:
+    """Turn a status code and body into an outcome (UPSTREAM.md, "Errors on GET")."""
+    parsed = snapshot.parse(body)
+    value = parsed.value if parsed is not None else None
+    if status_code == 200:
+        return _classify_200(body, parsed, task_id)
+    code, message = error_words(value)
+    if status_code == 404 or (status_code == 400 and code == "task_not_exist"):
+        return Fetch("not_found", status_code, body, detail="upstream has no such task")
+    if status_code == 429:
         after = retry.parse_retry_after(headers.get("retry-after"), time.time())
-        return Fetch("rate_limited", status, body, retry_after=after, detail="upstream rate limit")
-    if status in (401, 403):
-        return Fetch("unauthorized", status, body, detail=f"upstream refused our key ({status})")
-    return Fetch("error", status, body, detail=f"upstream answered {status}")
+        detail = "upstream rate limit"
+        return Fetch("rate_limited", status_code, body, retry_after=after, detail=detail)
+    if status_code == 401:
+        return Fetch("unauthorized", status_code, body, detail="upstream refused our key (401)")
+    words = f" {code}" if code else ""
+    if status_code == 403:
+        detail = f"upstream answered 403{words} for this task"
+        return Fetch("forbidden", status_code, body, detail=detail, code=code, message=message)
+    outcome: Outcome = "lasting" if status_code == 501 or code in LASTING_CODES else "error"
+    detail = f"upstream answered {status_code}{words}"
+    return Fetch(outcome, status_code, body, detail=detail, code=code, message=message)
+
+
+def _classify_200(body: bytes, parsed: snapshot.Parsed | None, task_id: str) -> Fetch:
+    """A 200 is a video only when it is an object of this task; anything else (an error
+    envelope, an HTML page, [] or null) is a passing upstream error, like a 5xx."""
+    value = parsed.value if parsed is not None else None
+    video = status.unwrap(value)
+    if parsed is None or not status.is_video_of(video, task_id):
+        code, message = error_words(value)
+        detail = "upstream answered 200 without a video object of this task"
+        return Fetch("error", 200, body, detail=detail, code=code, message=message)
+    text = parsed.text if video is value else snapshot.dumps(video)
+    return Fetch("ok", 200, body, video=video, text=text)
+
+
+def error_words(body: Any) -> tuple[str, str]:
+    """The ``code`` and ``message`` of an error answer, at the top level (new-api's own
+    errors) or under ``error`` (OpenAI's shape); empty when there are none."""
+    if not isinstance(body, dict):
+        return "", ""
+    error = body.get("error")
+    inner = error if isinstance(error, dict) else {}
+    top = body.get("code")
+    code = top if isinstance(top, str) and top else inner.get("code")
+    message = body.get("message") if isinstance(body.get("message"), str) else None
+    if message is None:
+        message = inner.get("message") if isinstance(inner.get("message"), str) else error
+    return _short(code), _short(message)
+
+
+def _short(value: Any) -> str:
+    return value[:500] if isinstance(value, str) else ""

@@ -16,8 +16,16 @@ def test_terminal_webhook_is_signed_and_shaped(service, upstream, hooks):
     [delivery] = eventually(lambda: hooks.at("/done"))
     Webhook(SECRET).verify(delivery.body, delivery.headers)
     event = json.loads(delivery.body)
-    assert set(event) == {"id", "type", "timestamp", "registration_id", "metadata", "data"}
+    assert set(event) == {
+        "id", "type", "timestamp", "registration_id", "task_id", "upstream", "metadata",
+        "result", "data",
+    }  # fmt: skip
     assert event["type"] == "video.completed" and event["registration_id"] == reg["id"]
+    assert event["task_id"] == task and event["upstream"] == "default"
+    assert event["result"] == {
+        "status": "completed", "progress": 100, "video_url": event["data"]["video_url"],
+        "error": None,
+    }  # fmt: skip
     assert event["id"] == delivery.headers["webhook-id"] and event["id"].startswith("evt_")
     assert event["metadata"] == {"order_id": "42"} and event["timestamp"].endswith("Z")
     assert event["data"]["id"] == task and event["data"]["status"] == "completed"
@@ -35,6 +43,9 @@ def test_failed_task_sends_video_failed(service, upstream, hooks):
     [delivery] = eventually(lambda: hooks.at("/f"))
     assert delivery.json["type"] == "video.failed"
     assert delivery.json["data"]["error"]["code"] == "generation_failed"
+    assert delivery.json["result"]["error"] == {
+        "code": "generation_failed", "message": "the model gave up",
+    }  # fmt: skip
 
 
 def test_retries_keep_the_webhook_id_and_follow_the_schedule(service, upstream, hooks):

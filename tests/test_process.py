@@ -300,6 +300,20 @@ def test_demo_shows_the_loop(tmp_path):
     assert "downloaded the video through status-proxy: HTTP 200, 262144 bytes of video/mp4" in out
 
 
+def test_demo_plays_vanilla_new_api_too(tmp_path):
+    result = subprocess.run(
+        [COMMAND, "demo", "--profile", "new-api", "--timeout", "45"],
+        cwd=tmp_path, capture_output=True, timeout=90,
+    )  # fmt: skip
+    out = result.stdout.decode()
+    assert result.returncode == 0, out + result.stderr.decode()
+    assert "upstream simulator (new-api)" in out and "upstream status=unknown" in out
+    event, _ = json.JSONDecoder().raw_decode(out[out.index("{\n") :])
+    assert event["type"] == "video.completed" and event["data"]["id"].startswith("task_")
+    assert event["result"]["video_url"] == event["data"]["metadata"]["url"]
+    assert "downloaded the video through status-proxy: HTTP 200, 262144 bytes of video/mp4" in out
+
+
 def test_rolling_restart_loses_nothing(db_url, upstream, hooks):
     """Start B next to A, stop A while tasks finish: every webhook arrives, once."""
     hooks.receiver.plan("/roll", 200, delay=0.2)

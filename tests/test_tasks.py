@@ -25,7 +25,7 @@ def claimed(**fields):
 
 def ok(video):
     body = json.dumps(video).encode()
-    return Fetch("ok", 200, body, video=video)
+    return Fetch("ok", 200, body, video=video, text=body.decode())
 
 
 def test_unchanged_task_backs_off_towards_max():
@@ -56,6 +56,8 @@ def test_completed_without_video_is_polled_a_bounded_number_of_times():
     video = {"status": "completed", "video_url": ""}
     first = tasks.decide(claimed(), ok(video), NOW, SETTINGS)
     assert first.event is None and first.values["empty_completions"] == 1
+    # Looked at again at the minimum, but no video.progress says "completed" meanwhile.
+    assert first.values["interval"] == 5 and not first.progressed
     last = tasks.decide(claimed(empty_completions=2), ok(video), NOW, SETTINGS)
     assert last.event == "video.completed"
 
@@ -105,3 +107,55 @@ def test_given_up_data_keeps_the_last_snapshot():
     assert data["error"]["code"] == "status_proxy_timeout"
     bare = json.loads(tasks.given_up_data("t", None, "status_proxy_not_found"))
     assert bare["id"] == "t" and bare["error"]["code"] == "status_proxy_not_found"
+
+
+def test_a_link_field_still_empty_waits_but_no_link_field_ends_at_once():
+    pending = {"status": "completed", "metadata": {"url": ""}}
+    assert tasks.decide(claimed(), ok(pending), NOW, SETTINGS).event is None
+    sora = {"id": "t", "status": "completed", "progress": 100}  # no link field at all
+    assert tasks.decide(claimed(), ok(sora), NOW, SETTINGS).event == "video.completed"
+    doubao = {"status": "completed", "metadata": {"url": "https://ark/v.mp4"}}
+    assert tasks.decide(claimed(), ok(doubao), NOW, SETTINGS).event == "video.completed"
+
+
+def test_an_error_beside_a_running_status_does_not_end_the_task():
+    ali = {"status": "unknown", "error": {"code": "Throttling", "message": "slow down"}}
+    assert tasks.decide(claimed(), ok(ali), NOW, SETTINGS).event is None
+    sora = {"id": "t", "error": {"code": "moderation_blocked", "message": "blocked"}}
+    assert tasks.decide(claimed(), ok(sora), NOW, SETTINGS).event == "video.failed"
+
+
+def test_a_403_on_one_task_is_treated_like_no_such_task():
+    first = tasks.decide(claimed(), Fetch("forbidden", 403), NOW, SETTINGS)
+    assert first.event is None and first.values["not_found_since"] == NOW
+    late = tasks.decide(claimed(not_found_since=NOW - 21), Fetch("forbidden", 403), NOW, SETTINGS)
+    assert late.give_up == "status_proxy_not_found"
+
+
+def test_a_lasting_error_backs_off_then_gives_up_with_the_upstreams_words():
+    lasting = Fetch("lasting", 501, code="not_implemented", message="not_implemented:doubao")
+    first = tasks.decide(claimed(errors=2), lasting, NOW, SETTINGS)
+    assert first.event is None and first.values["errors"] == 3
+    assert first.values["not_found_since"] == NOW and first.values["next_poll_at"] > NOW + 5
+    late = tasks.decide(claimed(not_found_since=NOW - 21), lasting, NOW, SETTINGS)
+    assert late.event == "video.failed" and late.give_up == "status_proxy_upstream_error"
+    data = json.loads(tasks.given_up_data("t", '{"id":"t"}', late.give_up, late.error))
+    error = data["error"]
+    assert error["code"] == "status_proxy_upstream_error"
+    assert (error["upstream_code"], error["upstream_message"]) == (
+        "not_implemented", "not_implemented:doubao",
+    )  # fmt: skip
+    assert "501" in error["message"] and "not_implemented:doubao" in error["message"]
+
+
+def test_a_passing_error_never_gives_up_however_long():
+    passing = Fetch("error", 500, code="get_task_failed")
+    decision = tasks.decide(claimed(errors=50, not_found_since=None), passing, NOW, SETTINGS)
+    assert decision.event is None and "not_found_since" not in decision.values
+
+
+def test_given_up_data_reads_a_snapshot_with_a_byte_order_mark():
+    data = json.loads(
+        tasks.given_up_data("t", '\ufeff{"id":"t","progress":40}', "status_proxy_timeout")
+    )
+    assert data["progress"] == 40 and data["status"] == "failed"

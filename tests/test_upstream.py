@@ -39,13 +39,62 @@ def answer(status, body=None, headers=None):
         (400, b"<html>", "error"),
         (429, {}, "rate_limited"),
         (401, {}, "unauthorized"),
-        (403, {}, "unauthorized"),
+        (403, {}, "forbidden"),
         (500, {}, "error"),
         (503, {}, "error"),
+        # A 200 that is not a video object of this task is a passing error.
+        (200, {"error": {"message": "upstream request timed out, please retry"}}, "error"),
+        (200, None, "error"),
+        (200, b"<html><body>502</body></html>", "error"),
+        (200, {"id": "video_2", "error": {"message": "x"}}, "error"),
+        (200, {"id": "video_1", "error": {"message": "blocked", "code": "x"}}, "ok"),
+        (200, {"code": "success", "data": {"task_id": "video_1", "status": "QUEUED"}}, "ok"),
+        # Errors the upstream will keep answering, and passing ones.
+        (501, {"code": "not_implemented", "message": "not_implemented:doubao"}, "lasting"),
+        (501, b"", "lasting"),
+        (400, {"code": "invalid_channel_id", "message": "x", "data": None}, "lasting"),
+        (500, {"code": "convert_to_openai_video_failed", "message": "x"}, "lasting"),
+        (500, {"code": "get_task_failed", "message": "x"}, "error"),
     ],
 )
 def test_classification(status, body, outcome):
     assert fetch(answer(status, body)).outcome == outcome
+
+
+def test_a_lasting_error_carries_the_upstreams_words():
+    body = {"code": "not_implemented", "message": "not_implemented:doubao", "data": None}
+    result = fetch(answer(501, body))
+    assert (result.code, result.message) == ("not_implemented", "not_implemented:doubao")
+
+
+def test_a_wrapped_answer_is_kept_unwrapped():
+    inner = {"task_id": "video_1", "status": "SUCCESS", "progress": "100%"}
+    result = fetch(answer(200, {"code": "success", "message": "", "data": inner}))
+    assert result.video == inner and json.loads(result.text) == inner
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xef\xbb\xbf" + json.dumps({"id": "video_1", "status": "queued"}).encode(),
+        json.dumps({"id": "video_1", "status": "queued"}).encode("utf-16"),
+        json.dumps({"id": "video_1", "status": "queued"}).encode("utf-16-le"),
+        '{"id": "video_1", "status": "queued", "title": "caf\u00e9"}'.encode("latin-1"),
+        b'{"id": "video_1", "status": "queued", "title": "\\ud800 and \\udfff"}',
+        b'{"id": "video_1", "status": "queued", "progress": NaN}',
+    ],
+)
+def test_unclean_bytes_become_clean_utf8_json(raw):
+    result = fetch(answer(200, raw))
+    assert result.outcome == "ok" and result.video["status"] == "queued"
+    text = result.text.encode("utf-8")  # strict: no surrogates, no byte-order mark
+    assert not text.startswith(b"\xef\xbb\xbf") and b"NaN" not in text
+    json.loads(text, parse_constant=lambda word: pytest.fail(f"not JSON: {word}"))
+
+
+def test_clean_bytes_are_kept_as_the_upstream_sent_them():
+    raw = b'{ "id" : "video_1",  "status": "queued", "title": "caf\xc3\xa9" }'
+    assert fetch(answer(200, raw)).text == raw.decode()
 
 
 def test_retry_after_is_read():

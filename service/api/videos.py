@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
+from service import snapshot
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
 from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, valid_task_id
@@ -53,11 +54,13 @@ async def get_video(task_id: TaskId, caller: CallerDep) -> Response:
     runtime = caller.runtime
     row = await runtime.db.lookup(SNAPSHOT_SQL, {"task_id": task_id})
     if row is not None and row[0] is not None:
-        snapshot, snapshot_at = row
+        stored, snapshot_at = row
         age = max(0, int(time.time() - snapshot_at))
-        return Response(snapshot, media_type="application/json", headers={"Age": str(age)})
+        # Clean already since it was stored; cleaned again for rows kept by older releases.
+        text = snapshot.clean(stored) or "null"
+        return Response(text, media_type="application/json", headers={"Age": str(age)})
     fetch = await fetch_through(runtime, task_id)
-    return Response(fetch.body, media_type="application/json", headers={"Age": "0"})
+    return Response(fetch.text, media_type="application/json", headers={"Age": "0"})
 
 
 async def fetch_through(runtime: Runtime, task_id: str) -> Fetch:
@@ -67,7 +70,7 @@ async def fetch_through(runtime: Runtime, task_id: str) -> Fetch:
     runtime.metrics.upstream_requests.labels(fetch.outcome).inc()
     if fetch.outcome == "ok":
         return fetch
-    if fetch.outcome == "not_found":
+    if fetch.outcome in ("not_found", "forbidden"):  # a 403 hides one task from our key
         raise ApiError(404, "the upstream has no such task", "task_id")
     if fetch.outcome == "timeout":
         raise ApiError(504, "the upstream did not answer in time")
