@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.simulator import video_bytes
-from tests.harness import ServerThread, eventually, sql
+from tests.harness import ServerThread, eventually, free_port, sql
 
 IMAGE = bytes(range(256)) * 12_000  # ~3 MB "reference image"
 
@@ -463,3 +463,154 @@ def test_a_retry_on_another_replica_gets_the_first_answer(make_service, upstream
     again = second_replica.client.post("/v1/videos", json=body, headers=key)
     assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
     assert len(upstream.sim.created) == 1
+
+
+# --- what the upstream answers -----------------------------------------------------------
+
+
+@pytest.fixture
+def odd_upstream():
+    """An upstream whose create answer the test chooses: (status, body) or "hang up"."""
+    answers: list[object] = []
+    app = FastAPI()
+
+    @app.post("/v1/videos")
+    async def create(request: Request) -> JSONResponse:
+        await request.body()
+        status, body = answers.pop(0)
+        return JSONResponse(body, status_code=status)
+
+    thread = ServerThread(app).start()
+    yield answers, thread.url
+    thread.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_task_that_cannot_be_registered_is_said_so(make_service, odd_upstream, hooks):
+    answers, url = odd_upstream
+    service = make_service(upstream_base_url=url)
+    body = {"model": "m", "callback_url": f"{hooks.url}/x"}
+    answers.append((200, {"id": "no good/id", "object": "video", "status": "queued"}))
+    answer = service.client.post("/v1/videos", json=body)
+    assert answer.status_code == 200, answer.text
+    video = answer.json()
+    assert video["id"] == "no good/id" and video["status"] == "queued"  # the upstream's answer
+    assert video["registration_error"]["code"] == "invalid_task_id"
+    assert "registration" not in video
+    # Without a callback nothing was asked: the answer is the upstream's, untouched.
+    answers.append((200, {"id": "no good/id", "object": "video"}))
+    plain = service.client.post("/v1/videos", json={"model": "m"})
+    assert plain.json() == {"id": "no good/id", "object": "video"}
+    # Builds of new-api before October 2025 answer only a task_id.
+    answers.append((200, {"task_id": "cgt-2025-old-build"}))
+    old = service.client.post("/v1/videos", json=body).json()
+    assert old["registration"]["task_id"] == "cgt-2025-old-build"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_only_final_answers_are_kept_for_an_idempotency_key(make_service, odd_upstream):
+    answers, url = odd_upstream
+    service = make_service(upstream_base_url=url)
+    saturated = {
+        "code": "fail_to_fetch_task",
+        "message": "当前分组上游负载已饱和，请稍后再试",
+        "data": None,
+    }
+    for status in (429, 408, 425, 500, 503):
+        answers.append((status, saturated))
+        key = {"Idempotency-Key": f"retry-{status}"}
+        first = service.client.post("/v1/videos", json={"model": "m"}, headers=key)
+        assert first.status_code == status and first.json() == saturated
+        answers.append((200, {"id": f"video_{status}", "object": "video"}))
+        retried = service.client.post("/v1/videos", json={"model": "m"}, headers=key)
+        assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
+    answers.append((400, {"code": "invalid_size", "message": "bad size", "data": None}))
+    key = {"Idempotency-Key": "final-400"}
+    refused = service.client.post("/v1/videos", json={"model": "m"}, headers=key)
+    again = service.client.post("/v1/videos", json={"model": "m"}, headers=key)
+    assert refused.status_code == again.status_code == 400
+    assert again.headers["idempotent-replayed"] == "true" and answers == []
+
+
+@pytest.fixture
+def hanging_up_upstream():
+    """A server that reads the request and closes the connection without answering."""
+    import contextlib
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_upstream_failures_say_what_happened(make_service, hanging_up_upstream):
+    service = make_service(upstream_base_url=hanging_up_upstream)
+    answer = service.client.post("/v1/videos", json={"model": "m"})
+    assert answer.status_code == 502, answer.text
+    assert "closed the connection" in answer.json()["error"]["message"]
+    refused = make_service(upstream_base_url=f"http://127.0.0.1:{free_port()}")
+    answer = refused.client.post("/v1/videos", json={"model": "m"})
+    assert answer.status_code == 502 and "could not connect" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "metadata"),
+    [
+        ({"callback_metadata": '{"order": 42}'}, {"order": 42}),  # a JSON string in JSON
+        ({"callback_metadata": {"order": 42}}, {"order": 42}),
+    ],
+)
+def test_callback_metadata_in_json(service, upstream, body, metadata):
+    answer = service.client.post(
+        "/v1/videos", json={"model": "m", "callback_url": "http://127.0.0.1:9/x", **body}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["registration"]["metadata"] == metadata
+    assert upstream.sim.created[-1].fields == {"model": "m"}
+
+
+def test_form_fields_in_every_encoding(service, upstream):
+    """Repeated events[], bracket fields nested and listed, a JSON string beside them."""
+    fields = {
+        "model": "m", "callback_url": "http://127.0.0.1:9/x",
+        "events[]": ["video.completed", "video.progress"],
+        "callback_metadata": '{"from_json": true}', "callback_metadata[order]": "42",
+        "callback_metadata[ship][city]": "Lyon", "callback_metadata[tags][]": ["a", "b"],
+        "callback_headers[X-Tenant]": "t1", "metadata[ratio]": "16:9",
+    }  # fmt: skip
+    answer = service.client.post("/v1/videos", data=fields, files={"f": ("f", b"x", "a/b")})
+    assert answer.status_code == 200, answer.text
+    registration = answer.json()["registration"]
+    assert registration["events"] == ["video.completed", "video.progress"]
+    assert registration["metadata"] == {
+        "from_json": True, "order": "42", "ship": {"city": "Lyon"}, "tags": ["a", "b"],
+    }  # fmt: skip
+    assert upstream.sim.created[-1].fields == {"model": "m", "metadata[ratio]": "16:9"}
+    bad = service.client.post(
+        "/v1/videos",
+        data={"callback_url": "http://127.0.0.1:9/x", "callback_metadata[]": "x"},
+        files={"f": ("f", b"x", "a/b")},
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "callback_metadata"
