@@ -111,7 +111,7 @@ async def run(timeout: float = 60.0) -> int:
                         "seconds": "5",
                         "callback_url": f"{hooks.url}/webhooks/video",
                         "events": "video.completed,video.failed,video.progress",
-                        "metadata": json.dumps({"order_id": "42"}),
+                        "callback_metadata": json.dumps({"order_id": "42"}),
                     },
                     files={"first_frame_image": ("first.png", FRAME, "image/png")},
                     headers={"Idempotency-Key": "demo-order-42"},
