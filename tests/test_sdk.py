@@ -63,7 +63,7 @@ def test_every_videos_method_of_the_sdk(make_service, upstream, hooks):
     webhook = eventually(lambda: hooks.at("/sdk"), timeout=20)[0].json
     assert webhook["type"] == "video.completed" and webhook["metadata"]["order"] == "42"
 
-    whole = client.videos.download_content(video.id).read()
+    whole = client.videos.download_content(video.id, variant="video").read()
     assert whole == video_bytes(0, len(whole)) and len(whole) > 0
     part = client.videos.with_raw_response.download_content(
         video.id, extra_headers={"Range": "bytes=10-19"}
@@ -99,6 +99,9 @@ def test_the_sdk_on_an_open_api(service, upstream):
     assert [item.id for item in client.videos.list()] == [video.id]
     untracked = upstream.add(duration=60)  # created elsewhere: fetched through
     assert client.videos.retrieve(untracked).status in ("queued", "in_progress")
+    assert client.videos.delete(video.id).deleted is True
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(video.id)
 
 
 def test_each_key_sees_only_its_own_videos(make_service, upstream, hooks):
