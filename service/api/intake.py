@@ -48,9 +48,9 @@ _KEY = re.compile(r"\[([^\[\]]*)\]")
 @dataclass(slots=True)
 class Wanted:
     """What the consumed fields ask for: a registration of the new task (None without a
-    ``callback_url``), and its custom webhook headers. ``headers`` is handed to the
-    registration's creation; registrations do not take custom headers yet, so it is
-    parsed and kept, and not used."""
+    ``callback_url``), and the custom webhook headers of ``callback_headers``, parsed
+    from any encoding. Registrations take no custom headers yet: ``headers`` is kept
+    here for the registration and not used, and nothing about it is refused."""
 
     registration: RegistrationCreate | None = None
     headers: dict[str, Any] = field(default_factory=dict)
