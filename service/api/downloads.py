@@ -108,7 +108,7 @@ async def _message(upstream: httpx.Response) -> str:
     """The message of an upstream's error answer: its ``error.message`` or ``message``,
     else the start of its text."""
     raw = b""
-    async for chunk in upstream.aiter_raw():
+    async for chunk in upstream.aiter_bytes():  # decoded, should it come compressed
         raw += chunk
         if len(raw) >= ERROR_READ_LIMIT:
             break
