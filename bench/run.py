@@ -32,6 +32,7 @@ import httpx
 
 from bench import seed
 from bench.load import aiohttp_load, httpx_load
+from service.runtime import key_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -160,7 +161,8 @@ def api_figures(size: dict[str, Any], work: Path) -> dict[str, Any]:
         post_bare = client(spec("POST", f"http://127.0.0.1:{bare_port}/v1/registrations",
                                 seconds, body="registration", tag="bare"), cpu=1)  # fmt: skip
     db_url = f"sqlite:///{work / 'api.db'}"
-    asyncio.run(seed.cached_snapshot(db_url, "video_bench"))
+    owner = key_digest(API_KEY).hex()  # with API keys, a key reads only its own videos
+    asyncio.run(seed.cached_snapshot(db_url, "video_bench", owner))
     port = free_port()
     env = service_env(db_url, "http://127.0.0.1:9")
     with process(status_proxy("serve", "--no-workers", "--port", str(port)), cpu=0, env=env):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from service import ids, outbox
+from service import ids, outbox, ownership
 from service.config import Settings
 from service.db import Database
 from service.models import Registration, Task, compact_json
@@ -56,12 +56,14 @@ async def _fill(database_url: str, tables: Iterable[tuple[Any, list[dict[str, An
         await db.dispose()
 
 
-async def cached_snapshot(database_url: str, task_id: str) -> None:
-    """One tracked task with a stored snapshot, as GET /v1/videos serves it."""
+async def cached_snapshot(database_url: str, task_id: str, owner: str) -> None:
+    """One tracked task with a stored snapshot, as GET /v1/videos serves it to ``owner``
+    (the hex digest of the client key that registered it)."""
     now = time.time()
     snapshot = json.dumps({**SNAPSHOT, "id": task_id})
     row = _task(task_id, now, snapshot=snapshot, snapshot_at=now, next_poll_at=now + 10**9)
-    await _fill(database_url, [(tasks, [row])])
+    owned = ownership.claim_values(owner, task_id, now)
+    await _fill(database_url, [(tasks, [row]), (ownership.owned, [owned])])
 
 
 async def watching(database_url: str, count: int, callback: str) -> None:

@@ -142,6 +142,7 @@ async def _create(
             "seconds": "5",
             "callback_url": callback,
             "events": events.split(","),
+            "callback_metadata": {"order_id": "42"},
         }
         return await client.post(f"{proxy}/v1/videos", json=body, headers=headers)
     return await client.post(
@@ -153,7 +154,7 @@ async def _create(
             "seconds": "5",
             "callback_url": callback,
             "events": events,
-            "metadata": json.dumps({"order_id": "42"}),
+            "callback_metadata": json.dumps({"order_id": "42"}),
         },
         files={"first_frame_image": ("first.png", FRAME, "image/png")},
         headers=headers,

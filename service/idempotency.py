@@ -37,6 +37,14 @@ class Stored:
     body: bytes
 
 
+RETRYABLE = frozenset({408, 425, 429})
+
+
+def final(status_code: int) -> bool:
+    """Whether an upstream answer is kept for retries (not one that asks to try again)."""
+    return status_code < 500 and status_code not in RETRYABLE
+
+
 def valid_key(key: str) -> bool:
     return 0 < len(key) <= KEY_LIMIT and all(0x21 <= ord(ch) <= 0x7E for ch in key)
 

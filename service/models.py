@@ -169,6 +169,23 @@ class IdempotencyKey(SQLModel, table=True):
     expires_at: float
 
 
+class OwnedVideo(SQLModel, table=True):
+    """A task one API key created or registered through status-proxy: what that key may
+    read, list, download, remix and delete under ``/v1/videos``."""
+
+    __tablename__ = "owned_videos"
+    __table_args__ = (sa.Index("ix_owned_videos_listing", "owner", "created_at", "task_id"),)
+
+    owner: str = Col(primary_key=True, max_length=64)
+    task_id: str = Col(primary_key=True, max_length=200)
+    # The latest video object seen outside polling (the create answer, a fetch-through),
+    # for listing a task status-proxy does not poll.
+    video: str | None = Col(default=None, sa_column=Column(sa.Text, nullable=True))
+    created_at: float
+    updated_at: float
+    deleted_at: float | None = None  # deleted upstream through status-proxy
+
+
 # --- API schemas --------------------------------------------------------------------------
 
 ItemT = TypeVar("ItemT")
@@ -213,8 +230,10 @@ class RegistrationCreate(BaseModel):
     @field_validator("events")
     @classmethod
     def _events(cls, value: list[EventType]) -> list[EventType]:
-        # Progress alone is allowed: such a registration ends quietly with its task.
+        # Progress alone would never be told how its task ended (the contract's rule).
         wanted = set(value)
+        if not wanted & set(TERMINAL_EVENTS):
+            raise ValueError("events must name at least one of video.completed, video.failed")
         return [event for event in EVENT_ORDER if event in wanted]
 
     @field_validator("metadata")

@@ -6,7 +6,7 @@ in constant memory."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection
+from collections.abc import Callable
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -24,14 +24,14 @@ class Refused(ValueError):
 
 
 class MultipartRelay:
-    """Re-frames a multipart body as it streams in: the text fields named in ``keep`` are
-    kept (in ``fields``), every other part is passed on with the same boundary, and a
+    """Re-frames a multipart body as it streams in: the text fields whose names ``keep``
+    accepts are kept (in ``fields``), every other part is passed on with the same boundary, and a
     fingerprint covers all parts (names, file names, types and bytes; not the boundary,
     which clients pick afresh on each retry)."""
 
-    def __init__(self, boundary: bytes, keep: Collection[str]) -> None:
+    def __init__(self, boundary: bytes, keep: Callable[[str], bool]) -> None:
         self.boundary = boundary
-        self.keep = frozenset(keep)
+        self.keep = keep
         self.fields: dict[str, list[str]] = {}
         self.ended = False
         self._hash = hashlib.sha256(b"multipart\0")
@@ -102,7 +102,7 @@ class MultipartRelay:
         field = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
         self._feed_hash(b"part", field.encode(), filename or b"\0", content_type)
-        if field in self.keep and filename is None:
+        if filename is None and self.keep(field):
             self._keeping, self._kept = field, bytearray()
             return
         self._keeping = None

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import ids, outbox, snapshot, tasks
+from service import ids, outbox, ownership, snapshot, tasks
 from service.db import Database
 from service.models import (
     TERMINAL_EVENTS,
@@ -216,6 +216,8 @@ async def _insert(
             "updated_at": now,
         },
     )
+    # A task a key registers is one of its videos (GET /v1/videos and the routes under it).
+    await ownership.claim_in(conn, db.is_sqlite, ownership.claim_values(owner, body.task_id, now))
     emitted = 0
     if task.state == "ended":
         event_type = "video.completed" if task.outcome == "completed" else "video.failed"
@@ -275,22 +277,49 @@ async def cancel(db: Database, owner: str, registration_id: str, now: float) -> 
         if row.state in ("delivered", "failed", "ended"):
             raise Conflict(f"the registration is already {row.state}")
         if row.state == "active":
-            await conn.execute(
-                registrations.update()
-                .where(registrations.c.id == registration_id)
-                .values(state="cancelled", updated_at=now)
-            )
-            await conn.execute(
-                outbox.events.update()
-                .where(
-                    outbox.events.c.registration_id == registration_id,
-                    outbox.events.c.state == "pending",
-                )
-                .values(state="dropped")
-            )
-            await _idle_if_unwatched(conn, [row.task_id], now)
+            await _cancel_active(conn, [registration_id], [row.task_id], now)
         result = (await conn.execute(_select().where(registrations.c.id == registration_id))).one()
     return _public(result)
+
+
+async def cancel_task(db: Database, owner: str, task_id: str, now: float) -> int:
+    """Cancel every active registration ``owner`` has for the task (it was deleted
+    upstream); answers how many were cancelled."""
+    async with db.write() as conn:
+        ids_ = [
+            row.id
+            for row in await conn.execute(
+                sa.select(registrations.c.id).where(
+                    registrations.c.owner == owner,
+                    registrations.c.task_id == task_id,
+                    registrations.c.state == "active",
+                )
+            )
+        ]
+        if ids_:
+            await _cancel_active(conn, ids_, [task_id], now)
+    return len(ids_)
+
+
+async def _cancel_active(
+    conn: AsyncConnection, registration_ids: Sequence[str], task_ids: Sequence[str], now: float
+) -> None:
+    """Cancel active registrations: their pending events are dropped, and their tasks
+    stop being polled when nobody else needs them."""
+    await conn.execute(
+        registrations.update()
+        .where(registrations.c.id.in_(registration_ids))
+        .values(state="cancelled", updated_at=now)
+    )
+    await conn.execute(
+        outbox.events.update()
+        .where(
+            outbox.events.c.registration_id.in_(registration_ids),
+            outbox.events.c.state == "pending",
+        )
+        .values(state="dropped")
+    )
+    await _idle_if_unwatched(conn, task_ids, now)
 
 
 async def _idle_if_unwatched(conn: AsyncConnection, task_ids: Sequence[str], now: float) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import idempotency
+from service import idempotency, ownership
 from service.db import Database
 from service.models import Attempt, Event, Registration, Task
 
@@ -51,7 +51,28 @@ async def purge_batch(db: Database, now: float, retention: float) -> int:
         )
         if unneeded:
             await conn.execute(tasks.delete().where(tasks.c.task_id.in_(unneeded)))
-    return len(expired) + len(unneeded)
+        forgotten = await _purge_owned(conn, cutoff)
+    return len(expired) + len(unneeded) + forgotten
+
+
+async def _purge_owned(conn: Any, cutoff: float) -> int:
+    """Videos a key has not touched within the retention, and no longer registers, leave
+    its list (the upstream's links and files are long gone by then)."""
+    owned = ownership.owned
+    registered = sa.select(registrations.c.id).where(
+        registrations.c.owner == owned.c.owner, registrations.c.task_id == owned.c.task_id
+    )
+    stale = (
+        sa.select(owned.c.owner, owned.c.task_id)
+        .where(owned.c.updated_at < cutoff, ~registered.exists())
+        .limit(BATCH)
+    )
+    keys = [tuple(row) for row in await conn.execute(stale)]
+    if keys:
+        await conn.execute(
+            owned.delete().where(sa.tuple_(owned.c.owner, owned.c.task_id).in_(keys))
+        )
+    return len(keys)
 
 
 async def _first_column(conn: Any, query: sa.Select[Any]) -> list[Any]:

@@ -406,6 +406,7 @@ class Simulator:
         async def stats() -> dict[str, Any]:
             return {"requests": self.requests, "polls": self.polls}
 
+        add_library_routes(app, self)
         return app
 
     def _create_refusal(self) -> JSONResponse | None:
@@ -504,3 +505,64 @@ async def _intake(request: Request) -> Created:
         return record
     payload = await request.json()
     return Created("json", payload if isinstance(payload, dict) else {}, {})
+
+
+def add_library_routes(app: FastAPI, sim: Simulator) -> None:
+    """The rest of the OpenAI video library: list, remix and delete, as OpenAI answers
+    them (new-api gateways have remix for Sora-style models, and neither list nor delete)."""
+    remixed: dict[str, str] = {}  # new task -> the task it was made from
+
+    def refused(request: Request) -> JSONResponse | None:
+        if sim._authorised(request):
+            return None
+        return JSONResponse({"error": {"message": "invalid token"}}, status_code=401)
+
+    def missing() -> JSONResponse:
+        error = {"message": "Video not found", "type": "invalid_request_error"}
+        return JSONResponse({"error": error}, status_code=404)
+
+    def shown(task: SimTask, request: Request) -> dict[str, Any]:
+        video = task.video(time.time(), str(request.base_url))
+        if task.id in remixed:
+            video["remixed_from_video_id"] = remixed[task.id]
+        return video
+
+    @app.get("/v1/videos")
+    async def list_videos(request: Request, limit: int = 20, after: str | None = None) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        tasks = sorted(sim.tasks.values(), key=lambda task: task.created, reverse=True)
+        if after is not None:
+            ids = [task.id for task in tasks]
+            tasks = tasks[ids.index(after) + 1 :] if after in ids else []
+        page = [shown(task, request) for task in tasks[:limit]]
+        return JSONResponse(
+            {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+             "last_id": page[-1]["id"] if page else None, "has_more": len(tasks) > limit}
+        )  # fmt: skip
+
+    @app.post("/v1/videos/{task_id}/remix")
+    async def remix(task_id: str, request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        source = sim.tasks.get(task_id)
+        if source is None:
+            return missing()
+        payload = await request.json()
+        fields = payload if isinstance(payload, dict) else {}
+        sim.created.append(Created("json", dict(fields), {}))
+        spec = TaskSpec(duration=sim.duration)
+        task = sim.add(
+            spec, model=source.model, prompt=str(fields.get("prompt", "")),
+            seconds=source.seconds, size=source.size,
+        )  # fmt: skip
+        remixed[task.id] = source.id
+        return JSONResponse(shown(task, request))
+
+    @app.delete("/v1/videos/{task_id}")
+    async def delete(task_id: str, request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        if sim.tasks.pop(task_id, None) is None:
+            return missing()
+        return JSONResponse({"id": task_id, "object": "video.deleted", "deleted": True})

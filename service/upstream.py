@@ -87,26 +87,48 @@ class Upstream:
             return Fetch("error", detail="upstream answer too large")
         return classify(response.status_code, response.headers, body, task_id)
 
-    async def create(self, content: bytes | AsyncIterator[bytes], content_type: str) -> Answer:
-        """``POST /v1/videos`` with our key; a streamed body goes out as it comes.
+    async def create(
+        self,
+        content: bytes | AsyncIterator[bytes],
+        content_type: str,
+        length: int,
+        path: str = "/v1/videos",
+    ) -> Answer:
+        """``POST`` a create (``/v1/videos``, or a remix path) with our key and a
+        ``Content-Length`` (never chunked: many servers and proxies cannot read that).
         Raises what the transport raises (timeouts included), and BodyTooLarge."""
-        headers = {**self.headers(), "Content-Type": content_type, "Accept": "application/json"}
+        headers = {
+            **self.headers(), "Content-Type": content_type, "Content-Length": str(length),
+            "Accept": "application/json",
+        }  # fmt: skip
         async with self.client.stream(
-            "POST", self.base_url + "/v1/videos", content=content, headers=headers,
-            timeout=self.timeout,
-        ) as response:  # fmt: skip
+            "POST", self.base_url + path, content=content, headers=headers, timeout=self.timeout
+        ) as response:
             body = await _read_limited(response)
         kind = response.headers.get("content-type", "application/json")
         return Answer(response.status_code, kind, body)
 
-    async def open_content(self, task_id: str, byte_range: str | None) -> httpx.Response:
+    async def delete(self, task_id: str) -> Answer:
+        """``DELETE /v1/videos/{task_id}`` with our key; raises what the transport raises."""
+        url = self.base_url + video_path(task_id)
+        async with self.client.stream(
+            "DELETE", url, headers=self.headers(), timeout=self.timeout
+        ) as response:
+            body = await _read_limited(response)
+        kind = response.headers.get("content-type", "application/json")
+        return Answer(response.status_code, kind, body)
+
+    async def open_content(
+        self, task_id: str, byte_range: str | None, variant: str | None = None
+    ) -> httpx.Response:
         """A streaming ``GET /v1/videos/{task_id}/content``; the caller closes it."""
         headers = self.headers()
         if byte_range:
             headers["Range"] = byte_range
+        params = {"variant": variant} if variant else None
         request = self.client.build_request(
             "GET", self.base_url + video_path(task_id) + "/content", headers=headers,
-            timeout=self.timeout,
+            params=params, timeout=self.timeout,
         )  # fmt: skip
         return await self.client.send(request, stream=True)
 

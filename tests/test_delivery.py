@@ -133,12 +133,29 @@ def test_progress_coalesces_behind_a_slow_receiver(service, upstream, hooks):
     assert len(service.attempts(reg["id"])) == len(arrivals)
 
 
-def test_progress_only_registration_ends_quietly(service, upstream, hooks):
-    task = upstream.add(duration=1.0, queued=0)
-    reg = service.register(task, f"{hooks.url}/ui", events=["video.progress"]).json()
+def test_a_registration_ends_quietly_when_its_terminal_event_is_not_wanted(
+    service, upstream, hooks
+):
+    task = upstream.add(duration=1.0, queued=0, outcome="failed")
+    events = ["video.completed", "video.progress"]
+    reg = service.register(task, f"{hooks.url}/ui", events=events).json()
     eventually(lambda: service.registration(reg["id"])["state"] == "ended")
     types = {d.json["type"] for d in hooks.at("/ui")}
     assert types == {"video.progress"}
+
+
+def test_events_must_name_a_terminal_event(service, upstream):
+    task = upstream.add(duration=60)
+    for events in (["video.progress"], ["video.progress", "video.progress"]):
+        answer = service.register(task, "http://127.0.0.1:9/x", events=events)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["param"] == "events"
+    created = service.client.post(
+        "/v1/videos",
+        json={"model": "m", "callback_url": "http://127.0.0.1:9/x", "events": ["video.progress"]},
+    )
+    assert created.status_code == 422 and created.json()["error"]["param"] == "events"
+    assert upstream.sim.created == []  # refused before anything went upstream
 
 
 def test_redeliver_sends_the_same_event_again(service, upstream, hooks):

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.simulator import video_bytes
-from tests.harness import ServerThread, eventually, sql
+from tests.harness import ServerThread, eventually, free_port, sql
 
 IMAGE = bytes(range(256)) * 12_000  # ~3 MB "reference image"
 
@@ -27,12 +27,14 @@ def sim_tasks(upstream) -> int:
 
 
 def test_json_create_registers_the_new_task_and_strips_our_fields(service, upstream, hooks):
+    vendor = {"resolution": "720p", "content": [{"type": "image_url", "role": "first_frame"}]}
     answer = service.client.post(
         "/v1/videos",
         json={
-            "model": "sora-2", "prompt": "a fox", "seconds": "4",
+            "model": "sora-2", "prompt": "a fox", "seconds": "4", "metadata": vendor,
             "callback_url": f"{hooks.url}/json", "events": ["video.completed"],
-            "metadata": {"order": 7},
+            "callback_metadata": {"order": 7}, "callback_headers": {"X-Tenant": "t1"},
+            "upstream": "default",
         },
     )  # fmt: skip
     assert answer.status_code == 200, answer.text
@@ -43,7 +45,7 @@ def test_json_create_registers_the_new_task_and_strips_our_fields(service, upstr
     assert registration["metadata"] == {"order": 7}
     sent = upstream.sim.created[-1]
     assert sent.kind == "json"
-    assert sent.fields == {"model": "sora-2", "prompt": "a fox", "seconds": "4"}
+    assert sent.fields == {"model": "sora-2", "prompt": "a fox", "seconds": "4", "metadata": vendor}
     eventually(lambda: hooks.at("/json"), timeout=20)
     webhook = hooks.at("/json")[0].json
     assert webhook["data"]["id"] == video["id"] and webhook["metadata"] == {"order": 7}
@@ -61,7 +63,8 @@ def test_multipart_create_streams_files_and_registers(service, upstream, hooks):
         data={
             "model": "doubao-seedance-1-0-pro", "prompt": "a cat", "size": "1280x720",
             "seconds": "5", "callback_url": f"{hooks.url}/multi",
-            "events": "video.completed,video.failed", "metadata": '{"shot": "A1"}',
+            "events": "video.completed,video.failed", "callback_metadata": '{"shot": "A1"}',
+            "metadata": '{"resolution": "1080p"}',
         },
         files={
             "first_frame_image": ("first.png", IMAGE, "image/png"),
@@ -76,6 +79,7 @@ def test_multipart_create_streams_files_and_registers(service, upstream, hooks):
     assert sent.kind == "multipart"
     assert sent.fields == {
         "model": "doubao-seedance-1-0-pro", "prompt": "a cat", "size": "1280x720", "seconds": "5",
+        "metadata": '{"resolution": "1080p"}',
     }  # fmt: skip
     assert sent.files["first_frame_image"] == ("first.png", "image/png", IMAGE)
     assert sent.files["last_frame_image"] == ("last.png", "image/png", IMAGE[::-1])
@@ -104,8 +108,13 @@ def test_upstream_timeout_is_504(make_service, upstream):
     [
         ({"callback_url": "ftp://example.com/x"}, "callback_url"),
         ({"callback_url": "http://127.0.0.1:9/x", "events": "video.sent"}, "events"),
-        ({"callback_url": "http://127.0.0.1:9/x", "metadata": "[1, 2]"}, "metadata"),
-        ({"metadata": '{"a": 1}'}, "metadata"),
+        (
+            {"callback_url": "http://127.0.0.1:9/x", "callback_metadata": "[1, 2]"},
+            "callback_metadata",
+        ),
+        ({"callback_metadata": '{"a": 1}'}, "callback_metadata"),
+        ({"callback_url": "http://127.0.0.1:9/x", "events": "video.progress"}, "events"),
+        ({"callback_url": "http://127.0.0.1:9/x", "upstream": "elsewhere"}, "upstream"),
     ],
 )
 def test_bad_registration_fields_abort_the_upload(service, upstream, fields, param):
@@ -157,14 +166,19 @@ def test_an_upload_over_the_limit_is_413_and_creates_nothing(make_service, upstr
 
 @pytest.fixture
 def counting_upstream():
-    """An upstream whose create counts the bytes as they arrive, and keeps none."""
+    """An upstream whose create counts the bytes as they arrive, and keeps none; like
+    many servers and proxies, it refuses a body without a Content-Length (411)."""
     received: list[int] = []
     app = FastAPI()
 
     @app.post("/v1/videos")
     async def create(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared is None or "transfer-encoding" in request.headers:
+            return JSONResponse({"error": {"message": "length required"}}, status_code=411)
         async for chunk in request.stream():
             received.append(len(chunk))
+        assert sum(received) == int(declared)
         return JSONResponse({"id": "video_streamed", "object": "video", "status": "queued"})
 
     thread = ServerThread(app).start()
@@ -172,30 +186,35 @@ def counting_upstream():
     thread.stop()
 
 
-def test_uploads_stream_through_without_being_buffered(make_service, counting_upstream):
-    """The client sends half a file, then waits until the upstream has received bytes:
-    if status-proxy held the body until it had all of it, this would never happen."""
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_uploads_go_upstream_with_a_content_length(make_service, counting_upstream):
+    """A form larger than the memory spool, sent by the client in chunks, arrives upstream
+    whole with its length declared; so does a JSON body."""
     received, url = counting_upstream
     service = make_service(upstream_base_url=url)
-    half = IMAGE[: len(IMAGE) // 2]
     head = (
         b'--B\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="callback_url"\r\n\r\n'
+        b"http://127.0.0.1:9/x\r\n"
         b'--B\r\nContent-Disposition: form-data; name="first_frame_image"; '
         b'filename="f.png"\r\nContent-Type: image/png\r\n\r\n'
     )
 
-    def body():
-        yield head + half
-        eventually(lambda: sum(received) > len(half) // 2, timeout=10)
-        yield IMAGE[len(half) :] + b"\r\n--B--\r\n"
+    def body():  # chunked from the client
+        yield head
+        yield IMAGE
+        yield b"\r\n--B--\r\n"
 
     answer = service.client.post(
-        "/v1/videos",
-        content=body(),
-        headers={"content-type": "multipart/form-data; boundary=B"},
+        "/v1/videos", content=body(), headers={"content-type": "multipart/form-data; boundary=B"}
     )
-    assert answer.status_code == 200 and answer.json()["id"] == "video_streamed"
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["registration"]["task_id"] == "video_streamed"
     assert sum(received) > len(IMAGE)
+    received.clear()
+    answer = service.client.post("/v1/videos", json={"model": "m", "prompt": "p"})
+    assert answer.status_code == 200, answer.text
+    assert sum(received) == len(b'{"model": "m", "prompt": "p"}')
 
 
 # --- idempotency -------------------------------------------------------------------------
@@ -404,7 +423,9 @@ def test_a_database_failure_after_the_create_still_hands_back_the_task(service, 
         sql(url, "ALTER TABLE registrations_away RENAME TO registrations")
     assert answer.status_code == 200, answer.text
     video = answer.json()
-    assert video["registration"] is None and video["id"] in upstream.sim.tasks
+    assert video["id"] in upstream.sim.tasks and "registration" not in video
+    assert video["registration_error"]["code"] == "database_unavailable"
+    assert "POST /v1/registrations" in video["registration_error"]["message"]
     # The client registers the task it was given once the database is back.
     assert service.register(video["id"], f"{hooks.url}/late").status_code == 201
     eventually(lambda: hooks.at("/late"), timeout=20)
@@ -442,3 +463,154 @@ def test_a_retry_on_another_replica_gets_the_first_answer(make_service, upstream
     again = second_replica.client.post("/v1/videos", json=body, headers=key)
     assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
     assert len(upstream.sim.created) == 1
+
+
+# --- what the upstream answers -----------------------------------------------------------
+
+
+@pytest.fixture
+def odd_upstream():
+    """An upstream whose create answer the test chooses: (status, body) or "hang up"."""
+    answers: list[object] = []
+    app = FastAPI()
+
+    @app.post("/v1/videos")
+    async def create(request: Request) -> JSONResponse:
+        await request.body()
+        status, body = answers.pop(0)
+        return JSONResponse(body, status_code=status)
+
+    thread = ServerThread(app).start()
+    yield answers, thread.url
+    thread.stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_task_that_cannot_be_registered_is_said_so(make_service, odd_upstream, hooks):
+    answers, url = odd_upstream
+    service = make_service(upstream_base_url=url)
+    body = {"model": "m", "callback_url": f"{hooks.url}/x"}
+    answers.append((200, {"id": "no good/id", "object": "video", "status": "queued"}))
+    answer = service.client.post("/v1/videos", json=body)
+    assert answer.status_code == 200, answer.text
+    video = answer.json()
+    assert video["id"] == "no good/id" and video["status"] == "queued"  # the upstream's answer
+    assert video["registration_error"]["code"] == "invalid_task_id"
+    assert "registration" not in video
+    # Without a callback nothing was asked: the answer is the upstream's, untouched.
+    answers.append((200, {"id": "no good/id", "object": "video"}))
+    plain = service.client.post("/v1/videos", json={"model": "m"})
+    assert plain.json() == {"id": "no good/id", "object": "video"}
+    # Builds of new-api before October 2025 answer only a task_id.
+    answers.append((200, {"task_id": "cgt-2025-old-build"}))
+    old = service.client.post("/v1/videos", json=body).json()
+    assert old["registration"]["task_id"] == "cgt-2025-old-build"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_only_final_answers_are_kept_for_an_idempotency_key(make_service, odd_upstream):
+    answers, url = odd_upstream
+    service = make_service(upstream_base_url=url)
+    saturated = {
+        "code": "fail_to_fetch_task",
+        "message": "当前分组上游负载已饱和，请稍后再试",
+        "data": None,
+    }
+    for status in (429, 408, 425, 500, 503):
+        answers.append((status, saturated))
+        key = {"Idempotency-Key": f"retry-{status}"}
+        first = service.client.post("/v1/videos", json={"model": "m"}, headers=key)
+        assert first.status_code == status and first.json() == saturated
+        answers.append((200, {"id": f"video_{status}", "object": "video"}))
+        retried = service.client.post("/v1/videos", json={"model": "m"}, headers=key)
+        assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
+    answers.append((400, {"code": "invalid_size", "message": "bad size", "data": None}))
+    key = {"Idempotency-Key": "final-400"}
+    refused = service.client.post("/v1/videos", json={"model": "m"}, headers=key)
+    again = service.client.post("/v1/videos", json={"model": "m"}, headers=key)
+    assert refused.status_code == again.status_code == 400
+    assert again.headers["idempotent-replayed"] == "true" and answers == []
+
+
+@pytest.fixture
+def hanging_up_upstream():
+    """A server that reads the request and closes the connection without answering."""
+    import contextlib
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_upstream_failures_say_what_happened(make_service, hanging_up_upstream):
+    service = make_service(upstream_base_url=hanging_up_upstream)
+    answer = service.client.post("/v1/videos", json={"model": "m"})
+    assert answer.status_code == 502, answer.text
+    assert "closed the connection" in answer.json()["error"]["message"]
+    refused = make_service(upstream_base_url=f"http://127.0.0.1:{free_port()}")
+    answer = refused.client.post("/v1/videos", json={"model": "m"})
+    assert answer.status_code == 502 and "could not connect" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "metadata"),
+    [
+        ({"callback_metadata": '{"order": 42}'}, {"order": 42}),  # a JSON string in JSON
+        ({"callback_metadata": {"order": 42}}, {"order": 42}),
+    ],
+)
+def test_callback_metadata_in_json(service, upstream, body, metadata):
+    answer = service.client.post(
+        "/v1/videos", json={"model": "m", "callback_url": "http://127.0.0.1:9/x", **body}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["registration"]["metadata"] == metadata
+    assert upstream.sim.created[-1].fields == {"model": "m"}
+
+
+def test_form_fields_in_every_encoding(service, upstream):
+    """Repeated events[], bracket fields nested and listed, a JSON string beside them."""
+    fields = {
+        "model": "m", "callback_url": "http://127.0.0.1:9/x",
+        "events[]": ["video.completed", "video.progress"],
+        "callback_metadata": '{"from_json": true}', "callback_metadata[order]": "42",
+        "callback_metadata[ship][city]": "Lyon", "callback_metadata[tags][]": ["a", "b"],
+        "callback_headers[X-Tenant]": "t1", "metadata[ratio]": "16:9",
+    }  # fmt: skip
+    answer = service.client.post("/v1/videos", data=fields, files={"f": ("f", b"x", "a/b")})
+    assert answer.status_code == 200, answer.text
+    registration = answer.json()["registration"]
+    assert registration["events"] == ["video.completed", "video.progress"]
+    assert registration["metadata"] == {
+        "from_json": True, "order": "42", "ship": {"city": "Lyon"}, "tags": ["a", "b"],
+    }  # fmt: skip
+    assert upstream.sim.created[-1].fields == {"model": "m", "metadata[ratio]": "16:9"}
+    bad = service.client.post(
+        "/v1/videos",
+        data={"callback_url": "http://127.0.0.1:9/x", "callback_metadata[]": "x"},
+        files={"f": ("f", b"x", "a/b")},
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "callback_metadata"

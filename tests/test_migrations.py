@@ -27,3 +27,49 @@ def test_migrations_match_the_models(db_url):
             await db.dispose()
 
     assert asyncio.run(differences()) == []
+
+
+def test_tasks_registered_before_0007_become_their_keys_videos(db_url):
+    import sqlalchemy as sa
+    from alembic import command
+
+    from service.db import alembic_config
+
+    def upgrade_to(sync_conn, revision):
+        config = alembic_config()
+        config.attributes["connection"] = sync_conn
+        command.upgrade(config, revision)
+
+    async def run():
+        db = Database(Settings(database_url=db_url))
+        try:
+            async with db.engine.begin() as conn:
+                await conn.run_sync(upgrade_to, "0004")
+                for n, (owner, task) in enumerate(
+                    [("k1", "video_a"), ("k1", "video_a"), ("k2", "video_a"), ("k1", "video_b")]
+                ):
+                    await conn.execute(
+                        sa.text(
+                            "INSERT INTO registrations (id, owner, task_id, callback_url, events,"
+                            " metadata, state, dedupe_key, created_at, updated_at) VALUES (:id,"
+                            " :owner, :task, 'https://example.com/h', '[\"video.completed\"]', '{}',"
+                            " 'delivered', :id, :at, :at)"
+                        ),
+                        {"id": f"reg_{n}", "owner": owner, "task": task, "at": 100.0 + n},
+                    )
+            await db.migrate()
+            async with db.engine.connect() as conn:
+                rows = await conn.execute(
+                    sa.text(
+                        "SELECT owner, task_id, created_at FROM owned_videos ORDER BY owner, task_id"
+                    )
+                )
+                return [tuple(row) for row in rows]
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(run()) == [
+        ("k1", "video_a", 100.0),
+        ("k1", "video_b", 103.0),
+        ("k2", "video_a", 102.0),
+    ]

@@ -57,3 +57,12 @@ def test_idempotency_keys_expire_after_a_day(make_service, upstream):
     eventually(lambda: sql(url, "SELECT count(*) FROM idempotency_keys")[0] == [(0,)])
     again = service.client.post("/v1/videos", json={"model": "m"}, headers={"Idempotency-Key": "k"})
     assert again.json()["id"] != first.json()["id"]
+
+
+def test_videos_leave_the_list_after_the_retention(make_service, upstream):
+    service = make_service(retention=1.0)
+    created = service.client.post("/v1/videos", json={"model": "m"}).json()["id"]
+    assert [v["id"] for v in service.client.get("/v1/videos").json()["data"]] == [created]
+    eventually(lambda: service.client.get("/v1/videos").json()["data"] == [])
+    url = service.settings.database_url
+    assert sql(url, "SELECT count(*) FROM owned_videos")[0] == [(0,)]

@@ -46,8 +46,9 @@ def test_bad_task_id_is_422_and_never_reaches_the_upstream(service, upstream):
         assert response.status_code == 422, bad
         assert response.json()["error"]["param"] == "task_id"
     for escape in ("../../admin", "x/../../v1/other", "x%2F..%2F..%2Fadmin", "x/content/../.."):
-        # (httpx resolves dot segments: some of these become GET /v1/videos, POST only)
-        assert service.client.get(f"/v1/videos/{escape}").status_code in (404, 405, 422), escape
+        # (httpx resolves dot segments: some of these become GET /v1/videos, the list)
+        response = service.client.get(f"/v1/videos/{escape}")
+        assert response.status_code in (404, 422) or response.json()["object"] == "list", escape
     assert upstream.sim.requests == 0
 
 
@@ -62,3 +63,35 @@ def test_upstream_timeout_is_504(make_service, upstream):
     upstream.sim.faults.latency = 1.0
     response = service.client.get("/v1/videos/video_x")
     assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_the_list_of_videos_checks_its_parameters(service, upstream):
+    created = [
+        service.client.post("/v1/videos", json={"model": "m"}).json()["id"] for _ in range(3)
+    ]
+    page = service.client.get("/v1/videos", params={"limit": 2}).json()
+    assert [v["id"] for v in page["data"]] == created[::-1][:2] and page["has_more"] is True
+    assert page["first_id"] == created[2] and page["last_id"] == created[1]
+    rest = service.client.get("/v1/videos", params={"limit": 2, "after": page["last_id"]}).json()
+    assert [v["id"] for v in rest["data"]] == [created[0]] and rest["has_more"] is False
+    for params, param in (
+        ({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"order": "sideways"}, "order"),
+        ({"after": "video_not_mine"}, "after"), ({"before": "x"}, "before"),
+    ):  # fmt: skip
+        answer = service.client.get("/v1/videos", params=params)
+        assert answer.status_code == 422, (params, answer.text)
+        assert answer.json()["error"]["param"] == param
+
+
+def test_a_deleted_video_is_gone_on_an_open_api_too(service, upstream):
+    task = upstream.add(duration=60)
+    assert service.register(task, "http://127.0.0.1:9/x").status_code == 201
+    deleted = service.client.delete(f"/v1/videos/{task}")
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    assert service.client.get(f"/v1/videos/{task}").status_code == 404
+    assert service.client.get("/v1/videos").json()["data"] == []
+    registration = service.client.get("/v1/registrations").json()["data"][0]
+    assert registration["state"] == "cancelled"
+    # The upstream's own answer to a delete passes through: here it no longer knows it.
+    again = service.client.delete(f"/v1/videos/{upstream.add(duration=60)}x")
+    assert again.status_code == 404 and again.json()["error"]["message"] == "Video not found"

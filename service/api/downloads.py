@@ -4,16 +4,17 @@ with its key, so that clients need neither the upstream key nor a fresh ``video_
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import httpx
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service import status
+from service import ranges, status
 from service.api import videos
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses, upstream_failure
@@ -37,19 +38,32 @@ _PASSED_ON = (
 TASK_STATE_SQL = "SELECT state, outcome, raw_status FROM tasks WHERE task_id = :task_id"
 
 
+_VARIANT = Query(description="Which asset: the video (default), a thumbnail or a spritesheet")
+ERROR_READ_LIMIT = 4096  # an upstream's error body is read this far, for its message
+
+
 @router.get(
     "/{task_id}/content",
     response_class=Response,
     responses=_VIDEO_BYTES | responses(401, 404, 409, 416, 422, 502, 503, 504),
 )
-async def video_content(task_id: TaskId, caller: CallerDep, request: Request) -> Response:
-    """The finished video, streamed from the upstream with status-proxy's key; `Range`
-    passes through for seeking. 409 while the task is not completed."""
+async def video_content(
+    task_id: TaskId,
+    caller: CallerDep,
+    request: Request,
+    variant: Annotated[Literal["video", "thumbnail", "spritesheet"] | None, _VARIANT] = None,
+) -> Response:
+    """The finished video, streamed from the upstream with status-proxy's key. One
+    `Range` is answered 206 or 416, even when the upstream ignores it and sends the
+    whole file (new-api does): status-proxy then cuts the range from the stream.
+    409 while the task is not completed."""
     checked_task_id(task_id)
+    await videos.visible(caller, task_id)
     runtime = caller.runtime
     await _completed_or_409(runtime, task_id)
+    asked = request.headers.get("range")
     try:
-        upstream = await runtime.upstream.open_content(task_id, request.headers.get("range"))
+        upstream = await runtime.upstream.open_content(task_id, asked, variant)
     except Exception as exc:
         failure = upstream_failure(exc)
         if failure is None:
@@ -57,17 +71,75 @@ async def video_content(task_id: TaskId, caller: CallerDep, request: Request) ->
         raise failure from None
     status = upstream.status_code
     headers = {name: upstream.headers[name] for name in _PASSED_ON if name in upstream.headers}
+    if status == 200 and asked:
+        return await _cut(upstream, headers, asked)
     if status in (200, 206):
         return Relayed(upstream, status, headers)
-    await upstream.aclose()
+    try:
+        message = await _message(upstream)
+    finally:
+        await upstream.aclose()
+    raise _refusal(status, message, headers)
+
+
+async def _cut(upstream: httpx.Response, headers: dict[str, str], asked: str) -> Response:
+    """The upstream ignored ``Range`` and sends the whole file: serve the range from it."""
+    size = headers.get("content-length", "")
+    if "content-encoding" in headers or not size.isdigit():
+        return Relayed(upstream, 200, headers)  # a range of unknown bytes: send them all
+    try:
+        span = ranges.parse(asked, int(size))
+    except ranges.Unsatisfiable:
+        await upstream.aclose()
+        range_header = {"Content-Range": f"bytes */{size}"}
+        raise ApiError(
+            416, "the range is outside the video", "Range", headers=range_header
+        ) from None
+    if span is None:
+        return Relayed(upstream, 200, headers)
+    headers.update(
+        {"content-length": str(span.length), "content-range": span.content_range(),
+         "accept-ranges": "bytes"}
+    )  # fmt: skip
+    return Relayed(upstream, 206, headers, span)
+
+
+async def _message(upstream: httpx.Response) -> str:
+    """The message of an upstream's error answer: its ``error.message`` or ``message``,
+    else the start of its text."""
+    raw = b""
+    async for chunk in upstream.aiter_bytes():  # decoded, should it come compressed
+        raw += chunk
+        if len(raw) >= ERROR_READ_LIMIT:
+            break
+    text = raw[:ERROR_READ_LIMIT].decode("utf-8", "replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = text
+    if isinstance(body, dict):
+        error = body.get("error")
+        found = error.get("message") if isinstance(error, dict) else body.get("message")
+        body = found if isinstance(found, str) else text
+    return str(body)[:300]
+
+
+def _refusal(status: int, message: str, headers: dict[str, str]) -> ApiError:
+    """The API's answer for an upstream that would not send the video."""
     if status == 416:
         range_header = {"Content-Range": headers.get("content-range", "")}
-        raise ApiError(416, "the range is outside the video", "Range", headers=range_header)
+        return ApiError(416, "the range is outside the video", "Range", headers=range_header)
     if status == 404:
-        raise ApiError(404, "the upstream has no video for this task", "task_id")
-    if status in (401, 403):
-        raise ApiError(502, f"the upstream refused our key ({status})")
-    raise ApiError(502, f"the upstream answered {status}")
+        return ApiError(404, "the upstream has no video for this task", "task_id")
+    if status == 400 and "not completed" in message.lower():
+        # new-api: "Task is not completed yet, current status: IN_PROGRESS"
+        return ApiError(409, f"the video is not ready: {message}", "task_id")
+    if status == 401:
+        return ApiError(502, "the upstream refused our key (401)")
+    if status == 403:
+        # new-api's guard against fetching some addresses answers 403 too: not the key.
+        return ApiError(502, f"the upstream refused the download (403): {message}")
+    return ApiError(502, f"the upstream answered {status}: {message}")
 
 
 async def _completed_or_409(runtime: Runtime, task_id: str) -> None:
@@ -90,8 +162,15 @@ class Relayed(StreamingResponse):
     response ends (done, or the client went away and the stream was cancelled), the
     upstream download is closed with it, shielded from that cancellation."""
 
-    def __init__(self, upstream: httpx.Response, status_code: int, headers: dict[str, str]):
-        super().__init__(self._chunks(upstream), status_code, headers)
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        status_code: int,
+        headers: dict[str, str],
+        span: ranges.Span | None = None,
+    ):
+        chunks = self._chunks(upstream) if span is None else self._span(upstream, span)
+        super().__init__(chunks, status_code, headers)
         self.upstream = upstream
 
     @staticmethod
@@ -101,6 +180,19 @@ class Relayed(StreamingResponse):
             # Buffered chunks and a gone client's no-op sends never suspend: give the
             # loop a turn, so that a disconnect is noticed and ends this stream.
             await asyncio.sleep(0)
+
+    @classmethod
+    async def _span(cls, upstream: httpx.Response, span: ranges.Span) -> AsyncIterator[bytes]:
+        """Only the bytes of ``span`` from a whole file; stops reading after its end."""
+        offset = 0
+        async for chunk in cls._chunks(upstream):
+            start, end = offset, offset + len(chunk)
+            offset = end
+            if end <= span.first:
+                continue
+            yield chunk[max(0, span.first - start) : span.last + 1 - start]
+            if end > span.last:
+                return
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,11 +55,23 @@ class ApiError(Exception):
 
 def upstream_failure(exc: BaseException) -> ApiError | None:
     """The answer for an upstream request that failed on the way (504 for a timeout,
-    502 for anything else the transport raises), or None for any other exception."""
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    502 for anything else the transport raises, saying what happened), or None for any
+    other exception."""
+    # The httpx layer over aiohttp renames its errors (a connection the server closed
+    # arrives as ConnectTimeout); the aiohttp error underneath says what happened.
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    if isinstance(cause, httpx.TimeoutException | TimeoutError):
         return ApiError(504, "the upstream did not answer in time")
-    if isinstance(exc, TRANSPORT_ERRORS):
-        return ApiError(502, f"the upstream is unreachable: {type(exc).__name__}")
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return ApiError(502, "the upstream closed the connection without answering")
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return ApiError(502, f"could not connect to the upstream: {cause.strerror or 'refused'}")
+    if isinstance(cause, aiohttp.ClientPayloadError):
+        return ApiError(502, "the upstream's answer was cut short")
+    if isinstance(cause, aiohttp.ClientOSError):
+        return ApiError(502, f"the connection to the upstream broke: {cause.strerror or cause}")
+    if isinstance(cause, TRANSPORT_ERRORS):
+        return ApiError(502, f"the upstream request failed: {type(cause).__name__}")
     return None
 
 

@@ -1,207 +1,55 @@
-"""``POST /v1/videos``: create a video through status-proxy, registering it in the same call.
+"""``POST /v1/videos`` and ``POST /v1/videos/{task_id}/remix``: create a video through
+status-proxy with its upstream key, registering the new task in the same call.
 
-The body goes upstream as the client sent it, minus the three fields status-proxy
-consumes (``callback_url``, ``events``, ``metadata``). JSON bodies are small and are
-read whole. Multipart bodies (reference images) are relayed part by part as they
-arrive, so memory stays flat whatever their size: parts we consume are kept, all
-others are passed on with the client's own boundary. The closing boundary goes out
-only once the consumed fields have been checked, so a bad ``callback_url`` aborts the
-upload before the upstream can create (and charge for) a task.
+The body (see ``intake``) goes upstream minus the fields status-proxy consumes. The
+upstream's answer comes back as it was, plus ``registration`` when a callback was asked
+for and the task registered, or ``registration_error`` when it could not be: the task
+exists (and is paid for) either way, so its answer is never lost. Every task created
+here belongs to the calling key (``ownership``), callback or not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import ValidationError
-from python_multipart.multipart import parse_options_header
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
-from service import idempotency, multipart, registrations
+from service import idempotency, ownership, registrations
+from service.api import intake, videos
 from service.api import registrations as api_registrations
-from service.api.deps import CallerDep
+from service.api.deps import Caller, CallerDep
 from service.api.errors import ApiError, responses, upstream_failure
+from service.api.videos import TaskId
 from service.db import UNAVAILABLE
-from service.models import EVENT_ORDER, RegistrationCreate, valid_task_id
+from service.models import EVENT_ORDER, valid_task_id
 from service.runtime import Runtime
-from service.upstream import Answer, BodyTooLarge
+from service.upstream import Answer, BodyTooLarge, video_path
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
-
-CONSUMED = ("callback_url", "events", "metadata")
-PLACEHOLDER_TASK = "task_to_be_created"
-
-
-def media_type(request: Request) -> tuple[str, dict[bytes, bytes]]:
-    kind, options = parse_options_header(request.headers.get("content-type", ""))
-    return kind.decode("latin-1").lower(), options
-
-
-def fingerprint_json(payload: dict[str, Any]) -> str:
-    """What makes two JSON requests the same, whatever their spacing or key order."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(b"json\0" + canonical.encode()).hexdigest()
-
-
-def registration_from(fields: dict[str, Any]) -> RegistrationCreate | None:
-    """The registration the consumed fields ask for, checked; None without a callback."""
-    if "callback_url" not in fields:
-        if fields:
-            name = next(iter(fields))
-            raise ApiError(422, f"{name} needs a callback_url to register the task", name)
-        return None
-    try:
-        return RegistrationCreate(task_id=PLACEHOLDER_TASK, **fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        param = str(first["loc"][0]) if first["loc"] else None
-        raise ApiError(422, f"{param}: {first['msg']}", param) from None
-
-
-async def check_callback(wanted: RegistrationCreate | None, allow_private: bool) -> None:
-    if wanted is not None:
-        await api_registrations.vet_callback(wanted.callback_url, allow_private)
-
-
-class JsonIntake:
-    """A JSON create body: small, so read whole, and its registration fields checked
-    before anything goes upstream."""
-
-    content_type = "application/json"
-    failure: ApiError | None = None  # nothing can fail while a bytes body is sent
-
-    def __init__(self, content: bytes, fingerprint: str, wanted: RegistrationCreate | None):
-        self.content = content
-        self.fingerprint = fingerprint
-        self.wanted = wanted
-
-    @classmethod
-    async def read(cls, request: Request) -> JsonIntake:
-        try:
-            payload = json.loads(await request.body())
-        except (UnicodeDecodeError, ValueError):
-            raise ApiError(400, "the body is not valid JSON") from None
-        if not isinstance(payload, dict):
-            raise ApiError(422, "the body must be a JSON object")
-        fingerprint = fingerprint_json(payload)
-        consumed = {name: payload.pop(name) for name in CONSUMED if name in payload}
-        content = json.dumps(payload, ensure_ascii=False).encode()
-        return cls(content, fingerprint, registration_from(consumed))
-
-    def body(self) -> bytes:
-        return self.content
-
-    async def precheck(self, allow_private: bool) -> None:
-        await check_callback(self.wanted, allow_private)
-
-    async def drain(self) -> str:
-        return self.fingerprint
-
-
-def form_fields(fields: dict[str, list[str]]) -> dict[str, Any]:
-    """The consumed form fields as a registration takes them."""
-    found: dict[str, Any] = {}
-    if "callback_url" in fields:
-        found["callback_url"] = fields["callback_url"][-1]
-    if "events" in fields:
-        found["events"] = [e for value in fields["events"] for e in _listed(value)]
-    if "metadata" in fields:
-        try:
-            found["metadata"] = json.loads(fields["metadata"][-1])
-        except ValueError:
-            raise ApiError(422, "metadata must be a JSON object", "metadata") from None
-    return found
-
-
-def _listed(value: str) -> list[str]:
-    """``events`` in a form: a JSON array, or names separated by commas."""
-    value = value.strip()
-    if value.startswith("["):
-        try:
-            items = json.loads(value)
-        except ValueError:
-            message = "events must be a JSON array or names separated by commas"
-            raise ApiError(422, message, "events") from None
-        if isinstance(items, list):
-            return [str(item) for item in items]
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
-class Relay:
-    """A multipart create body, streamed upstream and checked as it ends; a failure
-    inside the stream is kept here so the route can answer it rather than a transport
-    error. The fingerprint and the registration fields are known once it has streamed."""
-
-    def __init__(self, request: Request, boundary: bytes, allow_private: bool) -> None:
-        self.request = request
-        self.content_type = request.headers["content-type"]
-        self.parts = multipart.MultipartRelay(boundary, CONSUMED)
-        self.allow_private = allow_private
-        self.failure: ApiError | None = None
-        self.wanted: RegistrationCreate | None = None
-
-    async def body(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.request.stream():
-                out = self.parts.feed(chunk)
-                if out:
-                    yield out
-            closing = self.parts.closing()
-            self.wanted = registration_from(form_fields(self.parts.fields))
-            await check_callback(self.wanted, self.allow_private)
-        except ApiError as exc:
-            self.failure = exc
-            raise
-        except multipart.Refused as exc:
-            self.failure = ApiError(exc.status, str(exc), exc.param)
-            raise self.failure from None
-        except HTTPException as exc:  # the body limit
-            self.failure = ApiError(exc.status_code, str(exc.detail))
-            raise self.failure from None
-        except ClientDisconnect:
-            self.failure = ApiError(400, "the request body ended early")
-            raise self.failure from None
-        yield closing
-
-    @property
-    def fingerprint(self) -> str:
-        return self.parts.fingerprint
-
-    async def precheck(self, allow_private: bool) -> None:
-        """Nothing before: the fields are checked as the body ends."""
-
-    async def drain(self) -> str:
-        """Read the whole body without sending it anywhere; its fingerprint."""
-        async for _ in self.body():
-            pass
-        return self.fingerprint
-
-
-Intake = JsonIntake | Relay
-
 
 _TEXT = {"type": "string"}
 _CREATE_FIELDS = {
     "model": _TEXT,
     "prompt": _TEXT,
+    "metadata": {"type": "object", "description": "Vendor parameters, forwarded upstream"},
     "callback_url": {"type": "string", "maxLength": 2048},
     "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_ORDER)}},
-    "metadata": {"type": "object"},
+    "callback_metadata": {"type": "object", "description": "The registration's metadata"},
+    "callback_headers": {"type": "object", "description": "Custom webhook headers"},
+    "upstream": {"type": "string", "default": intake.DEFAULT_UPSTREAM},
 }
 _CREATE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "The upstream's create body, JSON or multipart, plus the "
-        "registration fields status-proxy consumes (callback_url, events, metadata)",
+        "description": "The upstream's create body, JSON or multipart, plus the fields "
+        "status-proxy consumes (callback_url, events, callback_metadata, callback_headers, "
+        "upstream); in a form, objects are JSON strings or bracket fields "
+        "(callback_metadata[order]=42) and events may repeat as events[]",
         "content": {
             "application/json": {"schema": {"type": "object", "properties": _CREATE_FIELDS}},
             "multipart/form-data": {
@@ -211,6 +59,8 @@ _CREATE_BODY: dict[str, Any] = {
                         **_CREATE_FIELDS,
                         "events": _TEXT,
                         "metadata": _TEXT,
+                        "callback_metadata": _TEXT,
+                        "callback_headers": _TEXT,
                         "first_frame_image": {"type": "string", "format": "binary"},
                     },
                 }
@@ -229,68 +79,88 @@ _CREATE_BODY: dict[str, Any] = {
 }
 _CREATED: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The upstream's answer, plus `registration` when one was made",
+        "description": "The upstream's answer, plus `registration` when one was made or "
+        "`registration_error` when a callback was asked for and could not be registered",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }
+_ERRORS = responses(400, 401, 409, 413, 415, 422, 502, 503, 504)
 
 
-@router.post(
-    "",
-    response_class=Response,
-    responses=_CREATED | responses(400, 401, 409, 413, 415, 422, 502, 503, 504),
-    openapi_extra=_CREATE_BODY,
-)
+@router.post("", response_class=Response, responses=_CREATED | _ERRORS, openapi_extra=_CREATE_BODY)
 async def create_video(request: Request, caller: CallerDep) -> Response:
     """Create a video upstream with status-proxy's key; with a `callback_url`, the new
     task is registered in the same call. Upstream errors pass through unchanged."""
+    return await _create(request, caller, "/v1/videos")
+
+
+@router.post(
+    "/{task_id}/remix",
+    response_class=Response,
+    responses=_CREATED | _ERRORS | responses(404),
+    openapi_extra=_CREATE_BODY,
+)
+async def remix_video(task_id: TaskId, request: Request, caller: CallerDep) -> Response:
+    """Remix one of the caller's videos upstream; with a `callback_url`, the new task is
+    registered in the same call."""
+    await videos.visible(caller, videos.checked_task_id(task_id))
+    return await _create(request, caller, video_path(task_id) + "/remix")
+
+
+async def _create(request: Request, caller: Caller, path: str) -> Response:
     runtime = caller.runtime
-    allow_private = runtime.settings.callback_allow_private
     key = request.headers.get("idempotency-key")
     if key is not None and not idempotency.valid_key(key):
         message = "Idempotency-Key must be 1-255 visible ASCII characters"
         raise ApiError(422, message, "Idempotency-Key")
-    kind, options = media_type(request)
-    intake: Intake
-    if kind == "application/json" or kind.endswith("+json"):
-        intake = await JsonIntake.read(request)
-    elif kind == "multipart/form-data" and options.get(b"boundary"):
-        intake = Relay(request, options[b"boundary"], allow_private)
-    else:
-        raise ApiError(415, "the body must be JSON or multipart/form-data with a boundary")
-
-    if key is not None:
-        try:
-            stored = await idempotency.claim(runtime.db, caller.owner, key, time.time())
-        except idempotency.InFlight:
-            message = "a request with this Idempotency-Key is still being answered; retry shortly"
-            raise ApiError(409, message, "Idempotency-Key", headers={"Retry-After": "1"}) from None
-        if stored is not None:
-            if await intake.drain() != stored.fingerprint:
-                message = "this Idempotency-Key was used with a different request"
-                raise ApiError(409, message, "Idempotency-Key")
-            replayed = {"Idempotent-Replayed": "true"}
-            return Response(stored.body, stored.status_code, replayed, stored.content_type)
+    body = await intake.read(request, path)
     try:
-        await intake.precheck(allow_private)
-        answer = await _forward(runtime, intake)
-        answer = await _register(runtime, caller.owner, answer, intake.wanted)
-    except BaseException:
+        wanted = body.wanted.registration
+        if wanted is not None:
+            await api_registrations.vet_callback(
+                wanted.callback_url, runtime.settings.callback_allow_private
+            )
         if key is not None:
-            await asyncio.shield(idempotency.release(runtime.db, caller.owner, key))
-        raise
-    if key is not None:
-        await _remember(runtime, caller.owner, key, intake.fingerprint, answer)
-    return Response(answer.body, answer.status_code, media_type=answer.content_type)
+            replay = await _replay(runtime, caller.owner, key, body.fingerprint)
+            if replay is not None:
+                return replay
+        try:
+            answer = await _forward(runtime, body, path)
+            answer = await _register(runtime, caller.owner, answer, body.wanted)
+        except BaseException:
+            if key is not None:
+                await asyncio.shield(idempotency.release(runtime.db, caller.owner, key))
+            raise
+        if key is not None:
+            await _remember(runtime, caller.owner, key, body.fingerprint, answer)
+        return Response(answer.body, answer.status_code, media_type=answer.content_type)
+    finally:
+        await body.close()
+
+
+async def _replay(runtime: Runtime, owner: str, key: str, fingerprint: str) -> Response | None:
+    """The first answer given for this key, or None once the key is claimed for this one."""
+    try:
+        stored = await idempotency.claim(runtime.db, owner, key, time.time())
+    except idempotency.InFlight:
+        message = "a request with this Idempotency-Key is still being answered; retry shortly"
+        raise ApiError(409, message, "Idempotency-Key", headers={"Retry-After": "1"}) from None
+    if stored is None:
+        return None
+    if fingerprint != stored.fingerprint:
+        message = "this Idempotency-Key was used with a different request"
+        raise ApiError(409, message, "Idempotency-Key")
+    replayed = {"Idempotent-Replayed": "true"}
+    return Response(stored.body, stored.status_code, replayed, stored.content_type)
 
 
 async def _remember(
     runtime: Runtime, owner: str, key: str, fingerprint: str, answer: Answer
 ) -> None:
-    """Keep the answer the upstream gave for retries; drop the claim when it gave none.
+    """Keep a final answer for retries; drop the claim after one that says "try again".
     A database that fails now must not cost the client the answer it is about to get."""
     try:
-        if answer.status_code < 500:
+        if idempotency.final(answer.status_code):
             stored = idempotency.Stored(
                 fingerprint, answer.status_code, answer.content_type, answer.body
             )
@@ -301,58 +171,85 @@ async def _remember(
         log.error("idempotency key not recorded: database %s", type(exc).__name__)
 
 
-async def _forward(runtime: Runtime, intake: Intake) -> Answer:
+async def _forward(runtime: Runtime, body: intake.Body, path: str) -> Answer:
     try:
-        return await runtime.upstream.create(intake.body(), intake.content_type)
+        return await runtime.upstream.create(body.upload(), body.content_type, body.length, path)
+    except BodyTooLarge:
+        raise ApiError(502, "the upstream's answer is too large") from None
     except Exception as exc:
-        # A failure while streaming the client's body (a bad field, the body limit, the
-        # client leaving) surfaces from the transport as some error; answer the cause.
-        if intake.failure is not None:
-            raise intake.failure from None
-        if isinstance(exc, ApiError):
-            raise
-        if isinstance(exc, ClientDisconnect):
-            raise ApiError(400, "the request body ended early") from None
-        if isinstance(exc, BodyTooLarge):
-            raise ApiError(502, "the upstream's answer is too large") from None
         failure = upstream_failure(exc)
         if failure is None:
             raise
         raise failure from None
 
 
-async def _register(
-    runtime: Runtime, owner: str, answer: Answer, wanted: RegistrationCreate | None
-) -> Answer:
-    """Register the task the upstream just created, and say so in the answer."""
-    if wanted is None or not 200 <= answer.status_code < 300:
+def _task_id(video: Any) -> str | None:
+    """The id of the task an answer describes (new-api builds before October 2025 give
+    only ``task_id``), or None when it has no id status-proxy can track."""
+    if not isinstance(video, dict):
+        return None
+    task_id = video.get("id") or video.get("task_id")
+    return task_id if isinstance(task_id, str) and valid_task_id(task_id) else None
+
+
+async def _register(runtime: Runtime, owner: str, answer: Answer, wanted: intake.Wanted) -> Answer:
+    """Record the new task as the caller's, register it when a callback was asked for,
+    and say how that went in the answer."""
+    if not 200 <= answer.status_code < 300:
         return answer
     try:
         video = json.loads(answer.body)
     except (ValueError, UnicodeDecodeError):
         video = None
-    task_id = video.get("id") or video.get("task_id") if isinstance(video, dict) else None
-    if not isinstance(task_id, str) or not valid_task_id(task_id):
-        log.warning("the upstream created a video without a usable id: not registered")
-        return answer
-    assert isinstance(video, dict)
+    task_id = _task_id(video)
+    asked = wanted.registration is not None
+    if task_id is None:
+        log.warning("the upstream created a video without an id status-proxy can use")
+        if not asked:
+            return answer
+        message = (
+            "the upstream's answer has no task id status-proxy can register "
+            "(1-200 characters of A-Z a-z 0-9 _ - . :); no webhook will follow"
+        )
+        return _added(answer, video, "registration_error", _error("invalid_task_id", message))
     try:
+        now = time.time()
+        await ownership.claim(runtime.db, owner, task_id, now, json.dumps(video))
+        if wanted.registration is None:
+            return answer
         created = await registrations.create(
             runtime.db,
             owner,
-            wanted.model_copy(update={"task_id": task_id}),
-            time.time(),
+            wanted.registration.model_copy(update={"task_id": task_id}),
+            now,
             runtime.settings.poll_interval_min,
         )
-    except registrations.Conflict:
-        video["registration"] = None
+    except registrations.Conflict as exc:
+        return _added(answer, video, "registration_error", _error("conflict", str(exc)))
     except UNAVAILABLE as exc:
         # The upstream made (and charges for) the task: hand back its id rather than
         # lose it; the client can register it once the database is back.
-        log.error("task %s created but not registered: database %s", task_id, type(exc).__name__)
-        video["registration"] = None
-    else:
-        api_registrations.wake_workers(runtime, created)
-        video["registration"] = created.registration.model_dump(mode="json")
-    body = json.dumps(video, ensure_ascii=False).encode()
-    return Answer(answer.status_code, "application/json", body)
+        log.error("task %s created but not recorded: database %s", task_id, type(exc).__name__)
+        if not asked:
+            return answer
+        message = (
+            "the task was created but could not be registered: the database is unavailable; "
+            "register it with POST /v1/registrations"
+        )
+        return _added(answer, video, "registration_error", _error("database_unavailable", message))
+    api_registrations.wake_workers(runtime, created)
+    return _added(answer, video, "registration", created.registration.model_dump(mode="json"))
+
+
+def _error(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message}
+
+
+def _added(answer: Answer, video: Any, name: str, value: Any) -> Answer:
+    """The upstream's answer with one field added (its body as it was, when it is not a
+    JSON object and nothing can be added to it)."""
+    if not isinstance(video, dict):
+        log.error("the upstream's answer is not a JSON object: %s not added", name)
+        return answer
+    video[name] = value
+    return Answer(answer.status_code, "application/json", json.dumps(video).encode())

@@ -18,7 +18,10 @@ class BodyLimit:
         self.upload_limit = upload_limit
 
     def limit_for(self, scope: Scope) -> int:
-        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/videos":
+        path = scope["path"].rstrip("/")
+        if scope["method"] == "POST" and (
+            path == "/v1/videos" or (path.startswith("/v1/videos/") and path.endswith("/remix"))
+        ):
             return self.upload_limit
         return BODY_LIMIT
 

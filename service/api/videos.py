@@ -1,19 +1,27 @@
-"""``GET /v1/videos/{task_id}``: the cached snapshot, fetched through when untracked."""
+"""``GET /v1/videos``, ``GET /v1/videos/{task_id}`` and ``DELETE /v1/videos/{task_id}``:
+the caller's videos, their cached snapshots, and their deletion upstream.
+
+With API keys, a key sees only the videos it created or registered through status-proxy
+(``ownership``): any other task id, tracked or not, is 404 on every ``/v1/videos`` route,
+because status-proxy must never lend its upstream key to read someone else's task. With
+the API open, an untracked task is fetched through from the upstream once."""
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 
-from service import snapshot
-from service.api.deps import CallerDep
-from service.api.errors import ApiError, responses
-from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, valid_task_id
+from service import ownership, registrations, snapshot
+from service.api.deps import Caller, CallerDep
+from service.api.errors import ApiError, responses, upstream_failure
+from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, Page, valid_task_id
 from service.runtime import Runtime
-from service.upstream import Fetch
+from service.upstream import BodyTooLarge, Fetch
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 TaskId = Annotated[
@@ -32,6 +40,12 @@ _SNAPSHOT: dict[int | str, dict[str, Any]] = {
         "headers": {"Age": {"schema": {"type": "integer"}, "description": "Seconds since read"}},
     }
 }
+_UPSTREAM_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The upstream's answer, status and body as it gave them",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
 
 
 SNAPSHOT_SQL = "SELECT snapshot, snapshot_at FROM tasks WHERE task_id = :task_id"
@@ -43,24 +57,45 @@ def checked_task_id(task_id: str) -> str:
     return task_id
 
 
+async def visible(caller: Caller, task_id: str) -> None:
+    """404 unless the caller may use this task id: with API keys, only a video it created
+    or registered through status-proxy; with the API open, any task not deleted here."""
+    db = caller.runtime.db
+    if caller.runtime.key_digests:
+        if not await ownership.owns(db, caller.owner, task_id):
+            raise ApiError(404, "you have no video with this id", "task_id")
+    elif await ownership.deleted(db, caller.owner, task_id):
+        raise ApiError(404, "this video was deleted", "task_id")
+
+
+def _poll_after(runtime: Runtime) -> dict[str, str]:
+    """The official SDKs' ``poll()`` waits this long between reads of a snapshot."""
+    return {"openai-poll-after-ms": str(int(runtime.settings.poll_interval_min * 1000))}
+
+
 @router.get(
     "/{task_id}",
     response_class=Response,
     responses=_SNAPSHOT | responses(401, 404, 422, 502, 504, 503),
 )
 async def get_video(task_id: TaskId, caller: CallerDep) -> Response:
-    """The latest stored snapshot, with no upstream request; untracked tasks are fetched once."""
+    """The latest stored snapshot, with no upstream request; a task not polled is fetched once."""
     checked_task_id(task_id)
+    await visible(caller, task_id)
     runtime = caller.runtime
     row = await runtime.db.lookup(SNAPSHOT_SQL, {"task_id": task_id})
     if row is not None and row[0] is not None:
         stored, snapshot_at = row
         age = max(0, int(time.time() - snapshot_at))
+        headers = {"Age": str(age), **_poll_after(runtime)}
         # Clean already since it was stored; cleaned again for rows kept by older releases.
         text = snapshot.clean(stored) or "null"
-        return Response(text, media_type="application/json", headers={"Age": str(age)})
+        return Response(text, media_type="application/json", headers=headers)
     fetch = await fetch_through(runtime, task_id)
-    return Response(fetch.text, media_type="application/json", headers={"Age": "0"})
+    # What a list of the caller's videos shows for a task status-proxy does not poll.
+    await ownership.seen(runtime.db, caller.owner, task_id, fetch.text.encode(), time.time())
+    headers = {"Age": "0", **_poll_after(runtime)}
+    return Response(fetch.text, media_type="application/json", headers=headers)
 
 
 async def fetch_through(runtime: Runtime, task_id: str) -> Fetch:
@@ -75,3 +110,57 @@ async def fetch_through(runtime: Runtime, task_id: str) -> Fetch:
     if fetch.outcome == "timeout":
         raise ApiError(504, "the upstream did not answer in time")
     raise ApiError(502, fetch.detail or "the upstream failed")
+
+
+_AFTER = Query(max_length=TASK_ID_LIMIT, description="The last id of the previous page (`last_id`)")
+
+
+@router.get("", responses=responses(401, 422, 503))
+async def list_videos(
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size, 1-100")] = 20,
+    after: Annotated[str | None, _AFTER] = None,
+    order: Annotated[Literal["desc", "asc"], Query(description="By creation time")] = "desc",
+) -> Page[dict[str, Any]]:
+    """The caller's videos (created or registered through status-proxy), newest first,
+    each as the latest object status-proxy has for it."""
+    try:
+        items, has_more = await ownership.page(
+            caller.runtime.db, caller.owner, limit, after, newest_first=order == "desc"
+        )
+    except ownership.UnknownCursor:
+        raise ApiError(422, "after: you have no video with this id", "after") from None
+    return Page(
+        data=[item.video for item in items],
+        first_id=items[0].task_id if items else None,
+        last_id=items[-1].task_id if items else None,
+        has_more=has_more,
+    )
+
+
+@router.delete(
+    "/{task_id}",
+    response_class=Response,
+    responses=_UPSTREAM_ANSWER | responses(401, 404, 422, 502, 503, 504),
+)
+async def delete_video(task_id: TaskId, caller: CallerDep) -> Response:
+    """Delete the video upstream and answer as the upstream did; when it accepts (2xx),
+    the caller's active registrations of the task are cancelled (no webhook follows)."""
+    checked_task_id(task_id)
+    await visible(caller, task_id)
+    runtime = caller.runtime
+    try:
+        answer = await runtime.upstream.delete(task_id)
+    except BodyTooLarge:
+        raise ApiError(502, "the upstream's answer is too large") from None
+    except Exception as exc:
+        failure = upstream_failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
+    if 200 <= answer.status_code < 300:
+        now = time.time()
+        cancelled = await registrations.cancel_task(runtime.db, caller.owner, task_id, now)
+        await ownership.forget(runtime.db, caller.owner, task_id, now)
+        log.info("video %s deleted upstream; %d registrations cancelled", task_id, cancelled)
+    return Response(answer.body, answer.status_code, media_type=answer.content_type)

@@ -1,0 +1,130 @@
+"""Which key owns which video: the tasks a key created or registered through status-proxy.
+
+With API keys, a key may read, list, download, remix and delete only its own videos;
+status-proxy never lends its upstream key to read anyone else's task. With the API
+open every caller is the owner ``""``, and these records only feed the list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service import snapshot
+from service.db import Database
+from service.models import OwnedVideo, Task
+
+owned = OwnedVideo.__table__  # type: ignore[attr-defined]
+task_table = Task.__table__  # type: ignore[attr-defined]
+
+# Built once, values as parameters (see registrations: statements cost more than runs).
+_CLAIM = {  # by "is SQLite": a second claim of the same video keeps the first
+    True: sqlite.insert(owned).on_conflict_do_nothing(),
+    False: postgresql.insert(owned).on_conflict_do_nothing(),
+}
+OWNED_SQL = "SELECT deleted_at FROM owned_videos WHERE owner = :owner AND task_id = :task_id"
+
+
+class UnknownCursor(Exception):
+    """``after`` names no video of this key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One video of a list page: its id and the latest object status-proxy has for it."""
+
+    task_id: str
+    video: dict[str, Any]
+
+
+def claim_values(owner: str, task_id: str, now: float, video: str | None = None) -> dict[str, Any]:
+    return {
+        "owner": owner, "task_id": task_id, "video": video, "created_at": now,
+        "updated_at": now, "deleted_at": None,
+    }  # fmt: skip
+
+
+async def claim_in(conn: Any, is_sqlite: bool, values: dict[str, Any]) -> None:
+    """Record ownership inside the caller's transaction (a registration's)."""
+    await conn.execute(_CLAIM[is_sqlite], values)
+
+
+async def claim(db: Database, owner: str, task_id: str, now: float, video: str | None) -> None:
+    """Record that ``owner`` created ``task_id`` (``video``: the create answer)."""
+    async with db.write() as conn:
+        await claim_in(conn, db.is_sqlite, claim_values(owner, task_id, now, video))
+
+
+async def owns(db: Database, owner: str, task_id: str) -> bool:
+    """Whether ``owner`` created or registered the task and has not deleted it."""
+    row = await db.lookup(OWNED_SQL, {"owner": owner, "task_id": task_id})
+    return row is not None and row[0] is None
+
+
+async def deleted(db: Database, owner: str, task_id: str) -> bool:
+    """Whether ``owner`` deleted the task through status-proxy."""
+    row = await db.lookup(OWNED_SQL, {"owner": owner, "task_id": task_id})
+    return row is not None and row[0] is not None
+
+
+async def seen(db: Database, owner: str, task_id: str, video: bytes, now: float) -> None:
+    """Keep the object a fetch-through just read, for the list of a task not polled."""
+    async with db.write() as conn:
+        await conn.execute(
+            owned.update()
+            .where(owned.c.owner == owner, owned.c.task_id == task_id)
+            .values(video=video.decode("utf-8", "replace"), updated_at=now)
+        )
+
+
+async def forget(db: Database, owner: str, task_id: str, now: float) -> None:
+    """The video was deleted upstream: it leaves the list, and its routes answer 404.
+    The row stays, so a list page that ended on it can still be followed."""
+    async with db.write() as conn:
+        await conn.execute(
+            owned.update()
+            .where(owned.c.owner == owner, owned.c.task_id == task_id)
+            .values(deleted_at=now, updated_at=now)
+        )
+
+
+async def page(
+    db: Database, owner: str, limit: int, after: str | None, newest_first: bool = True
+) -> tuple[list[Listed], bool]:
+    """One page of the owner's videos, newest first (or oldest first); ``after`` is the
+    last id of the previous page. Raises UnknownCursor when ``after`` is not theirs."""
+    key = (owned.c.created_at, owned.c.task_id)
+    query = (
+        sa.select(owned.c.task_id, owned.c.video, task_table.c.snapshot)
+        .select_from(owned.outerjoin(task_table, task_table.c.task_id == owned.c.task_id))
+        .where(owned.c.owner == owner, owned.c.deleted_at.is_(None))
+    )
+    async with db.read() as conn:
+        if after is not None:
+            cursor = (
+                await conn.execute(
+                    sa.select(*key).where(owned.c.owner == owner, owned.c.task_id == after)
+                )
+            ).first()
+            if cursor is None:
+                raise UnknownCursor
+            position = sa.tuple_(*key)
+            query = query.where(
+                position < tuple(cursor) if newest_first else position > tuple(cursor)
+            )
+        order = [column.desc() if newest_first else column.asc() for column in key]
+        rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).all()
+    items = [Listed(row.task_id, _latest(row.task_id, row.snapshot, row.video)) for row in rows]
+    return items[:limit], len(items) > limit
+
+
+def _latest(task_id: str, polled: str | None, seen: str | None) -> dict[str, Any]:
+    """The poller's snapshot when the task is polled, else what was last seen outside
+    polling, else just the id (registered, not polled yet)."""
+    for raw in (polled, seen):
+        loaded = snapshot.load(raw)
+        if loaded is not None:
+            return loaded
+    return {"id": task_id, "object": "video"}
