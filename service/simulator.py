@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -65,6 +66,7 @@ class SimTask:
     no_video: bool = False
     starts_when_polled: bool = False  # its clock starts at the first poll, not at creation
     content_size: int = 256 * 1024
+    encoding: str = "utf-8"  # of its status answers; some gateways send UTF-16 with a BOM
 
     def phase(self, now: float) -> tuple[str, int]:
         elapsed = now - self.created
@@ -111,6 +113,7 @@ class TaskSpec(BaseModel):
     no_video: bool = False
     starts_when_polled: bool = False
     content_size: int = 256 * 1024  # bytes served by /content once completed
+    encoding: str = "utf-8"  # of its status answers ("utf-16": valid JSON, not UTF-8)
 
 
 @dataclass(slots=True)
@@ -169,6 +172,7 @@ class Simulator:
             no_video=spec.no_video,
             starts_when_polled=spec.starts_when_polled,
             content_size=spec.content_size,
+            encoding=spec.encoding,
         )
         self.tasks[task.id] = task
         return task
@@ -242,8 +246,8 @@ class Simulator:
                 self._stream(first, last), 206 if wanted else 200, headers, "video/mp4"
             )
 
-        @app.get("/v1/videos/{task_id}")
-        async def get_video(task_id: str, request: Request) -> JSONResponse:
+        @app.get("/v1/videos/{task_id}", response_model=None)
+        async def get_video(task_id: str, request: Request) -> Response:
             self.requests += 1
             self.polls[task_id] = self.polls.get(task_id, 0) + 1
             if self.faults.latency:
@@ -269,7 +273,11 @@ class Simulator:
                 if self.faults.not_found_status == 404:
                     return JSONResponse({"error": {"message": "not found"}}, status_code=404)
                 return JSONResponse(NOT_EXIST, status_code=400)
-            return JSONResponse(task.video(now, str(request.base_url)))
+            video = task.video(now, str(request.base_url))
+            if task.encoding != "utf-8":
+                body = json.dumps(video, ensure_ascii=False).encode(task.encoding)
+                return Response(body, media_type="application/json")
+            return JSONResponse(video)
 
         @app.post("/_sim/tasks")
         async def add_task(spec: TaskSpec, request: Request) -> dict[str, Any]:

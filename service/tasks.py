@@ -76,12 +76,26 @@ def decide(task: Claimed, fetch: Fetch, now: float, settings: Settings) -> Decis
     return Decision({**common, "errors": errors, "next_poll_at": now + wait})
 
 
+def snapshot_text(fetch: Fetch) -> str:
+    """The answer as stored and sent: the upstream's own text when it is clean UTF-8 JSON,
+    else the parsed object re-encoded (UTF-16 or UTF-32 text, a byte-order mark, NULs).
+    What is stored is always text every database takes and every receiver can parse."""
+    try:
+        text = fetch.body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and not text.startswith("\ufeff") and "\x00" not in text:
+        return text
+    # ASCII escapes keep even lone surrogates (valid JSON escapes) storable.
+    return json.dumps(fetch.video, separators=(",", ":"), ensure_ascii=True)
+
+
 def _decide_ok(
     task: Claimed, fetch: Fetch, now: float, settings: Settings, common: dict[str, Any]
 ) -> Decision:
     assert fetch.video is not None
     reading = status.read(fetch.video)
-    snapshot = fetch.body.decode()
+    snapshot = snapshot_text(fetch)
     changed = (reading.raw_status, reading.progress) != (task.raw_status, task.progress)
     values = {
         **common,

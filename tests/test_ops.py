@@ -2,6 +2,7 @@
 
 import asyncio
 
+from service.metrics import Metrics
 from service.supervisor import Outage, Supervisor
 from tests.harness import eventually, sql
 
@@ -106,7 +107,7 @@ class Steady:
 
 def test_a_dead_worker_is_reported():
     async def scenario():
-        supervisor = Supervisor([Crashing(), Steady()])
+        supervisor = Supervisor([Crashing(), Steady()], Metrics(), first_wait=10)
         supervisor.start()
         await asyncio.sleep(0.3)
         return supervisor.problems()
@@ -118,7 +119,7 @@ def test_a_dead_worker_is_reported():
 def test_workers_stop_on_the_event_and_drain():
     async def scenario():
         steady = Steady()
-        supervisor = Supervisor([steady])
+        supervisor = Supervisor([steady], Metrics())
         supervisor.start()
         await asyncio.sleep(0.05)
         assert supervisor.problems() == []
