@@ -4,7 +4,7 @@ import asyncio
 
 from service.metrics import Metrics
 from service.supervisor import Outage, Supervisor
-from tests.harness import eventually, sql
+from tests.harness import eventually, metric, sql
 
 
 def test_healthz_and_readyz(service):
@@ -66,16 +66,29 @@ def test_a_database_outage_is_waited_out_and_loses_nothing(service, upstream, ho
     assert service.client.get("/readyz").status_code == 200
 
 
-def test_a_worker_that_dies_makes_readyz_fail(service, upstream, hooks):
+def restarts(service, worker):
+    return metric(service, "status_proxy_worker_restarts_total", worker=worker)
+
+
+def test_a_worker_that_dies_is_restarted_and_readyz_says_so_meanwhile(service, upstream, hooks):
     runtime = service.thread.server.config.app.state.runtime
+    runtime.supervisor.first_wait, runtime.supervisor.max_wait = 0.2, 0.5  # waits tests shorten
 
     async def broken(claiming=True):  # fault injection: a bug in the poller's loop
         raise RuntimeError("injected fault")
 
     runtime.poller.turn = broken
     _, reasons = eventually(lambda: (r := readiness(service))[0] == 503 and r)
-    assert "poller worker died: RuntimeError: injected fault" in reasons
+    assert "poller worker died: RuntimeError: injected fault; restarting in" in reasons
     assert service.client.get("/healthz").status_code == 200
+    eventually(lambda: restarts(service, "poller") >= 2)  # tried again, and again
+    del runtime.poller.turn  # the fault is gone: the next restart sticks
+    eventually(lambda: readiness(service) == (200, ""))
+    task = upstream.add(duration=0.1, queued=0)
+    service.register(task, f"{hooks.url}/healed")
+    [delivery] = eventually(lambda: hooks.at("/healed"))
+    assert delivery.json["type"] == "video.completed"
+    assert restarts(service, "delivery") == 0
 
 
 class Crashing:
