@@ -183,6 +183,7 @@ class Pipeline(ABC, Generic[Job, Outcome]):
                 self.name, len(batch), describe(exc),
             )  # fmt: skip
             queued = await self._record_each(batch, now)
+            self._kick.set()
         self.committed(queued)
         for job in claimed:
             self.started(job, now)
