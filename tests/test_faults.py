@@ -72,8 +72,12 @@ def all_delivered(service: Service, reg_ids: list[str]) -> bool:
 # --- poison answers -----------------------------------------------------------------------
 
 
-def test_a_utf16_answer_is_stored_clean_and_every_webhook_goes_out(service, upstream, hooks):
-    poison = upstream.add(duration=0.3, queued=0, encoding="utf-16")
+# Valid JSON that is not plain UTF-8: with a BOM, NULs between ASCII bytes, or both.
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
+def test_an_answer_in_another_encoding_is_stored_clean_and_every_webhook_goes_out(
+    service, upstream, hooks, encoding
+):
+    poison = upstream.add(duration=0.3, queued=0, encoding=encoding)
     reg = service.register(poison, f"{hooks.url}/poison").json()
     others = register_many(service, upstream, f"{hooks.url}/other")
     eventually(lambda: all_delivered(service, [*others, reg["id"]]))
