@@ -80,6 +80,9 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
     def ids(self, job: outbox.Claimed) -> dict[str, str]:
         return {"task_id": job.task_id, "registration_id": job.registration_id, "event_id": job.id}
 
+    def hidden(self) -> list[str]:
+        return [self.secret]
+
     def job_of(self, outcome: outbox.Result) -> outbox.Claimed:
         return outcome.event
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Generic, TypeVar
 
 import sqlalchemy as sa
@@ -36,21 +37,29 @@ Outcome = TypeVar("Outcome")
 REASON_LIMIT = 200  # characters of an exception kept in an attempt's or a poll's error
 
 
-def describe(exc: BaseException) -> str:
-    """``Type: first line of the message``, at most 200 characters. A database error's
-    statement and parameters are left out: they can carry bodies and metadata."""
+def describe(exc: BaseException, hidden: Sequence[str] = ()) -> str:
+    """``Type: first line of the message``, at most 200 characters, with ``hidden``
+    values (keys, secrets) masked. A database error's statement and parameters are
+    left out: they can carry bodies and metadata."""
     cause: BaseException = exc
     if isinstance(exc, sa.exc.StatementError) and isinstance(exc.orig, BaseException):
         cause = exc.orig
     lines = str(cause).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    for value in hidden:
+        if value:
+            text = text.replace(value, "[hidden]")
     # Clean text whatever the message held (NUL, lone surrogates), so that it can be stored.
     return "".join(char if char.isprintable() else "?" for char in text[:REASON_LIMIT])
 
 
-def _traceback(exc: BaseException) -> BaseException | None:
-    # A bug deserves its traceback; a database error's text repeats the statement.
-    return None if isinstance(exc, sa.exc.StatementError) else exc
+def _traceback(exc: BaseException, hidden: Sequence[str] = ()) -> BaseException | None:
+    """The exception to log with its traceback: a bug deserves one. Not a database
+    error (its text repeats the statement), nor one whose text holds a hidden value."""
+    if isinstance(exc, sa.exc.StatementError):
+        return None
+    text = "".join(traceback.format_exception(exc))
+    return None if any(value and value in text for value in hidden) else exc
 
 
 class Pipeline(ABC, Generic[Job, Outcome]):
@@ -108,6 +117,10 @@ class Pipeline(ABC, Generic[Job, Outcome]):
     def ids(self, job: Job) -> dict[str, str]:
         """The ids that mark a job's log lines (``task_id``, ``registration_id``, …)."""
 
+    def hidden(self) -> list[str]:
+        """Values that never reach a log line or a stored error (keys, secrets)."""
+        return []
+
     async def housekeeping(self, now: float) -> None:
         """Periodic work of the subclass, before each turn; each step runs in ``chore``."""
 
@@ -148,7 +161,8 @@ class Pipeline(ABC, Generic[Job, Outcome]):
             self.metrics.worker_errors.labels(self.name, step).inc()
             log.error(
                 "%s: %s failed (%s); trying again at its next turn",
-                self.name, step, describe(exc), exc_info=_traceback(exc),
+                self.name, step, describe(exc, self.hidden()),
+                exc_info=_traceback(exc, self.hidden()),
             )  # fmt: skip
 
     async def turn(self, claiming: bool = True) -> int:
@@ -180,7 +194,7 @@ class Pipeline(ABC, Generic[Job, Outcome]):
             # claim again at the next turn.
             log.warning(
                 "%s: writing %d outcomes together failed (%s); writing them one by one",
-                self.name, len(batch), describe(exc),
+                self.name, len(batch), describe(exc, self.hidden()),
             )  # fmt: skip
             queued = await self._record_each(batch, now)
             self._kick.set()
@@ -212,7 +226,7 @@ class Pipeline(ABC, Generic[Job, Outcome]):
             if is_away(exc):
                 raise
             job = self.job_of(outcome)
-            reason = f"outcome could not be recorded: {describe(exc)}"
+            reason = f"outcome could not be recorded: {describe(exc, self.hidden())}"
             self._note_failure(job, "record", exc, reason)
             failure = self.failed(job, reason)
         try:
@@ -225,8 +239,8 @@ class Pipeline(ABC, Generic[Job, Outcome]):
             # taken up again then, on another turn.
             log.error(
                 "%s: not even the error could be recorded (%s); the job is retried "
-                "once its lease runs out", self.name, describe(exc),
-                exc_info=_traceback(exc), extra=self.ids(job),
+                "once its lease runs out", self.name, describe(exc, self.hidden()),
+                exc_info=_traceback(exc, self.hidden()), extra=self.ids(job),
             )  # fmt: skip
             return 0
 
@@ -234,7 +248,7 @@ class Pipeline(ABC, Generic[Job, Outcome]):
         self.metrics.worker_errors.labels(self.name, step).inc()
         log.error(
             "%s: %s; recorded as the job's error",
-            self.name, reason, exc_info=_traceback(exc), extra=self.ids(job),
+            self.name, reason, exc_info=_traceback(exc, self.hidden()), extra=self.ids(job),
         )  # fmt: skip
 
     def _forget(self, task: asyncio.Task[None]) -> None:
@@ -252,7 +266,7 @@ class Pipeline(ABC, Generic[Job, Outcome]):
         try:
             outcome = await self.work(job)
         except Exception as exc:
-            reason = describe(exc)
+            reason = describe(exc, self.hidden())
             self._note_failure(job, "work", exc, reason)
             outcome = self.failed(job, reason)
         self._results.append(outcome)

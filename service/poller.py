@@ -121,6 +121,10 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
     def ids(self, job: tasks.Claimed) -> dict[str, str]:
         return {"task_id": job.task_id}
 
+    def hidden(self) -> list[str]:
+        key = self.settings.upstream_api_key
+        return [] if key is None else [key.get_secret_value()]
+
     def job_of(self, outcome: tuple[tasks.Claimed, Fetch]) -> tasks.Claimed:
         return outcome[0]
 

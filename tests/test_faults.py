@@ -12,7 +12,7 @@ import pytest
 from service import listener as listener_module
 from service import registrations, retention, signing, tasks
 from service.listener import Listener
-from tests.harness import Service, eventually, metric, sql
+from tests.harness import SECRET, Service, eventually, metric, sql
 
 
 def runtime_of(service: Service) -> Any:
@@ -147,16 +147,21 @@ def test_a_delivery_that_raises_is_a_failed_attempt_retried_on_its_schedule(
     # A lease far longer than the test: retries come on the schedule, not when it runs out.
     service = make_service(delivery_timeout=30.0, delivery_retry_schedule=(0.2,) * 10)
 
-    def broken(*args: Any) -> str:
-        raise ValueError("injected: signing failed")
+    def broken(secret: str, *args: Any) -> str:
+        raise ValueError(f"injected: cannot sign with {secret}")
 
     monkeypatch.setattr(signing, "sign", broken)
-    reg = service.register(upstream.add(duration=0.1, queued=0), f"{hooks.url}/signed").json()
-    failed = eventually(lambda: len(a := service.attempts(reg["id"])) >= 2 and a, timeout=15)
+    with Lines("service.pipeline") as lines:
+        url = f"{hooks.url}/signed"
+        reg = service.register(upstream.add(duration=0.1, queued=0), url).json()
+        failed = eventually(lambda: len(a := service.attempts(reg["id"])) >= 2 and a, timeout=15)
     for attempt in failed:
         assert attempt["status_code"] is None
-        assert attempt["error"] == "ValueError: injected: signing failed"
+        # The type and message, the secret masked.
+        assert attempt["error"] == "ValueError: injected: cannot sign with [hidden]"
     assert errors(service, "delivery", "work") >= 2 and hooks.at("/signed") == []
+    text = "\n".join(logging.Formatter().format(r) for r in lines.about(registration_id=reg["id"]))
+    assert "cannot sign with [hidden]" in text and SECRET not in text
     monkeypatch.undo()
     eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
     numbers = [a["attempt"] for a in service.attempts(reg["id"])]
