@@ -142,7 +142,8 @@ class Supervisor:
             raise
         except Exception as exc:
             log.exception("%s worker died", worker.name)
-            return f"{worker.name} worker died: {type(exc).__name__}: {exc}"
+            first = (str(exc).strip().splitlines() or [""])[0][:200]  # /readyz stays short
+            return f"{worker.name} worker died: {type(exc).__name__}: {first}"
         if self.stop_event.is_set():
             return None
         log.error("%s worker exited on its own", worker.name)

@@ -1,6 +1,8 @@
 """Operations: health, readiness, metrics, and the worker supervisor."""
 
 import asyncio
+import itertools
+import time
 
 from service.metrics import Metrics
 from service.supervisor import Outage, Supervisor
@@ -140,3 +142,62 @@ def test_workers_stop_on_the_event_and_drain():
         return steady.stopped, supervisor.problems()
 
     assert asyncio.run(scenario()) == (True, [])
+
+
+class Flaky:
+    """Dies on its first runs, then runs until stopped; notes when each run began."""
+
+    name = "flaky"
+
+    def __init__(self, deaths):
+        self.deaths = deaths
+        self.outage = Outage("flaky")
+        self.starts = []
+        self.steady = asyncio.Event()
+
+    async def run(self, stop):
+        self.starts.append(time.monotonic())
+        if len(self.starts) <= self.deaths:
+            raise RuntimeError(f"death {len(self.starts)}")
+        self.steady.set()
+        await stop.wait()
+
+    def kick(self):
+        pass
+
+
+def test_a_dead_worker_is_restarted_with_a_backoff_and_counted():
+    async def scenario():
+        metrics = Metrics()
+        flaky = Flaky(deaths=3)
+        supervisor = Supervisor([flaky, Steady()], metrics, first_wait=0.05, max_wait=0.1)
+        supervisor.start()
+        await asyncio.wait_for(flaky.steady.wait(), 10)
+        problems = supervisor.problems()
+        await supervisor.stop()
+        restarts = metrics.registry.get_sample_value(
+            "status_proxy_worker_restarts_total", {"worker": "flaky"}
+        )
+        return flaky.starts, problems, restarts
+
+    starts, problems, restarts = asyncio.run(scenario())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) == 4 and restarts == 3 and problems == []
+    # 0.05 s, then doubled, then held at the cap.
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.1
+
+
+def test_readyz_reasons_name_a_worker_while_it_waits_to_restart():
+    async def scenario():
+        supervisor = Supervisor([Flaky(deaths=1)], Metrics(), first_wait=20)
+        supervisor.start()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if problems := supervisor.problems():
+                break
+        await supervisor.stop()  # ends the wait at once
+        return problems
+
+    assert asyncio.run(scenario()) == [
+        "flaky worker died: RuntimeError: death 1; restarting in 20s"
+    ]
