@@ -125,13 +125,13 @@ class Supervisor:
                 deaths = 0
             wait = min(self.max_wait, self.first_wait * 2.0**deaths)
             deaths += 1
-            self.metrics.worker_restarts.labels(worker.name).inc()
             self.down[worker.name] = f"{why}; restarting in {wait:g}s"
             try:
                 await pause(self.stop_event, wait)
             finally:
                 self.down.pop(worker.name, None)
             if not self.stop_event.is_set():
+                self.metrics.worker_restarts.labels(worker.name).inc()
                 log.info("%s worker restarting (restart %d)", worker.name, deaths)
 
     async def _run_once(self, worker: Worker) -> str | None:
