@@ -27,6 +27,25 @@ NOTIFY_CHANNEL = "status_proxy_work"
 # What a database that is down, restarting, locked or misconfigured raises; workers wait
 # these out and the API answers 503, while anything else is a bug and is reported as one.
 UNAVAILABLE: tuple[type[Exception], ...] = (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError)
+# SQLSTATE classes of a server that cannot serve now: connection exceptions, insufficient
+# resources, operator intervention (shutdown, restart), system errors.
+AWAY_SQLSTATES = ("08", "53", "57", "58")
+
+
+def is_away(exc: BaseException) -> bool:
+    """Whether an error says the database cannot be used right now (down, restarting,
+    locked, out of connections), rather than that one statement or its data is wrong.
+    The first is waited out; the second is one row's problem and must not stop a batch."""
+    if isinstance(exc, OSError | TimeoutError | sa.exc.TimeoutError):
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str):  # PostgreSQL names the class of every error
+        return sqlstate[:2] in AWAY_SQLSTATES
+    return isinstance(exc, sa.exc.OperationalError)  # SQLite: locked, I/O, disk full
 
 
 class unindexed(sa.sql.expression.FunctionElement[Any]):

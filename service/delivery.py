@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import callbacks, logs, outbox, retry, signing, webhook_secrets
+from service import callbacks, outbox, retry, signing, webhook_secrets
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -49,11 +49,10 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         open_secret: str,
         metrics: Metrics,
     ) -> None:
-        super().__init__(db, IDLE_WAIT, drain_timeout=settings.delivery_timeout + 2)
+        super().__init__(db, metrics, IDLE_WAIT, drain_timeout=settings.delivery_timeout + 2)
         self.settings = settings
         self.client = client
         self.open_secret = open_secret  # signs the open API's webhooks (owner "")
-        self.metrics = metrics
         # An attempt cannot outlive its timeout, so the lease only needs a margin for the write.
         self.lease = settings.delivery_timeout + 10
         # Retries may fill at most three quarters of the slots: a backlog of failing
@@ -90,11 +89,24 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
     def started(self, job: outbox.Claimed, now: float) -> None:
         self._retrying += job.lane == outbox.RETRY
 
+    def ids(self, job: outbox.Claimed) -> dict[str, str]:
+        return {"task_id": job.task_id, "registration_id": job.registration_id, "event_id": job.id}
+
+    def hidden(self) -> list[str]:
+        # Per-key secrets travel with their events: those of the jobs at hand.
+        jobs = [*self._inflight.values(), *(result.event for result in self._results)]
+        return [self.open_secret, *{secret for job in jobs for secret in job.secrets}]
+
+    def job_of(self, outcome: outbox.Result) -> outbox.Claimed:
+        return outcome.event
+
+    def failed(self, job: outbox.Claimed, reason: str) -> outbox.Result:
+        # A failed attempt with no answer, retried on the event's own schedule.
+        return outbox.Result(
+            job, time.time(), 0, None, reason, False, False, self._next_attempt_at(job, None)
+        )
+
     async def work(self, job: outbox.Claimed) -> outbox.Result:
-        # This job runs in its own asyncio task: these ids mark its lines only.
-        logs.task_id.set(job.task_id)
-        logs.registration_id.set(job.registration_id)
-        logs.event_id.set(job.id)
         try:
             return await self.attempt(job)
         finally:
@@ -105,7 +117,8 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         return 0
 
     async def attempt(self, event: outbox.Claimed) -> outbox.Result:
-        """One signed POST; never raises."""
+        """One signed POST. A timeout, a refused address or a failed connection is the
+        attempt's error; anything else raised is made one by the pipeline."""
         started = time.time()
         clock = time.monotonic()
         status_code: int | None = None
@@ -129,12 +142,7 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         gone = status_code == 410
         if status_code is not None and not accepted and error is None:
             error = f"receiver answered {status_code}"
-        next_at: float | None = None
-        if not accepted and not gone:
-            wait = retry.delivery_wait(
-                event.attempts + 1, self.settings.delivery_retry_schedule, retry_after
-            )
-            next_at = None if wait is None else time.time() + wait
+        next_at = None if accepted or gone else self._next_attempt_at(event, retry_after)
         outcome = "accepted" if accepted else "gone" if gone else "retry" if next_at else "dead"
         self.metrics.deliveries.labels(outcome).inc()
         if accepted:
@@ -143,6 +151,12 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         return outbox.Result(
             event, started, duration_ms, status_code, error, accepted, gone, next_at
         )
+
+    def _next_attempt_at(self, event: outbox.Claimed, retry_after: float | None) -> float | None:
+        """When to try again after this failed attempt; None once the event is dead."""
+        schedule = self.settings.delivery_retry_schedule
+        wait = retry.delivery_wait(event.attempts + 1, schedule, retry_after)
+        return None if wait is None else time.time() + wait
 
     def _vet(self, url: str) -> None:
         # Host names are vetted by the connector's resolver at connect time; literal

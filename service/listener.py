@@ -37,7 +37,7 @@ class Listener:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=10)
+                conn = await self.connect()
             except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
                 log.info("listener: cannot connect (%s); retrying", type(exc).__name__)
                 await supervisor.pause(stop, RECONNECT_WAIT)
@@ -48,6 +48,10 @@ class Listener:
                 for wake in self.wake.values():
                     wake()
                 await supervisor.pause(stop, RECONNECT_WAIT if lost else 0)
+
+    async def connect(self) -> asyncpg.Connection:
+        """The LISTEN connection, apart from the pool: it stays open for as long as we run."""
+        return await asyncpg.connect(self.dsn, timeout=10)
 
     async def _listen(self, conn: asyncpg.Connection, stop: asyncio.Event) -> bool:
         """Relay notifications until we stop or the connection drops; True if it dropped."""

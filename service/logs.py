@@ -27,6 +27,12 @@ _VARS = {
 }
 
 
+def bind(ids: dict[str, str]) -> None:
+    """Mark every line of the current asyncio task (one job) with these ids."""
+    for key, value in ids.items():
+        _VARS[key].set(value)
+
+
 class Context(logging.Filter):
     """Fill in the ids of the current context that a line does not name itself."""
 

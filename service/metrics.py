@@ -49,5 +49,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.worker_errors = Counter(
+            "status_proxy_worker_errors",
+            "Jobs, outcome writes and housekeeping steps that raised, by worker and step",
+            ["worker", "step"],
+            registry=self.registry,
+        )
+        self.worker_restarts = Counter(
+            "status_proxy_worker_restarts",
+            "Workers restarted after dying, by worker",
+            ["worker"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -303,7 +303,14 @@ class Result:
 
 
 async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -> None:
-    """Write the outcome of finished attempts: the attempt log, the event and registration."""
+    """Write the outcome of finished attempts: the attempt log, the event and registration.
+    Only the holder of an event's lease writes: a worker paused past its lease (a long
+    outage, a stalled process) finds the event taken over and leaves it to the new holder,
+    whose lease it must not clear and whose attempt count it must not set back."""
+    if not results:
+        return
+    leases = await _leases(conn, results)
+    results = [r for r in results if leases.get(r.event.seq, (None,))[0] == r.event.lease_until]
     if not results:
         return
     await conn.execute(
@@ -314,7 +321,7 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
                 "registration_id": r.event.registration_id,
                 "event_id": r.event.id,
                 "type": r.event.type,
-                "attempt": r.event.attempts + 1,
+                "attempt": leases[r.event.seq][1] + 1,
                 "status_code": r.status_code,
                 "error": r.error,
                 "duration_ms": r.duration_ms,
@@ -325,9 +332,11 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
     )
     await conn.execute(
         events.update()
-        .where(events.c.seq == sa.bindparam("b_seq"))
-        .values(attempts=sa.bindparam("b_attempts"), lease_until=None),
-        [{"b_seq": r.event.seq, "b_attempts": r.event.attempts + 1} for r in results],
+        .where(
+            events.c.seq == sa.bindparam("b_seq"), events.c.lease_until == sa.bindparam("b_lease")
+        )
+        .values(attempts=events.c.attempts + 1, lease_until=None),
+        [{"b_seq": r.event.seq, "b_lease": r.event.lease_until} for r in results],
     )
     await conn.execute(
         events.update()
@@ -359,6 +368,17 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
     await _set_state(conn, gone, ("active", "delivered"), "failed", now)
     if gone:
         await conn.execute(drop_pending(gone))
+
+
+async def _leases(conn: AsyncConnection, results: Sequence[Result]) -> dict[int, tuple[Any, int]]:
+    """The lease and attempt count of the events of ``results``, locked until we commit
+    so that no other worker takes them over meanwhile: seq -> (lease_until, attempts)."""
+    rows = await conn.execute(
+        sa.select(events.c.seq, events.c.lease_until, events.c.attempts)
+        .where(events.c.seq.in_([r.event.seq for r in results]))
+        .with_for_update()
+    )
+    return {row.seq: (row.lease_until, row.attempts) for row in rows}
 
 
 def _event_state(result: Result) -> str:
@@ -403,10 +423,14 @@ def drop_pending(registration_ids: Sequence[str]) -> sa.Update:
 
 
 async def release(conn: AsyncConnection, claimed: Sequence[Claimed]) -> None:
-    """Give back leases of events that were claimed but not attempted."""
+    """Give back leases of events that were claimed but not attempted, those still ours."""
     if claimed:
         await conn.execute(
             events.update()
-            .where(events.c.seq.in_([event.seq for event in claimed]))
-            .values(lease_until=None)
+            .where(
+                events.c.seq == sa.bindparam("b_seq"),
+                events.c.lease_until == sa.bindparam("b_lease"),
+            )
+            .values(lease_until=None),
+            [{"b_seq": event.seq, "b_lease": event.lease_until} for event in claimed],
         )

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import logs, outbox, registrations, retention, tasks
+from service import outbox, registrations, retention, tasks
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -48,10 +48,9 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
     ) -> None:
         # Waking at half the shortest interval keeps a task's lag under half its interval.
         idle = min(IDLE_WAIT, settings.poll_interval_min / 2)
-        super().__init__(db, idle, drain_timeout=settings.upstream_timeout + 5)
+        super().__init__(db, metrics, idle, drain_timeout=settings.upstream_timeout + 5)
         self.settings = settings
         self.upstream = upstream
-        self.metrics = metrics
         self.on_events = on_events
         self.limiter = RateLimiter(settings.upstream_rate_limit)
         # A poll cannot outlive its timeout; the margin covers writing its answer.
@@ -85,19 +84,24 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         return wait
 
     async def housekeeping(self, now: float) -> None:
+        # Each step is due again at its next interval whether it worked or not: a step
+        # that keeps failing costs one log line per interval, never the polls between.
         if now >= self._next_purge:
             # Every minute, or faster for retentions under two minutes (tests, trials).
             self._next_purge = now + min(PURGE_EVERY, self.settings.retention / 2)
-            removed = await retention.purge(self.db, now, self.settings.retention)
-            if removed:
-                log.info(
-                    "retention: purged %d rows older than %gs", removed, self.settings.retention
-                )
+            await self.chore("retention_purge", self._purge(now))
         if now >= self._next_sweep:
-            emitted = await registrations.give_up_overdue(self.db, now, self.settings.task_timeout)
             self._next_sweep = now + SWEEP_EVERY
-            if emitted:
-                self.on_events()
+            await self.chore("timeout_sweep", self._sweep(now))
+
+    async def _purge(self, now: float) -> None:
+        removed = await retention.purge(self.db, now, self.settings.retention)
+        if removed:
+            log.info("retention: purged %d rows older than %gs", removed, self.settings.retention)
+
+    async def _sweep(self, now: float) -> None:
+        if await registrations.give_up_overdue(self.db, now, self.settings.task_timeout):
+            self.on_events()
 
     async def claim(self, conn: AsyncConnection, now: float, limit: int) -> list[tasks.Claimed]:
         return await claim(conn, now, limit, self.lease)
@@ -119,8 +123,21 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         self.metrics.poll_lag.observe(max(0.0, now - job.due_at))
         self.limiter.take()
 
+    def ids(self, job: tasks.Claimed) -> dict[str, str]:
+        return {"task_id": job.task_id}
+
+    def hidden(self) -> list[str]:
+        key = self.settings.upstream_api_key
+        return [] if key is None else [key.get_secret_value()]
+
+    def job_of(self, outcome: tuple[tasks.Claimed, Fetch]) -> tasks.Claimed:
+        return outcome[0]
+
+    def failed(self, job: tasks.Claimed, reason: str) -> tuple[tasks.Claimed, Fetch]:
+        # An upstream error: the task backs off on its own and is never failed for it.
+        return job, Fetch("error", detail=reason)
+
     async def work(self, job: tasks.Claimed) -> tuple[tasks.Claimed, Fetch]:
-        logs.task_id.set(job.task_id)  # this job runs in its own asyncio task
         fetch = self._judge(job.task_id, await self.upstream.fetch(job.task_id))
         self.metrics.upstream_requests.labels(fetch.outcome).inc()
         log.debug("poll %s", fetch.outcome)
@@ -238,9 +255,9 @@ async def apply(
     leases: dict[str, float | None] = dict(
         (
             await conn.execute(
-                sa.select(table.c.task_id, table.c.lease_until).where(
-                    table.c.task_id.in_([task.task_id for task, _ in batch])
-                )
+                sa.select(table.c.task_id, table.c.lease_until)
+                .where(table.c.task_id.in_([task.task_id for task, _ in batch]))
+                .with_for_update()  # no other worker takes them over before we commit
             )
         ).all()
     )

@@ -81,7 +81,7 @@ class Runtime:
         if not self.db.is_sqlite:
             wake = {"tasks": self.poller.kick, "events": self.deliverer.kick}
             workers.append(Listener(self.settings, wake))
-        self.supervisor = Supervisor(workers)
+        self.supervisor = Supervisor(workers, self.metrics)
         self.supervisor.start()
 
     def kick_poller(self) -> None:

@@ -144,6 +144,8 @@ class SimTask:
             return gateways.wrapped(self.id, phase, created, updated, link)
         return gateways.video(self.family, self.id, self.model, phase, created, updated, link)
 
+    encoding: str = "utf-8"  # of its status answers (a codec name); see Simulator.encoded
+
     def phase(self, now: float) -> tuple[str, int]:
         elapsed = now - self.created
         if elapsed < self.queued:
@@ -199,6 +201,7 @@ class TaskSpec(BaseModel):
     view: View = "video"
     error: TaskError | None = None
     error_for: float | None = None
+    encoding: str = "utf-8"  # of its status answers ("utf-16": valid JSON, not UTF-8)
 
 
 @dataclass(slots=True)
@@ -278,6 +281,7 @@ class Simulator:
             error=spec.error,
             error_for=spec.error_for,
             refresh=self.refresh if newapi else 0.0,
+            encoding=spec.encoding,
         )
         self.tasks[task.id] = task
         return task
@@ -288,11 +292,13 @@ class Simulator:
             return task.newapi(now, base_url)
         return task.video(now, base_url)
 
-    def encoded(self, body: Any, status_code: int = 200) -> Response:
+    def encoded(self, body: Any, status_code: int = 200, encoding: str = "utf-8") -> Response:
         """A JSON answer in the bytes ``faults.encoding`` asks for: plain UTF-8, a UTF-8
         byte-order mark first, UTF-16 with its mark, Latin-1 (with a non-ASCII field),
-        or UTF-8 with a lone surrogate escape (which strict parsers refuse)."""
-        encoding = self.faults.encoding
+        or UTF-8 with a lone surrogate escape (which strict parsers refuse). A task's own
+        ``encoding`` (any Python codec: utf-16-le, utf-32, utf-8-sig) comes before it."""
+        if encoding == "utf-8":
+            encoding = self.faults.encoding
         if encoding in ("latin-1", "lone-surrogate") and isinstance(body, dict) and body:
             body = {**body, "title": "café crème"}
         text = json.dumps(body, ensure_ascii=False)
@@ -304,6 +310,8 @@ class Simulator:
             data = text.encode("utf-16")
         elif encoding == "latin-1":
             data = text.encode("latin-1", "replace")
+        elif encoding != "utf-8":
+            data = text.encode(encoding)
         else:
             data = text.encode()
         return Response(data, status_code, media_type="application/json")
@@ -452,7 +460,7 @@ class Simulator:
             link = "" if task.no_video else f"{request.base_url}v1/videos/{task.id}/content"
             body = gateways.wrapped(task.id, phase, int(task.created), int(seen), link)
             return self.encoded(body)
-        return self.encoded(self.answer(task, now, str(request.base_url)))
+        return self.encoded(self.answer(task, now, str(request.base_url)), encoding=task.encoding)
 
     def _fault(self) -> Response | None:
         """A request-wide fault, drawn by share: 429, 503, 400, 403, or a 200 non-video."""

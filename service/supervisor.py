@@ -1,4 +1,4 @@
-"""Runs the workers together; a worker that dies is reported, never silent."""
+"""Runs the workers together; a worker that dies is restarted and reported, never silent."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import contextlib
 import logging
 import time
 from typing import Protocol
+
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +76,28 @@ class Worker(Protocol):
 
 
 class Supervisor:
-    """Starts workers in one task group and stops them on an event; they drain on exit."""
+    """Runs workers in one task group and stops them on an event; they drain on exit.
+    A worker that dies is restarted after a backoff, and reported in /readyz while it
+    is down: a process never sits with a live API and dead workers."""
 
-    def __init__(self, workers: list[Worker]) -> None:
+    FIRST_WAIT = 0.5  # seconds before the first restart; doubles with each quick death
+    MAX_WAIT = 30.0
+    HEALTHY_AFTER = 60.0  # a worker that ran this long before dying starts afresh
+
+    def __init__(
+        self,
+        workers: list[Worker],
+        metrics: Metrics,
+        first_wait: float = FIRST_WAIT,
+        max_wait: float = MAX_WAIT,
+    ) -> None:
         self.workers = workers
+        self.metrics = metrics
+        self.first_wait = first_wait
+        self.max_wait = max_wait
         self.stop_event = asyncio.Event()
         self.failures: list[str] = []
+        self.down: dict[str, str] = {}  # worker name -> why, while it waits to restart
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -90,21 +108,46 @@ class Supervisor:
             async with asyncio.TaskGroup() as group:
                 for worker in self.workers:
                     group.create_task(self._guard(worker), name=worker.name)
-        except BaseException:
+        except Exception as exc:  # a bug in the supervisor itself
+            self.failures.append(f"workers stopped: {type(exc).__name__}")
             if not self.stop_event.is_set():
-                log.error("workers stopped after a failure: %s", "; ".join(self.failures))
+                log.exception("workers stopped")
 
     async def _guard(self, worker: Worker) -> None:
+        """Run ``worker`` until we stop, restarting it whenever it ends on its own."""
+        deaths = 0
+        while not self.stop_event.is_set():
+            began = time.monotonic()
+            why = await self._run_once(worker)
+            if why is None:
+                return
+            if time.monotonic() - began >= self.HEALTHY_AFTER:
+                deaths = 0
+            wait = min(self.max_wait, self.first_wait * 2.0**deaths)
+            deaths += 1
+            self.down[worker.name] = f"{why}; restarting in {wait:g}s"
+            try:
+                await pause(self.stop_event, wait)
+            finally:
+                self.down.pop(worker.name, None)
+            if not self.stop_event.is_set():
+                self.metrics.worker_restarts.labels(worker.name).inc()
+                log.info("%s worker restarting (restart %d)", worker.name, deaths)
+
+    async def _run_once(self, worker: Worker) -> str | None:
+        """Run the worker once; why it ended, or None when it was asked to stop."""
         try:
             await worker.run(self.stop_event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.failures.append(f"{worker.name} worker died: {type(exc).__name__}: {exc}")
             log.exception("%s worker died", worker.name)
-            raise
-        if not self.stop_event.is_set():
-            self.failures.append(f"{worker.name} worker exited")
+            first = (str(exc).strip().splitlines() or [""])[0][:200]  # /readyz stays short
+            return f"{worker.name} worker died: {type(exc).__name__}: {first}"
+        if self.stop_event.is_set():
+            return None
+        log.error("%s worker exited on its own", worker.name)
+        return f"{worker.name} worker exited"
 
     def problems(self) -> list[str]:
         """Why the workers are not all running, or nothing."""
@@ -112,7 +155,8 @@ class Supervisor:
             return ["workers not started"]
         if self._task.done() and not self.stop_event.is_set():
             return self.failures or ["workers stopped"]
-        return [problem for worker in self.workers if (problem := worker.outage.problem())]
+        found = [self.down[worker.name] for worker in self.workers if worker.name in self.down]
+        return found + [problem for worker in self.workers if (problem := worker.outage.problem())]
 
     async def wait(self) -> None:
         """Until the workers have exited."""

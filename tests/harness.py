@@ -15,6 +15,7 @@ import sqlalchemy as sa
 import uvicorn
 import uvloop
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from service.cli import Server
@@ -130,3 +131,13 @@ class Service:
     def stop(self) -> None:
         self.client.close()
         self.thread.stop()
+
+
+def metric(service: Service, name: str, **labels: str) -> float:
+    """One sample of the service's /metrics (0 when it has not been counted yet)."""
+    text = service.client.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0

@@ -1,9 +1,12 @@
 """Operations: health, readiness, metrics, and the worker supervisor."""
 
 import asyncio
+import itertools
+import time
 
+from service.metrics import Metrics
 from service.supervisor import Outage, Supervisor
-from tests.harness import eventually, sql
+from tests.harness import eventually, metric, sql
 
 
 def test_healthz_and_readyz(service):
@@ -65,16 +68,29 @@ def test_a_database_outage_is_waited_out_and_loses_nothing(service, upstream, ho
     assert service.client.get("/readyz").status_code == 200
 
 
-def test_a_worker_that_dies_makes_readyz_fail(service, upstream, hooks):
+def restarts(service, worker):
+    return metric(service, "status_proxy_worker_restarts_total", worker=worker)
+
+
+def test_a_worker_that_dies_is_restarted_and_readyz_says_so_meanwhile(service, upstream, hooks):
     runtime = service.thread.server.config.app.state.runtime
+    runtime.supervisor.first_wait, runtime.supervisor.max_wait = 0.2, 0.5  # waits tests shorten
 
     async def broken(claiming=True):  # fault injection: a bug in the poller's loop
         raise RuntimeError("injected fault")
 
     runtime.poller.turn = broken
     _, reasons = eventually(lambda: (r := readiness(service))[0] == 503 and r)
-    assert "poller worker died: RuntimeError: injected fault" in reasons
+    assert "poller worker died: RuntimeError: injected fault; restarting in" in reasons
     assert service.client.get("/healthz").status_code == 200
+    eventually(lambda: restarts(service, "poller") >= 2)  # tried again, and again
+    del runtime.poller.turn  # the fault is gone: the next restart sticks
+    eventually(lambda: readiness(service) == (200, ""))
+    task = upstream.add(duration=0.1, queued=0)
+    service.register(task, f"{hooks.url}/healed")
+    [delivery] = eventually(lambda: hooks.at("/healed"))
+    assert delivery.json["type"] == "video.completed"
+    assert restarts(service, "delivery") == 0
 
 
 class Crashing:
@@ -106,7 +122,7 @@ class Steady:
 
 def test_a_dead_worker_is_reported():
     async def scenario():
-        supervisor = Supervisor([Crashing(), Steady()])
+        supervisor = Supervisor([Crashing(), Steady()], Metrics(), first_wait=10)
         supervisor.start()
         await asyncio.sleep(0.3)
         return supervisor.problems()
@@ -118,7 +134,7 @@ def test_a_dead_worker_is_reported():
 def test_workers_stop_on_the_event_and_drain():
     async def scenario():
         steady = Steady()
-        supervisor = Supervisor([steady])
+        supervisor = Supervisor([steady], Metrics())
         supervisor.start()
         await asyncio.sleep(0.05)
         assert supervisor.problems() == []
@@ -126,3 +142,62 @@ def test_workers_stop_on_the_event_and_drain():
         return steady.stopped, supervisor.problems()
 
     assert asyncio.run(scenario()) == (True, [])
+
+
+class Flaky:
+    """Dies on its first runs, then runs until stopped; notes when each run began."""
+
+    name = "flaky"
+
+    def __init__(self, deaths):
+        self.deaths = deaths
+        self.outage = Outage("flaky")
+        self.starts = []
+        self.steady = asyncio.Event()
+
+    async def run(self, stop):
+        self.starts.append(time.monotonic())
+        if len(self.starts) <= self.deaths:
+            raise RuntimeError(f"death {len(self.starts)}")
+        self.steady.set()
+        await stop.wait()
+
+    def kick(self):
+        pass
+
+
+def test_a_dead_worker_is_restarted_with_a_backoff_and_counted():
+    async def scenario():
+        metrics = Metrics()
+        flaky = Flaky(deaths=3)
+        supervisor = Supervisor([flaky, Steady()], metrics, first_wait=0.05, max_wait=0.1)
+        supervisor.start()
+        await asyncio.wait_for(flaky.steady.wait(), 10)
+        problems = supervisor.problems()
+        await supervisor.stop()
+        restarts = metrics.registry.get_sample_value(
+            "status_proxy_worker_restarts_total", {"worker": "flaky"}
+        )
+        return flaky.starts, problems, restarts
+
+    starts, problems, restarts = asyncio.run(scenario())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) == 4 and restarts == 3 and problems == []
+    # 0.05 s, then doubled, then held at the cap.
+    assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.1
+
+
+def test_readyz_reasons_name_a_worker_while_it_waits_to_restart():
+    async def scenario():
+        supervisor = Supervisor([Flaky(deaths=1)], Metrics(), first_wait=20)
+        supervisor.start()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if problems := supervisor.problems():
+                break
+        await supervisor.stop()  # ends the wait at once
+        return problems
+
+    assert asyncio.run(scenario()) == [
+        "flaky worker died: RuntimeError: death 1; restarting in 20s"
+    ]
