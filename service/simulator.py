@@ -310,7 +310,7 @@ class Simulator:
             data = text.encode("utf-16")
         elif encoding == "latin-1":
             data = text.encode("latin-1", "replace")
-        elif encoding != "utf-8":
+        elif encoding not in ("utf-8", "lone-surrogate"):
             data = text.encode(encoding)
         else:
             data = text.encode()

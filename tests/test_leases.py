@@ -27,7 +27,14 @@ async def new_event(runtime: Runtime, callback_url: str, now: float) -> str:
     reg_id = created.registration.id
     async with runtime.db.write() as conn:
         await outbox.emit_for_registration(
-            conn, reg_id, body.events, {}, "video.completed", '{"id":"video_lease"}', now
+            conn,
+            reg_id,
+            body.events,
+            {},
+            "video.completed",
+            '{"id":"video_lease"}',
+            now,
+            "video_lease",
         )
     return reg_id
 
