@@ -1,4 +1,10 @@
-"""Settings, read from STATUS_PROXY_* environment variables."""
+"""Settings, read from STATUS_PROXY_* environment variables and the ``.env`` file.
+
+The environment wins over ``.env`` (the file in the current directory, as docker compose
+reads the one next to its compose file). An empty value is the same as an unset one:
+compose renders ``${VAR:-}`` as an empty string, and ``.env.example`` leaves settings
+empty to mean "the default".
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+ENV_FILE = ".env"
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 
 
@@ -19,7 +26,13 @@ def _split(value: object) -> object:
 class Settings(BaseSettings):
     """Every knob of the service; durations are seconds."""
 
-    model_config = SettingsConfigDict(env_prefix="STATUS_PROXY_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="STATUS_PROXY_",
+        extra="ignore",
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+    )
 
     database_url: str = "sqlite:///./data/status-proxy.db"
     upstream_base_url: str = "https://octopusx.ai"

@@ -15,7 +15,12 @@ from pydantic import SecretStr
 
 from service import retry
 
-Outcome = Literal["ok", "not_found", "rate_limited", "unauthorized", "error", "timeout"]
+# "unreachable": no connection (a name that does not resolve, refused, unroutable);
+# "timeout": connected, or tried to, and waited past the timeout; "error": an answer
+# that is no status object, or a connection that broke.
+Outcome = Literal[
+    "ok", "not_found", "rate_limited", "unauthorized", "error", "timeout", "unreachable"
+]
 
 MAX_BODY = 1024 * 1024  # a status object is small; refuse to hold more
 
@@ -70,10 +75,12 @@ class Upstream:
                 "GET", url, headers=self.headers(), timeout=self.timeout
             ) as response:
                 body = await _read_limited(response)
-        except (httpx.TimeoutException, TimeoutError):
-            return Fetch("timeout", detail="upstream timed out")
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            return Fetch("timeout", detail=f"upstream timed out after {self.timeout:g}s: {exc}")
+        except httpx.ConnectError as exc:
+            return Fetch("unreachable", detail=f"upstream unreachable: {exc}")
         except TRANSPORT_ERRORS as exc:
-            return Fetch("error", detail=f"upstream unreachable: {type(exc).__name__}")
+            return Fetch("error", detail=f"upstream connection failed: {type(exc).__name__}: {exc}")
         except BodyTooLarge:
             return Fetch("error", detail="upstream answer too large")
         return classify(response.status_code, response.headers, body)

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from service.db import UNAVAILABLE
 from service.models import ErrorBody
-from service.upstream import TRANSPORT_ERRORS
+from service.upstream import TRANSPORT_ERRORS, Fetch
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +53,41 @@ class ApiError(Exception):
 
 
 def upstream_failure(exc: BaseException) -> ApiError | None:
-    """The answer for an upstream request that failed on the way (504 for a timeout,
-    502 for anything else the transport raises), or None for any other exception."""
+    """The answer for an upstream request that failed on the way, or None for any other
+    exception: 504 for a timeout, 502 ``upstream_unreachable`` when no connection could
+    be made (no such name, refused), 502 for a connection that broke. The message is
+    the transport's account (service/transport.py), which names no header."""
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return ApiError(504, "the upstream did not answer in time")
+        return ApiError(504, f"the upstream did not answer in time: {exc or 'timed out'}")
+    if isinstance(exc, httpx.ConnectError):
+        return ApiError(502, f"the upstream is unreachable: {exc}", code="upstream_unreachable")
     if isinstance(exc, TRANSPORT_ERRORS):
-        return ApiError(502, f"the upstream is unreachable: {type(exc).__name__}")
+        return ApiError(502, f"the upstream connection failed: {type(exc).__name__}: {exc}")
     return None
+
+
+def upstream_refused_key(status: int) -> ApiError:
+    """The upstream refused status-proxy's own upstream key: a 502 that says so, so that a
+    client never takes it for its own key being refused (that is our 401)."""
+    return ApiError(
+        502,
+        f"the upstream refused status-proxy's upstream key (HTTP {status}); the client's "
+        "key was accepted: the operator must check STATUS_PROXY_UPSTREAM_API_KEY",
+        code="upstream_key_refused",
+    )
+
+
+def fetch_failure(fetch: Fetch) -> ApiError:
+    """The answer for a fetch-through that got no video object."""
+    if fetch.outcome == "not_found":
+        return ApiError(404, "the upstream has no such task", "task_id")
+    if fetch.outcome == "timeout":
+        return ApiError(504, f"the upstream did not answer in time: {fetch.detail}")
+    if fetch.outcome == "unreachable":
+        return ApiError(502, f"the {fetch.detail}", code="upstream_unreachable")
+    if fetch.outcome == "unauthorized" and fetch.status_code == 401:
+        return upstream_refused_key(401)
+    return ApiError(502, fetch.detail or "the upstream failed")
 
 
 def envelope(

@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 from service import idempotency, multipart, registrations
 from service.api import registrations as api_registrations
 from service.api.deps import CallerDep
-from service.api.errors import ApiError, responses, upstream_failure
+from service.api.errors import ApiError, responses, upstream_failure, upstream_refused_key
 from service.db import UNAVAILABLE
 from service.models import EVENT_ORDER, RegistrationCreate, valid_task_id
 from service.runtime import Runtime
@@ -303,7 +303,10 @@ async def _remember(
 
 async def _forward(runtime: Runtime, intake: Intake) -> Answer:
     try:
-        return await runtime.upstream.create(intake.body(), intake.content_type)
+        answer = await runtime.upstream.create(intake.body(), intake.content_type)
+        if answer.status_code == 401:  # our upstream key, not the client's: say whose
+            raise upstream_refused_key(401)
+        return answer
     except Exception as exc:
         # A failure while streaming the client's body (a bad field, the body limit, the
         # client leaving) surfaces from the transport as some error; answer the cause.

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
+from service.api import errors
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
 from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, valid_task_id
@@ -67,8 +68,4 @@ async def fetch_through(runtime: Runtime, task_id: str) -> Fetch:
     runtime.metrics.upstream_requests.labels(fetch.outcome).inc()
     if fetch.outcome == "ok":
         return fetch
-    if fetch.outcome == "not_found":
-        raise ApiError(404, "the upstream has no such task", "task_id")
-    if fetch.outcome == "timeout":
-        raise ApiError(504, "the upstream did not answer in time")
-    raise ApiError(502, fetch.detail or "the upstream failed")
+    raise errors.fetch_failure(fetch)
