@@ -37,16 +37,16 @@ def env_for(db_url, upstream_url, **extra):
 
 
 class Proc:
-    def __init__(self, args, env, port=None):
+    def __init__(self, args, env, port=None, cwd=ROOT):
         self.args, self.env = list(args), env
-        self.port = port
+        self.port, self.cwd = port, cwd
         self._launch()
 
     def _launch(self):
         self.url = f"http://127.0.0.1:{self.port}" if self.port else None
         self.log = tempfile.TemporaryFile()
         self.popen = subprocess.Popen(
-            self.args, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+            self.args, env=self.env, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self):
