@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _work(settings: Settings) -> int:
-    runtime = Runtime(settings, workers=True)
+    runtime = Runtime(settings, workers=True, api=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+import service
 from service import dashboard, logs
 from service.api import downloads, errors, gateway, health, registrations, videos
 from service.api.access import AccessLog
@@ -25,7 +26,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings, workers=workers)
+        runtime = Runtime(settings, workers=workers, api=api)
         app.state.runtime = runtime
         try:
             await runtime.start(migrate=migrate)
@@ -35,7 +36,7 @@ def create_app(
 
     app = FastAPI(
         title="status-proxy",
-        version="0.1.0",
+        version=service.__version__,
         summary="Webhooks for an OpenAI-style video upstream that has none.",
         lifespan=lifespan,
     )

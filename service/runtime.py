@@ -8,7 +8,9 @@ import logging
 import aiohttp
 import httpx
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
+import service
 from service import callbacks, signing, transport
 from service.config import Settings
 from service.db import Database
@@ -33,9 +35,10 @@ def key_digest(key: str) -> bytes:
 class Runtime:
     """The database, HTTP clients, metrics and (optionally) the workers of one process."""
 
-    def __init__(self, settings: Settings, workers: bool = True) -> None:
+    def __init__(self, settings: Settings, workers: bool = True, api: bool = True) -> None:
         self.settings = settings
         self.with_workers = workers
+        self.with_api = api
         self.key_digests = [key_digest(key.get_secret_value()) for key in settings.api_keys]
         self.db = Database(settings)
         self.metrics = Metrics()
@@ -66,8 +69,7 @@ class Runtime:
         if migrate:
             await self.db.migrate()
         secret = await load_secret(self.db, self.settings)
-        if not self.settings.api_keys:
-            log.warning("STATUS_PROXY_API_KEYS is not set: the API is open to anyone")
+        self._announce()
         if not self.with_workers:
             return
         self.deliverer = Deliverer(
@@ -82,6 +84,39 @@ class Runtime:
             workers.append(Listener(self.settings, wake))
         self.supervisor = Supervisor(workers)
         self.supervisor.start()
+
+    def _announce(self) -> None:
+        """One line that says what this process is, then what an operator must fix."""
+        settings = self.settings
+        api = "off" if not self.with_api else "open" if not settings.api_keys else "keyed"
+        key = "with a key" if settings.upstream_api_key is not None else "WITHOUT a key"
+        log.info(
+            "status-proxy %s starting: database %s, upstream %s (%s), API %s%s, workers %s",
+            service.__version__,
+            safe_database_url(settings.database_url),
+            settings.upstream_base_url,
+            key,
+            api,
+            f" ({len(settings.api_keys)} keys)" if settings.api_keys and self.with_api else "",
+            "on" if self.with_workers else "off",
+        )
+        if self.with_api and not settings.api_keys:
+            log.warning("STATUS_PROXY_API_KEYS is not set: the API is open to anyone")
+        if settings.upstream_api_key is None:
+            log.warning(
+                "STATUS_PROXY_UPSTREAM_API_KEY is not set: requests go upstream without a key, "
+                "and a real gateway refuses them"
+            )
+
+    def upstream_view(self) -> dict[str, object]:
+        """What this process knows of the upstream: from its polls, or nothing."""
+        view: dict[str, object] = {"base_url": self.settings.upstream_base_url}
+        if self.poller is None:
+            return {**view, "state": "not_polled_by_this_process"}
+        view.update(self.poller.health.as_dict())
+        if self.poller.auth_problem:
+            view["state"] = "key_refused"
+        return view
 
     def kick_poller(self) -> None:
         if self.poller is not None:
@@ -100,6 +135,8 @@ class Runtime:
             found += self.supervisor.problems()
         if self.poller is not None and self.poller.auth_problem:
             found.append(f"{self.poller.auth_problem}: polling paused")
+        if self.poller is not None and (unreachable := self.poller.health.problem()):
+            found.append(unreachable)
         return found
 
     async def stop(self) -> None:
@@ -111,6 +148,14 @@ class Runtime:
             await self.upstream_client.aclose()
             await self.delivery_client.aclose()
             await self.db.dispose()
+
+
+def safe_database_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an odd URL: say which kind only
+        return url.partition("://")[0] + "://…"
 
 
 def _delivery_session(settings: Settings) -> aiohttp.ClientSession:

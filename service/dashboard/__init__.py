@@ -117,7 +117,23 @@ def upstream_health(runtime: Runtime) -> tuple[str, str]:
         return "key refused: polling paused", "bad"
     if poller.limiter.paused_until > time.monotonic():
         return "rate limited: paused", "warn"
-    return "ok", "good"
+    health = poller.health
+    if health.unreachable:
+        return f"unreachable: {health.last_failure}", "bad"
+    if health.failures:
+        return f"not answering lately: {health.last_failure}", "warn"
+    if health.last_success_at is None:
+        return "not polled yet: no answer seen", "muted"
+    ago = max(0, int(time.time() - health.last_success_at))
+    return f"ok: last answer {ago}s ago", "good"
+
+
+def _upstream_problems(runtime: Runtime) -> set[str]:
+    poller = runtime.poller
+    if poller is None:
+        return set()
+    found = {f"{poller.auth_problem}: polling paused"} if poller.auth_problem else set()
+    return found | ({problem} if (problem := poller.health.problem()) else set())
 
 
 async def _header(request: Request, owner: str) -> dict[str, Any]:
@@ -127,7 +143,8 @@ async def _header(request: Request, owner: str) -> dict[str, Any]:
         "counters": await data.counters(runtime.db, owner, time.time()),
         "health": health,
         "health_tone": tone,
-        "problems": [p for p in runtime.problems() if "polling paused" not in p],
+        # The upstream's own problems are in its health word already.
+        "problems": [p for p in runtime.problems() if p not in _upstream_problems(runtime)],
     }
 
 

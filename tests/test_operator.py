@@ -1,0 +1,173 @@
+"""What an operator sees of the running command: its log lines and its readiness."""
+
+import json
+
+import httpx
+
+from tests.harness import eventually, free_port
+from tests.test_process import COMMAND, Proc, env_for
+
+ONE_DELIVERY = "STATUS_PROXY_DELIVERY_RETRY_SCHEDULE"
+
+
+def lines(proc: Proc) -> list[dict]:
+    """The JSON log lines the process wrote so far (stdout is not a terminal)."""
+    found = []
+    for line in proc.output().splitlines():
+        if line.startswith("{"):
+            found.append(json.loads(line))
+    return found
+
+
+def start(tmp_path, upstream_url, *args, command="serve", **env) -> Proc:
+    port = free_port()
+    environment = env_for(f"sqlite:///{tmp_path / 'o.db'}", upstream_url, **env)
+    argv = [COMMAND, command, "--port", str(port), *args]
+    return Proc(argv, environment, port, cwd=tmp_path).wait_ready()
+
+
+def with_message(proc: Proc, text: str) -> list[dict]:
+    return [line for line in lines(proc) if text in line["message"]]
+
+
+def test_start_up_summary_and_warnings(tmp_path, upstream):
+    proc = start(tmp_path, upstream.url, STATUS_PROXY_UPSTREAM_API_KEY="", STATUS_PROXY_API_KEYS="")
+    try:
+        [summary] = with_message(proc, "starting:")
+        message = summary["message"]
+        assert summary["level"] == "info" and message.startswith("status-proxy ")
+        assert "database sqlite:///" in message and f"upstream {upstream.url}" in message
+        assert "WITHOUT a key" in message and "API open" in message and "workers on" in message
+        assert with_message(proc, "STATUS_PROXY_API_KEYS is not set")
+        [missing] = with_message(proc, "STATUS_PROXY_UPSTREAM_API_KEY is not set")
+        assert missing["level"] == "warning"
+    finally:
+        assert proc.stop() == 0
+
+
+def test_summary_hides_the_database_password(tmp_path, upstream):
+    proc = start(tmp_path, upstream.url, "--no-workers", STATUS_PROXY_API_KEYS="k1,k2")
+    try:
+        [summary] = with_message(proc, "starting:")
+        assert "API keyed (2 keys)" in summary["message"] and "workers off" in summary["message"]
+        assert "k1" not in proc.output() and not with_message(proc, "API is open")
+    finally:
+        assert proc.stop() == 0
+    env = env_for("postgresql://u:hunter2@127.0.0.1:1/x", upstream.url)
+    from service.runtime import safe_database_url
+
+    assert "hunter2" not in safe_database_url(env["STATUS_PROXY_DATABASE_URL"])
+    assert safe_database_url("postgresql://u:hunter2@h/x") == "postgresql://u:***@h/x"
+
+
+def test_work_does_not_say_the_api_is_open(tmp_path, upstream):
+    proc = start(tmp_path, upstream.url, command="work", STATUS_PROXY_API_KEYS="")
+    try:
+        [summary] = with_message(proc, "starting:")
+        assert "API off" in summary["message"]
+        assert not with_message(proc, "API is open")
+    finally:
+        assert proc.stop() == 0
+
+
+def test_state_changes_are_logged_at_info_and_library_chatter_is_not(tmp_path, upstream, hooks):
+    proc = start(
+        tmp_path, upstream.url, **{ONE_DELIVERY: "0.2", "STATUS_PROXY_NOT_FOUND_GRACE": "0.5"}
+    )
+    try:
+        task = upstream.add(duration=0.2, queued=0)
+        ok = httpx.post(
+            f"{proc.url}/v1/registrations",
+            json={"task_id": task, "callback_url": f"{hooks.url}/ok"},
+        ).json()
+        eventually(lambda: with_message(proc, "video.completed delivered"))
+        [delivered] = with_message(proc, "video.completed delivered")
+        assert delivered["registration_id"] == ok["id"] and delivered["event_id"].startswith("evt_")
+        assert delivered["task_id"] == task
+        assert [line for line in lines(proc) if line["message"] == "task ended: video.completed"]
+
+        # A receiver that fails: one retry, then dead, each said with the ids.
+        hooks.receiver.plan("/down", 500)
+        failing_task = upstream.add(duration=0.1, queued=0)
+        bad = httpx.post(
+            f"{proc.url}/v1/registrations",
+            json={"task_id": failing_task, "callback_url": f"{hooks.url}/down"},
+        ).json()
+        eventually(lambda: with_message(proc, "dead after 2 attempts"))
+        [retry] = with_message(proc, "attempt 1 failed")
+        assert retry["level"] == "info" and retry["registration_id"] == bad["id"]
+        assert "receiver answered 500" in retry["message"] and "next attempt at" in retry["message"]
+        [dead] = with_message(proc, "dead after 2 attempts")
+        assert dead["level"] == "warning" and dead["registration_id"] == bad["id"]
+
+        # A task the upstream never heard of is given up once the grace is over.
+        httpx.post(
+            f"{proc.url}/v1/registrations",
+            json={"task_id": "video_nobody_made", "callback_url": f"{hooks.url}/gone"},
+        )
+        eventually(lambda: with_message(proc, "task given up: status_proxy_not_found"))
+        [given_up] = with_message(proc, "task given up")
+        assert given_up["level"] == "warning" and given_up["task_id"] == "video_nobody_made"
+
+        loggers = {line["logger"] for line in lines(proc)}
+        assert not {"httpx", "httpcore", "aiosqlite"} & loggers, loggers
+    finally:
+        assert proc.stop() == 0
+
+
+def readyz(proc: Proc) -> httpx.Response:
+    return httpx.get(f"{proc.url}/readyz", timeout=5)
+
+
+def test_readiness_says_what_the_polls_see(tmp_path, upstream, hooks):
+    proc = start(tmp_path, upstream.url)
+    try:
+        first = readyz(proc).json()
+        assert first["status"] == "ready"
+        assert first["upstream"]["state"] == "not_polled_yet"
+        assert first["upstream"]["last_success_at"] is None
+        task = upstream.add(duration=0.2, queued=0)
+        httpx.post(
+            f"{proc.url}/v1/registrations", json={"task_id": task, "callback_url": f"{hooks.url}/r"}
+        )
+        eventually(lambda: readyz(proc).json()["upstream"]["last_success_at"])
+        assert readyz(proc).json()["upstream"]["state"] == "ok"
+    finally:
+        assert proc.stop() == 0
+
+
+def test_an_unreachable_upstream_is_not_ready_and_named(tmp_path, hooks):
+    closed = f"http://127.0.0.1:{free_port()}"
+    proc = start(tmp_path, closed, STATUS_PROXY_POLL_INTERVAL_MAX="0.3")
+    try:
+        httpx.post(
+            f"{proc.url}/v1/registrations",
+            json={"task_id": "video_a", "callback_url": f"{hooks.url}/u"},
+        )
+
+        def not_ready():
+            answer = readyz(proc)
+            return answer if answer.status_code == 503 else None
+
+        body = eventually(not_ready, timeout=30).json()
+        assert body["upstream"]["state"] == "unreachable"
+        assert any("upstream unreachable" in reason for reason in body["reasons"]), body
+        assert "timed out" not in json.dumps(body)
+        assert with_message(proc, "polls in a row got no answer")
+    finally:
+        assert proc.stop() == 0
+
+
+def test_a_refused_key_is_named(tmp_path, upstream, hooks):
+    proc = start(tmp_path, upstream.url, STATUS_PROXY_UPSTREAM_API_KEY="sk-wrong")
+    try:
+        task = upstream.add(duration=5, queued=0)
+        httpx.post(
+            f"{proc.url}/v1/registrations", json={"task_id": task, "callback_url": f"{hooks.url}/k"}
+        )
+        body = eventually(lambda: readyz(proc).status_code == 503 and readyz(proc)).json()
+        assert body["upstream"]["state"] == "key_refused"
+        assert any("refused" in reason for reason in body["reasons"])
+        assert "sk-wrong" not in json.dumps(body)
+    finally:
+        assert proc.stop() == 0
