@@ -167,6 +167,24 @@ def _delivery_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+async def stored_secret(db: Database) -> str | None:
+    """The secret the service generated and kept, or None (none yet, or no schema)."""
+    try:
+        async with db.read() as conn:
+            value = (
+                await conn.execute(
+                    sa.select(settings_table.c.value).where(settings_table.c.key == SECRET_KEY)
+                )
+            ).scalar_one_or_none()
+    except sa.exc.ProgrammingError:  # no settings table (PostgreSQL): never migrated
+        return None
+    except sa.exc.OperationalError as exc:  # SQLite says "no such table" this way
+        if "no such table" in str(exc):
+            return None
+        raise
+    return None if value is None else str(value)
+
+
 async def load_secret(db: Database, settings: Settings) -> str:
     """The configured secret, else the one generated once and kept in the database."""
     if settings.webhook_secret is not None:

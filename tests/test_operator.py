@@ -1,9 +1,14 @@
 """What an operator sees of the running command: its log lines and its readiness."""
 
 import json
+import os
+import re
+import signal
+import subprocess
 
 import httpx
 
+from service.config import Settings
 from tests.harness import eventually, free_port
 from tests.test_process import COMMAND, Proc, env_for
 
@@ -171,3 +176,74 @@ def test_a_refused_key_is_named(tmp_path, upstream, hooks):
         assert "sk-wrong" not in json.dumps(body)
     finally:
         assert proc.stop() == 0
+
+
+def run(args, cwd, env):
+    return subprocess.run([COMMAND, *args], cwd=cwd, env=env, capture_output=True, timeout=60)
+
+
+def bare_env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATUS_PROXY_")}
+    return {**env, **extra}
+
+
+def test_secret_finds_the_services_database_or_says_there_is_none(tmp_path):
+    service_dir, elsewhere = tmp_path / "service", tmp_path / "elsewhere"
+    service_dir.mkdir()
+    elsewhere.mkdir()
+    # The service's directory: default (relative) SQLite path, settings in .env.
+    (service_dir / ".env").write_text("STATUS_PROXY_LOG_LEVEL=WARNING\n")
+    assert run(["migrate"], service_dir, bare_env()).returncode == 0
+    here = run(["secret"], service_dir, bare_env())
+    secret = here.stdout.decode().strip()
+    assert here.returncode == 0 and secret.startswith("whsec_")
+    # Elsewhere: nothing is created, and it says where it looked.
+    lost = run(["secret"], elsewhere, bare_env())
+    assert lost.returncode == 1 and lost.stdout == b""
+    message = lost.stderr.decode()
+    assert "no webhook secret found" in message
+    assert str(elsewhere / "data" / "status-proxy.db") in message
+    assert not (elsewhere / "data").exists()
+    # Elsewhere, with the service's database named: the same secret.
+    url = f"sqlite:///{service_dir / 'data' / 'status-proxy.db'}"
+    found = run(["secret"], elsewhere, bare_env(STATUS_PROXY_DATABASE_URL=url))
+    assert found.stdout.decode().strip() == secret
+
+
+def test_secret_on_a_database_the_service_never_used(tmp_path, db_url):
+    empty = run(["secret"], tmp_path, bare_env(STATUS_PROXY_DATABASE_URL=db_url))
+    assert empty.returncode == 1 and b"no webhook secret" in empty.stderr
+    assert b"Traceback" not in empty.stderr
+
+
+def test_help_names_every_setting_and_default_and_there_is_a_version():
+    version = run(["--version"], None, bare_env())
+    assert version.returncode == 0 and version.stdout.decode().startswith("status-proxy ")
+    for command in ([], ["serve"], ["work"], ["secret"], ["simulate-upstream"], ["demo"]):
+        text = run([*command, "--help"], None, bare_env()).stdout.decode()
+        for name in Settings.model_fields:
+            assert f"STATUS_PROXY_{name.upper()}" in text, (command, name)
+    serve = run(["serve", "--help"], None, bare_env()).stdout.decode()
+    assert "(default: 8080)" in serve and "(default: 127.0.0.1)" in serve
+    simulate = run(["simulate-upstream", "--help"], None, bare_env()).stdout.decode()
+    assert "(default: 20.0)" in simulate and "queued for 0.5 s" in simulate
+
+
+def test_demo_keep_leaves_the_loop_running(tmp_path):
+    proc = Proc([COMMAND, "demo", "--keep"], bare_env(), cwd=tmp_path)
+    try:
+        eventually(lambda: "Still running" in proc.output(), timeout=90)
+        text = proc.output()
+        proxy = re.search(r"status-proxy\s+(http://127\.0\.0\.1:\d+)", text).group(1)
+        hooks = re.search(r"webhook receiver\s+(http://127\.0\.0\.1:\d+)", text).group(1)
+        created = httpx.post(
+            f"{proxy}/v1/videos",
+            json={"model": "sora-2", "prompt": "p", "callback_url": f"{hooks}/kept"},
+            timeout=10,
+        )
+        assert created.status_code == 200 and created.json()["registration"]["id"]
+        eventually(
+            lambda: "webhook video.completed" in proc.output().split("Still running")[1], timeout=60
+        )
+    finally:
+        assert proc.stop(signal.SIGINT) == 0, proc.final_output
