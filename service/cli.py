@@ -69,8 +69,15 @@ class Server(uvicorn.Server):
 
 
 def serve_app(
-    app: FastAPI, host: str, port: int, log_level: str, shutdown_delay: float = 0.0
+    app: FastAPI,
+    host: str,
+    port: int,
+    log_level: str,
+    shutdown_delay: float = 0.0,
+    access_log: bool = False,
 ) -> None:
+    """Serve until a signal. status-proxy's app logs its own access lines (with request
+    ids); other apps (the simulator) take uvicorn's with ``access_log``."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -78,7 +85,7 @@ def serve_app(
         log_config=None,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=30,
-        access_log=False,  # the app logs one access line per request, with its request id
+        access_log=access_log,
         proxy_headers=False,
     )
     Server(config, shutdown_delay).run()
@@ -175,7 +182,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     app = simulator.Simulator(
         api_key=args.api_key, duration=args.duration, fail_rate=args.fail_rate
     ).create_app()
-    serve_app(app, args.host, args.port, settings.log_level)
+    serve_app(app, args.host, args.port, settings.log_level, access_log=True)
     return 0
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 
 import httpx
@@ -247,3 +248,32 @@ def test_demo_keep_leaves_the_loop_running(tmp_path):
         )
     finally:
         assert proc.stop(signal.SIGINT) == 0, proc.final_output
+
+
+def test_simulator_logs_requests_and_no_traceback_for_an_aborted_upload(tmp_path):
+    port = free_port()
+    proc = Proc([COMMAND, "simulate-upstream", "--port", str(port)], bare_env(), port, cwd=tmp_path)
+    try:
+        eventually(lambda: _answers(f"http://127.0.0.1:{port}/v1/videos/none"))
+        # An upload that stops halfway, as status-proxy aborts one on purpose.
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"POST /v1/videos HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+                b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhalf'
+            )
+        # The abort is handled before a later request is answered and logged.
+        eventually(lambda: _answers(f"http://127.0.0.1:{port}/v1/videos/after"))
+        eventually(lambda: "GET /v1/videos/after" in proc.output())
+        output = proc.output()
+        assert "GET /v1/videos/none" in output  # an access line per request
+        assert "Traceback" not in output and '"level": "error"' not in output, output
+    finally:
+        assert proc.stop() == 0
+
+
+def _answers(url):
+    try:
+        return httpx.get(url, timeout=1).status_code
+    except httpx.HTTPError:
+        return None
