@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 import service
 from service import dashboard, logs
-from service.api import downloads, errors, gateway, health, registrations, videos
+from service.api import docs, downloads, errors, gateway, health, registrations, videos, webhooks
 from service.api.access import AccessLog
 from service.api.limits import BodyLimit
 from service.config import Settings
@@ -39,6 +39,10 @@ def create_app(
         version=service.__version__,
         summary="Webhooks for an OpenAI-style video upstream that has none.",
         lifespan=lifespan,
+        # Served from the package's own copy of Swagger UI (service/api/docs.py), so
+        # /docs works on a closed network; ReDoc would load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     app.add_middleware(BodyLimit, upload_limit=settings.upload_limit)
@@ -49,5 +53,7 @@ def create_app(
         app.include_router(gateway.router)
         app.include_router(downloads.router)
         dashboard.install(app)
+        webhooks.install(app)
+        docs.install(app)
     app.include_router(health.router)
     return app

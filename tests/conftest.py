@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -99,6 +100,48 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
         yield url
     finally:
         drop_postgres(url)
+
+
+CHROMIUM = "/usr/bin/chromium"
+REQUIRE_BROWSER = os.environ.get("STATUS_PROXY_TEST_REQUIRE_BROWSER") == "1"
+
+
+def _missing() -> str | None:
+    if not shutil.which(CHROMIUM):
+        return f"{CHROMIUM} is not installed (Debian package chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    return None
+
+
+@pytest.fixture
+def browser_page():
+    missing = _missing()
+    if missing:
+        if REQUIRE_BROWSER:
+            pytest.fail(missing + " (required in CI)")
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            # No network here but loopback: keep chromium from calling home.
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 760})
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.dialogs = dialogs  # type: ignore[attr-defined]
+            yield page
+        finally:
+            browser.close()
 
 
 class Upstream:

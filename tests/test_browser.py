@@ -2,57 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.harness import eventually
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 KEY = "browser-key"
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
-REQUIRED = os.environ.get("STATUS_PROXY_TEST_REQUIRE_BROWSER") == "1"
-
-
-def _missing() -> str | None:
-    if not shutil.which(CHROMIUM):
-        return f"{CHROMIUM} is not installed (Debian package chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is not installed"
-    return None
-
-
-@pytest.fixture
-def browser_page():
-    missing = _missing()
-    if missing:
-        if REQUIRED:
-            pytest.fail(missing + " (required in CI)")
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            # No network here but loopback: keep chromium from calling home.
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
-        )  # fmt: skip
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 760})
-            dialogs: list[str] = []
-            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-            page.dialogs = dialogs  # type: ignore[attr-defined]
-            yield page
-        finally:
-            browser.close()
 
 
 def _progress(page, task: str) -> int:
