@@ -24,24 +24,21 @@ def test_dashboard_in_a_browser(browser_page, make_service, upstream, hooks):
     service = make_service(api_keys=[KEY])
     long_task = upstream.add(duration=14, queued=0)
     quick_task = upstream.add(duration=0.3, queued=0)
-    hostile_task = upstream.add(duration=0.3, queued=0, outcome="failed")
+    failed_task = upstream.add(duration=0.3, queued=0, outcome="failed")
     hooks.receiver.plan("/flaky", 503)
-    for task, path, extra in (
-        (long_task, "/ok", {"metadata": {"team": "video"}}),
-        (quick_task, "/ok", {}),
-        (hostile_task, "/flaky", {"metadata": {"note": XSS}}),
+    # What a customer would register (the README's screenshot is taken from this page).
+    for task, path, metadata in (
+        (failed_task, "/flaky", {"order_id": "A-10479", "customer": "Blue Harbor Studio"}),
+        (quick_task, "/hooks/video", {"order_id": "A-10481", "plan": "pro"}),
+        (long_task, "/hooks/video", {"order_id": "A-10482", "customer": "Northwind Films"}),
     ):
-        assert service.register(task, f"{hooks.url}{path}", **extra).status_code == 201
+        created = service.register(task, f"{hooks.url}{path}", metadata=metadata)
+        assert created.status_code == 201
 
     page.goto(f"{service.url}/dashboard")
     page.fill("#key", KEY)
     page.click("form.login button")
     page.wait_for_selector("table.tasks")
-    assert (
-        page.locator(f'tr[data-task="{hostile_task}"] .meta')
-        .inner_text()
-        .startswith('{"note": "<script>')
-    )  # shown as text, not run
     page.evaluate("window.__stayed = true")  # gone if the page were reloaded
 
     first = eventually(lambda: _progress(page, long_task) > 0 and _progress(page, long_task))
@@ -52,13 +49,25 @@ def test_dashboard_in_a_browser(browser_page, make_service, upstream, hooks):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
+    # Hostile metadata is shown as text, never run.
+    hostile_task = upstream.add(duration=0.3, queued=0)
+    assert (
+        service.register(hostile_task, f"{hooks.url}/x", metadata={"note": XSS}).status_code == 201
+    )
+    eventually(lambda: page.locator(f'tr[data-task="{hostile_task}"] .meta').count() == 1)
+    assert (
+        page.locator(f'tr[data-task="{hostile_task}"] .meta')
+        .inner_text()
+        .startswith('{"note": "<script>')
+    )
+
     page.click(f'tr[data-task="{quick_task}"] a')
     page.wait_for_selector("#redeliver")
     eventually(lambda: page.locator("table.attempts tbody tr.good").count() == 1)
     page.click("#redeliver")
     page.wait_for_selector("text=Redelivery queued")
     eventually(lambda: page.locator("table.attempts tbody tr.good").count() == 2, timeout=20)
-    assert len(hooks.at("/ok")) >= 2
+    assert len(hooks.at("/hooks/video")) >= 2
     page.screenshot(path=str(ARTIFACTS / "dashboard-registration.png"), full_page=True)
 
     assert page.evaluate("window.__xss") is None and page.dialogs == []

@@ -19,12 +19,24 @@ attempts = Attempt.__table__  # type: ignore[attr-defined]
 ROWS = 100
 FAILURE_WINDOW = 3600.0
 
-# The filter menu: name → condition on the task.
+# The filter menu: name → condition on the registration's state, the state each row
+# shows beside its registration id (the task's own status has its column). One meaning,
+# said on the page by FILTER_HELP.
 FILTERS: dict[str, Any] = {
     "all": sa.true(),
-    "active": tasks.c.state == "watching",
-    "completed": tasks.c.outcome == "completed",
-    "failed": sa.or_(tasks.c.outcome == "failed", tasks.c.state == "given_up"),
+    "active": registrations.c.state == "active",
+    "delivered": registrations.c.state == "delivered",
+    "failed": registrations.c.state == "failed",
+    "ended": registrations.c.state == "ended",
+    "cancelled": registrations.c.state == "cancelled",
+}
+FILTER_HELP = {
+    "all": "every registration",
+    "active": "waiting for its task to end, or for the receiver to accept the webhook",
+    "delivered": "the receiver accepted the terminal webhook (video.completed or video.failed)",
+    "failed": "the terminal webhook died after all retries, or the receiver answered 410",
+    "ended": "the task ended with an event the registration did not ask for; nothing was sent",
+    "cancelled": "cancelled by the client; no webhook follows",
 }
 
 
@@ -142,7 +154,8 @@ def _status(found: Any) -> str:
 
 
 async def rows(db: Database, owner: str, which: str) -> list[Row]:
-    """The caller's newest registrations with their tasks, filtered by the task's state."""
+    """The caller's newest registrations with their tasks, filtered by the registration's
+    state (FILTERS)."""
     query = (
         sa.select(*_ROW_COLUMNS)
         .select_from(registrations.join(tasks, tasks.c.task_id == registrations.c.task_id))
