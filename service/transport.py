@@ -16,6 +16,7 @@ does not resolve looked like a timeout: 504 to clients, ``timeout`` in the metri
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -40,7 +41,9 @@ def describe(exc: BaseException) -> str:
 
 
 def _reason(error: OSError) -> str:
-    return " ".join((error.strerror or str(error) or type(error).__name__).split())
+    # asyncio's refusals carry errno but no strerror ("Connect call failed (...)").
+    words = error.strerror or (os.strerror(error.errno) if error.errno and error.errno > 0 else "")
+    return " ".join((words or str(error) or type(error).__name__).split())
 
 
 def classify(exc: BaseException) -> Exception:
