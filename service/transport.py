@@ -30,7 +30,9 @@ _KEPT = (httpx.TimeoutException, httpx.UnsupportedProtocol, httpx.ProxyError)
 def describe(exc: BaseException) -> str:
     """One line for a failed connection: what happened and to what, never a header."""
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"{exc.host} does not resolve ({_reason(exc.os_error)})"
+        reason = _reason(exc.os_error)
+        # The callback guard's resolver already names the host and what is wrong with it.
+        return reason if exc.host in reason else f"{exc.host} does not resolve ({reason})"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port}: {_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):

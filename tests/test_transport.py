@@ -151,7 +151,8 @@ def test_webhook_attempt_to_unresolvable_host_names_the_real_error(make_service,
         return tries[0] if tries else None
 
     error = eventually(attempt)["error"]
-    assert "does not resolve" in error and "Timeout" not in error, error
+    assert error.count("does not resolve") == 1 and "Timeout" not in error, error
+    assert error.startswith("ConnectError: "), error
 
 
 def test_webhook_attempt_to_a_closed_port_is_refused_not_timed_out(make_service, upstream):
