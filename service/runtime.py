@@ -97,7 +97,7 @@ class Runtime:
             settings.upstream_base_url,
             key,
             api,
-            f" ({len(settings.api_keys)} keys)" if settings.api_keys and self.with_api else "",
+            _count_keys(len(settings.api_keys)) if settings.api_keys and self.with_api else "",
             "on" if self.with_workers else "off",
         )
         if self.with_api and not settings.api_keys:
@@ -148,6 +148,10 @@ class Runtime:
             await self.upstream_client.aclose()
             await self.delivery_client.aclose()
             await self.db.dispose()
+
+
+def _count_keys(count: int) -> str:
+    return f" ({count} key{'' if count == 1 else 's'})"
 
 
 def safe_database_url(url: str) -> str:

@@ -277,3 +277,23 @@ def _answers(url):
         return httpx.get(url, timeout=1).status_code
     except httpx.HTTPError:
         return None
+
+
+def test_serve_reads_env_in_its_directory_and_the_environment_wins(tmp_path, upstream):
+    (tmp_path / ".env").write_text(
+        "STATUS_PROXY_API_KEYS=from-dotenv\nSTATUS_PROXY_LOG_LEVEL=\nSTATUS_PROXY_WEBHOOK_SECRET=\n"
+    )
+    proc = start(tmp_path, upstream.url)  # the environment names no client keys
+    try:
+        assert httpx.get(f"{proc.url}/v1/registrations").status_code == 401
+        keyed = {"Authorization": "Bearer from-dotenv"}
+        assert httpx.get(f"{proc.url}/v1/registrations", headers=keyed).status_code == 200
+        assert with_message(proc, "API keyed (1 key)")
+    finally:
+        assert proc.stop() == 0
+    proc = start(tmp_path, upstream.url, STATUS_PROXY_API_KEYS="from-env")
+    try:
+        keyed = {"Authorization": "Bearer from-env"}
+        assert httpx.get(f"{proc.url}/v1/registrations", headers=keyed).status_code == 200
+    finally:
+        assert proc.stop() == 0
