@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -199,3 +200,15 @@ def test_redeliver_before_the_task_ends_is_explained(service, upstream, hooks):
     registration = service.register(task, f"{hooks.url}/later").json()["id"]
     answer = httpx.post(f"{service.url}/dashboard/registrations/{registration}/redeliver")
     assert answer.status_code == 409 and "has not ended yet" in answer.text
+
+
+def test_a_registration_says_when_its_next_attempt_goes(make_service, upstream, hooks):
+    service = make_service(delivery_retry_schedule=(600.0,))
+    hooks.receiver.plan("/later", 503)
+    task = upstream.add(duration=0.1, queued=0)
+    registration = service.register(task, f"{hooks.url}/later").json()["id"]
+    page = f"{service.url}/dashboard/registrations/{registration}"
+    eventually(lambda: "Next attempt" in httpx.get(page).text)
+    shown = re.search(r'id="next-attempt">([^<]+)<', httpx.get(page).text).group(1)
+    [(next_at,)] = sql(service.settings.database_url, "SELECT next_attempt_at FROM events")[0]
+    assert shown == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(next_at))

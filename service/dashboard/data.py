@@ -67,6 +67,7 @@ class Detail:
     row: Row
     events: list[str]
     last_error: str | None
+    next_attempt_at: float | None = None  # of the earliest event still to be sent
 
 
 @dataclass(slots=True, frozen=True)
@@ -182,6 +183,9 @@ async def detail(
         .order_by(attempts.c.id.desc())
         .limit(ROWS)
     )
+    upcoming = sa.select(sa.func.min(events.c.next_attempt_at)).where(
+        events.c.registration_id == registration_id, events.c.state == "pending"
+    )
     async with db.read() as conn:
         found = (await conn.execute(query)).first()
         if found is None:
@@ -190,5 +194,6 @@ async def detail(
             AttemptRow(a.attempt, a.type, a.status_code, a.error, a.duration_ms, a.created_at)
             for a in await conn.execute(tries)
         ]
+        next_at = (await conn.execute(upcoming)).scalar_one_or_none()
     last_error = next((a.error for a in made if a.error), None)
-    return Detail(_row(found), list(found.events), last_error), made
+    return Detail(_row(found), list(found.events), last_error, next_at), made
