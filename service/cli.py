@@ -10,16 +10,20 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
+import service
 from service import logs, signing, webhook_secrets
 from service.config import Settings
-from service.db import Database
-from service.runtime import Runtime, key_digest, load_secret
+from service.db import UNAVAILABLE, Database
+from service.runtime import Runtime, key_digest, load_secret, stored_secret
 
 log = logging.getLogger(__name__)
 # The simulator's profiles, named here so that `--help` does not import the simulator.
@@ -68,8 +72,15 @@ class Server(uvicorn.Server):
 
 
 def serve_app(
-    app: FastAPI, host: str, port: int, log_level: str, shutdown_delay: float = 0.0
+    app: FastAPI,
+    host: str,
+    port: int,
+    log_level: str,
+    shutdown_delay: float = 0.0,
+    access_log: bool = False,
 ) -> None:
+    """Serve until a signal. status-proxy's app logs its own access lines (with request
+    ids); other apps (the simulator) take uvicorn's with ``access_log``."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -77,7 +88,7 @@ def serve_app(
         log_config=None,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=30,
-        access_log=False,  # the app logs one access line per request, with its request id
+        access_log=access_log,
         proxy_headers=False,
     )
     Server(config, shutdown_delay).run()
@@ -92,7 +103,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _work(settings: Settings) -> int:
-    runtime = Runtime(settings, workers=True)
+    runtime = Runtime(settings, workers=True, api=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,6 +127,9 @@ async def _migrate(settings: Settings) -> int:
     db = Database(settings)
     try:
         await db.migrate()
+        # The database is ready for the service, its signing secret included, so that
+        # `status-proxy secret` can print it before the service first starts.
+        await load_secret(db, settings)
     finally:
         await db.dispose()
     log.info("migrations applied")
@@ -123,29 +137,68 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _secret(settings: Settings, api_key: str | None) -> int:
-    """Print the open API's secret, or with ``api_key`` that key's current secret (made
-    now if the key has none yet, as its first webhook or GET /v1/webhook_secret would)."""
+    """Print the open API's signing secret (STATUS_PROXY_WEBHOOK_SECRET, else the one the
+    service generated in its database), or with ``api_key`` that client key's current
+    secret (made now if the key has none yet, as its first webhook would). A database that
+    is not there, or that the service has not started on yet, is reported, never created."""
     if api_key is not None and not _configured(settings, api_key):
         print("status-proxy: that key is not one of STATUS_PROXY_API_KEYS", file=sys.stderr)
         return 2
+    if api_key is None and settings.webhook_secret is not None:
+        print(settings.webhook_secret.get_secret_value())
+        return 0
+    missing = _missing_sqlite_file(settings)
+    if missing is not None:
+        return _found_none(f"there is no database at {missing}")
     db = Database(settings)
     try:
-        await db.migrate()
         if api_key is None:
-            print(await load_secret(db, settings))
+            stored = await stored_secret(db)
+            if stored is None:
+                return _found_none(
+                    "the database holds no webhook secret yet: start the service once"
+                )
+            secret = signing.check(stored)
         else:
             owner = key_digest(api_key).hex()
-            print((await webhook_secrets.current(db, owner, time.time())).secret)
+            secret = (await webhook_secrets.current(db, owner, time.time())).secret
+    except (sa.exc.ProgrammingError, sa.exc.OperationalError) as exc:
+        if isinstance(exc, sa.exc.OperationalError) and "no such table" not in str(exc):
+            return _found_none(f"the database cannot be read ({type(exc).__name__})")
+        return _found_none("the database has no schema yet: start the service once")
+    except UNAVAILABLE as exc:
+        return _found_none(f"the database cannot be read ({type(exc).__name__})")
     except signing.MalformedSecret as exc:
         print(f"status-proxy: {exc}", file=sys.stderr)
         return 1
     finally:
         await db.dispose()
+    print(secret)
     return 0
 
 
 def _configured(settings: Settings, api_key: str) -> bool:
     return any(key.get_secret_value() == api_key for key in settings.api_keys)
+
+
+def _missing_sqlite_file(settings: Settings) -> Path | None:
+    """The absolute path of a SQLite database file that does not exist, or None."""
+    url = make_url(settings.async_database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database).resolve()
+    return None if path.is_file() else path
+
+
+def _found_none(why: str) -> int:
+    print(
+        f"status-proxy: no webhook secret found: {why}.\n"
+        "Run this command with the service's settings: in its directory (a relative "
+        "SQLite path and .env are read from there), or with the same "
+        "STATUS_PROXY_DATABASE_URL (or STATUS_PROXY_WEBHOOK_SECRET).",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -158,37 +211,116 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         profile=args.profile,
         refresh=args.refresh,
     ).create_app()
-    serve_app(app, args.host, args.port, settings.log_level)
+    serve_app(app, args.host, args.port, settings.log_level, access_log=True)
     return 0
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option that takes a value; descriptions and epilogs
+    kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.nargs == 0 or action.default is None:  # flags, and "off unless given"
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _shown(value: object) -> str:
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, tuple):
+        return ",".join(_shown(part) for part in value)
+    return str(value)
+
+
+def _configuration() -> str:
+    """The epilog: every setting's variable and default, as ``.env.example`` lists them."""
+    lines = [
+        "configuration (environment, or .env in the current directory; an empty value",
+        "means unset; durations in seconds; see .env.example and the README):",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        lines.append(f"  STATUS_PROXY_{name.upper():<28} {_shown(default)}")
+    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="status-proxy",
-        description="Polls an OpenAI-style video upstream and delivers signed webhooks.",
+        description=(
+            "Polls an OpenAI-style video upstream once per task and delivers signed "
+            "Standard Webhooks when tasks end; also a gateway for creating, listing and "
+            "downloading videos with the upstream key kept here."
+        ),
+        epilog=_configuration(),
+        formatter_class=_Help,
     )
-    commands = top.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="migrate, then serve the API and run the workers")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    top.add_argument("--version", action="version", version=f"%(prog)s {service.__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=description, epilog=_configuration(),
+            formatter_class=_Help,
+        )  # fmt: skip
+
+    serve = command(
+        "serve",
+        "migrate, then serve the API and run the workers",
+        "Applies migrations, then serves the API, the dashboard and /docs, and runs the "
+        "poller and the delivery worker in the same process.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument(
-        "--no-workers", action="store_true", help="the API only (replicas on PostgreSQL)"
+        "--no-workers", action="store_true",
+        help="serve the API only (API replicas on PostgreSQL, with `work` elsewhere)",
+    )  # fmt: skip
+    work = command(
+        "work",
+        "the poller and the delivery worker only, no API",
+        "Runs the poller and the delivery worker without the API (scaled separately on "
+        "PostgreSQL). With --port, also serves /healthz, /readyz and /metrics.",
     )
-    work = commands.add_parser("work", help="the poller and the delivery worker only, no API")
-    work.add_argument("--host", default="127.0.0.1")
+    work.add_argument("--host", default="127.0.0.1", help="address for --port")
     work.add_argument(
-        "--port", type=int, default=None, help="also serve /healthz, /readyz and /metrics here"
+        "--port", type=int, default=None, help="serve /healthz, /readyz and /metrics here"
     )
-    commands.add_parser("migrate", help="apply migrations and exit")
-    demo = commands.add_parser("demo", help="the whole loop on this machine")
-    demo.add_argument("--timeout", type=float, default=60.0)
+    command(
+        "migrate",
+        "apply migrations and exit",
+        "Applies the database migrations and exits (under a lock on PostgreSQL).",
+    )
+    demo = command(
+        "demo",
+        "the whole loop on this machine",
+        "Runs a simulated upstream, a webhook receiver and the service on 127.0.0.1, "
+        "creates a task through the service and prints each webhook as it arrives "
+        "(a simulated task takes about 8 s). Reads no .env.",
+    )
     demo.add_argument(
-        "--profile", choices=PROFILES, default="octopusx", help="which gateway the simulator plays"
+        "--timeout", type=float, default=60.0, help="seconds to wait for the last webhook"
     )
-    sim = commands.add_parser("simulate-upstream", help="serve a simulated video upstream")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=9090)
-    sim.add_argument("--api-key", default=None, help="the Bearer key it demands (default: any)")
+    demo.add_argument(
+        "--keep", action="store_true",
+        help="leave the three servers running afterwards, with their addresses printed",
+    )  # fmt: skip
+    sim = command(
+        "simulate-upstream",
+        "serve a simulated video upstream",
+        "Serves an OpenAI-style video upstream for local trials: POST /v1/videos creates "
+        "a task that is queued for 0.5 s, then in progress for --duration seconds.",
+    )
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim.add_argument("--port", type=int, default=9090, help="port to listen on")
+    sim.add_argument(
+        "--api-key", default=None, help="the Bearer key it demands (unset: any key or none)"
+    )
     sim.add_argument("--duration", type=float, default=20.0, help="seconds a task runs")
     sim.add_argument("--fail-rate", type=float, default=0.0, help="share of tasks that fail")
     sim.add_argument(
@@ -204,7 +336,14 @@ def parser() -> argparse.ArgumentParser:
         default=2.0,
         help="new-api profile: seconds between its refreshes of a task (real gateways: 15-30)",
     )
-    secret = commands.add_parser("secret", help="print the webhook signing secret")
+    secret = command(
+        "secret",
+        "print a webhook signing secret",
+        "Prints the secret that signs the open API's webhooks and operator events: "
+        "STATUS_PROXY_WEBHOOK_SECRET, else the one the service generated in its database; "
+        "with --api-key, that client key's own secret. Run it with the service's settings "
+        "(its directory or its STATUS_PROXY_DATABASE_URL); it never creates a database.",
+    )
     secret.add_argument(
         "--api-key",
         metavar="KEY",
@@ -243,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from service import demo
 
-            return run(demo.run(args.timeout, args.profile))
+            return run(demo.run(args.timeout, args.profile, keep=args.keep))
     return 0
 
 

@@ -1,4 +1,10 @@
-"""Settings, read from STATUS_PROXY_* environment variables."""
+"""Settings, read from STATUS_PROXY_* environment variables and the ``.env`` file.
+
+The environment wins over ``.env`` (the file in the current directory, as docker compose
+reads the one next to its compose file). An empty value is the same as an unset one:
+compose renders ``${VAR:-}`` as an empty string, and ``.env.example`` leaves settings
+empty to mean "the default".
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service import signing
 
+ENV_FILE = ".env"
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 
 
@@ -23,7 +30,12 @@ class Settings(BaseSettings):
 
     # Errors never quote the value: it may be a key or a secret.
     model_config = SettingsConfigDict(
-        env_prefix="STATUS_PROXY_", extra="ignore", hide_input_in_errors=True
+        env_prefix="STATUS_PROXY_",
+        extra="ignore",
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        hide_input_in_errors=True,
     )
 
     database_url: str = "sqlite:///./data/status-proxy.db"

@@ -36,6 +36,28 @@ def _describe(exc: BaseException) -> str:
     return text[:300]
 
 
+def _log_outcome(
+    outcome: str,
+    event: outbox.Claimed,
+    status_code: int | None,
+    error: str | None,
+    next_at: float | None,
+) -> None:
+    """One line per attempt that changes something, with its ids (set by ``work``)."""
+    number = event.attempts + 1
+    kind = event.type
+    if outcome == "accepted":
+        log.info("%s delivered: attempt %d, HTTP %s", kind, number, status_code)
+    elif outcome == "retry":
+        assert next_at is not None
+        when = time.strftime("%H:%M:%S", time.gmtime(next_at))
+        log.info("%s attempt %d failed: %s; next attempt at %sZ", kind, number, error, when)
+    elif outcome == "gone":
+        log.warning("%s refused for good (410): the registration has failed", kind)
+    else:
+        log.warning("%s dead after %d attempts: %s", kind, number, error)
+
+
 class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
     """Sends each due event once per attempt; a slow receiver only ever holds one slot."""
 
@@ -147,7 +169,7 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         self.metrics.deliveries.labels(outcome).inc()
         if accepted:
             self.metrics.delivery_latency.observe(max(0.0, time.time() - event.created_at))
-        log.debug("delivery %s", outcome)
+        _log_outcome(outcome, event, status_code, error, next_at)
         return outbox.Result(
             event, started, duration_ms, status_code, error, accepted, gone, next_at
         )

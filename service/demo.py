@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import tempfile
 import time
@@ -70,12 +71,19 @@ def _show(delivery: Delivery) -> None:
         print(json.dumps(event, indent=2))
 
 
-async def run(timeout: float = 60.0, profile: simulator.Profile = "octopusx") -> int:
+TASK_SECONDS = 8.0  # how long each simulated task of the demo runs, after 0.5 s queued
+UPSTREAM_KEY = "demo-upstream-key"
+
+
+async def run(
+    timeout: float = 60.0, profile: simulator.Profile = "octopusx", keep: bool = False
+) -> int:
     """Create a task through status-proxy (registered in the same call), print each
     webhook until the last one, then download the video through status-proxy. The
-    simulator plays octopusx or vanilla new-api (``profile``)."""
+    simulator plays octopusx or vanilla new-api (``profile``). With ``keep``, leave the
+    three servers running until interrupted."""
     upstream = simulator.Simulator(
-        api_key="demo-upstream-key", duration=8.0, profile=profile, refresh=2.0
+        api_key=UPSTREAM_KEY, duration=TASK_SECONDS, profile=profile, refresh=2.0
     )
     done = asyncio.Event()
 
@@ -88,9 +96,11 @@ async def run(timeout: float = 60.0, profile: simulator.Profile = "octopusx") ->
     with tempfile.TemporaryDirectory() as folder:
         async with Background(upstream.create_app()) as sim:
             settings = Settings(
+                _env_file=None,  # the demo is self-contained: no .env, no client keys
+                api_keys=[],
                 database_url=f"sqlite:///{Path(folder) / 'demo.db'}",
                 upstream_base_url=sim.url,
-                upstream_api_key="demo-upstream-key",
+                upstream_api_key=UPSTREAM_KEY,
                 callback_allow_private=True,
                 poll_interval_min=1.0,
                 poll_interval_max=3.0,
@@ -125,6 +135,8 @@ async def run(timeout: float = 60.0, profile: simulator.Profile = "octopusx") ->
                     f"downloaded the video through status-proxy: HTTP {download.status_code}, "
                     f"{len(download.content)} bytes of {download.headers.get('content-type')}"
                 )
+                if keep:
+                    await _keep(proxy.url, sim.url, hooks.url, receiver.secret)
     return 0
 
 
@@ -159,6 +171,30 @@ async def _create(
         files={"first_frame_image": ("first.png", FRAME, "image/png")},
         headers=headers,
     )
+
+
+async def _keep(proxy: str, sim: str, hooks: str, secret: str | None) -> None:
+    """Say how to use what runs, then wait for Ctrl-C or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"""
+Still running (--keep); Ctrl-C stops all three:
+  status-proxy        {proxy}   (open API; dashboard at {proxy}/dashboard, docs at {proxy}/docs)
+  upstream simulator  {sim}   (key {UPSTREAM_KEY}; each task runs {TASK_SECONDS:g} s)
+  webhook receiver    {hooks}/<any path>   (prints what arrives, checks the signature)
+  signing secret      {secret}
+
+Create and register a task in one call:
+  curl -s {proxy}/v1/videos -H 'Content-Type: application/json' \\
+    -d '{{"model": "sora-2", "prompt": "a cat surfing", "callback_url": "{hooks}/hooks"}}'
+""",
+        flush=True,
+    )
+    await stop.wait()
+    print("stopping")
 
 
 async def _secret(settings: Settings) -> str:

@@ -76,6 +76,7 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     if getattr(root, "_status_proxy", False):
         root.setLevel(level.upper())
+        quiet_libraries(root.level)
         return
     handler = logging.StreamHandler(sys.stdout)
     if sys.stdout.isatty():
@@ -86,6 +87,16 @@ def configure(level: str) -> None:
     root.handlers = [handler]
     root.setLevel(level.upper())
     root._status_proxy = True  # type: ignore[attr-defined]
-    # httpx logs every request URL at info; ours carry no secrets, but they are noise.
-    for noisy in ("httpx", "httpcore", "aiosqlite", "asyncio", "multipart"):
-        logging.getLogger(noisy).setLevel(max(root.level, logging.INFO))
+    quiet_libraries(root.level)
+
+
+# Libraries that log a line per request or statement at info (httpx: every poll and every
+# webhook, 20 lines a second at the default rate). status-proxy's own lines say what
+# matters; these speak only at warning, or at debug when that is asked for.
+CHATTY = ("httpx", "httpcore", "aiosqlite", "asyncio", "multipart", "hpack", "watchfiles")
+
+
+def quiet_libraries(level: int) -> None:
+    library_level = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(library_level)

@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+import service
 from service import dashboard, logs
 from service.api import (
+    docs,
     downloads,
     errors,
     gateway,
@@ -16,6 +18,7 @@ from service.api import (
     registrations,
     videos,
     webhook_secret,
+    webhooks,
 )
 from service.api.access import AccessLog
 from service.api.limits import BodyLimit
@@ -33,7 +36,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings, workers=workers)
+        runtime = Runtime(settings, workers=workers, api=api)
         app.state.runtime = runtime
         try:
             await runtime.start(migrate=migrate)
@@ -43,9 +46,13 @@ def create_app(
 
     app = FastAPI(
         title="status-proxy",
-        version="0.1.0",
+        version=service.__version__,
         summary="Webhooks for an OpenAI-style video upstream that has none.",
         lifespan=lifespan,
+        # Served from the package's own copy of Swagger UI (service/api/docs.py), so
+        # /docs works on a closed network; ReDoc would load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     app.add_middleware(BodyLimit, upload_limit=settings.upload_limit)
@@ -57,5 +64,7 @@ def create_app(
         app.include_router(downloads.router)
         app.include_router(webhook_secret.router)
         dashboard.install(app)
+        webhooks.install(app)
+        docs.install(app)
     app.include_router(health.router)
     return app

@@ -186,6 +186,20 @@ class OwnedVideo(SQLModel, table=True):
     deleted_at: float | None = None  # deleted upstream through status-proxy
 
 
+class DashboardSession(SQLModel, table=True):
+    """One dashboard login: made at login, ended by logout or by ``expires_at``. The id is
+    the SHA-256 of the cookie's random token, so a copy of the database opens no session;
+    ``owner`` is the key digest of the key that logged in."""
+
+    __tablename__ = "dashboard_sessions"
+    __table_args__ = (sa.Index("ix_dashboard_sessions_expires", "expires_at"),)
+
+    id: str = Col(primary_key=True, max_length=64)
+    owner: str = Col(max_length=64)
+    created_at: float
+    expires_at: float
+
+
 # --- API schemas --------------------------------------------------------------------------
 
 ItemT = TypeVar("ItemT")

@@ -18,6 +18,7 @@ from service.models import Task
 from service.pipeline import Pipeline
 from service.ratelimit import RateLimiter
 from service.upstream import Fetch, Upstream
+from service.upstream_health import UpstreamHealth
 
 log = logging.getLogger(__name__)
 table = Task.__table__  # type: ignore[attr-defined]
@@ -56,6 +57,7 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         # A poll cannot outlive its timeout; the margin covers writing its answer.
         self.lease = settings.upstream_timeout + 5
         self.auth_problem: str | None = None
+        self.health = UpstreamHealth()
         self._auth_logged = 0.0
         self._next_probe = 0.0
         # Probing a refused key: at the pace of routine polls, between 1 s and 15 s apart.
@@ -166,6 +168,7 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         return fetch
 
     def _note(self, fetch: Fetch) -> None:
+        self.health.record(fetch, time.time())
         if fetch.outcome == "rate_limited":
             streak = self.limiter.streak
             pause = self.limiter.rate_limited(fetch.retry_after)
@@ -299,6 +302,9 @@ async def apply(
             data = tasks.given_up_data(
                 task_id, snapshots.get(task_id), decision.give_up, decision.error
             )
+            log.warning("task given up: %s", decision.give_up, extra={"task_id": task_id})
+        else:
+            log.info("task ended: %s", decision.event, extra={"task_id": task_id})
         assert decision.event is not None and data is not None
         ends[task_id] = (decision.event, data)
     return emitted + await outbox.emit_terminal(conn, ends, now)

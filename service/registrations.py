@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from service.models import (
 registrations = Registration.__table__  # type: ignore[attr-defined]
 task_table = Task.__table__  # type: ignore[attr-defined]
 attempts = Attempt.__table__  # type: ignore[attr-defined]
+log = logging.getLogger(__name__)
 
 
 class Conflict(Exception):
@@ -439,4 +441,10 @@ async def give_up_overdue(db: Database, now: float, timeout: float, limit: int =
             )
             for task_id, stored in rows
         }
+        for task_id, _ in rows:
+            log.warning(
+                "task given up: status_proxy_timeout (not ended within %gs)",
+                timeout,
+                extra={"task_id": task_id},
+            )
         return await outbox.emit_terminal(conn, ends, now)

@@ -8,9 +8,10 @@ import logging
 import aiohttp
 import httpx
 import sqlalchemy as sa
-from httpx_aiohttp import AiohttpTransport
+from sqlalchemy.engine import make_url
 
-from service import callbacks, signing
+import service
+from service import callbacks, signing, transport
 from service.config import Settings
 from service.db import Database
 from service.delivery import Deliverer
@@ -34,14 +35,15 @@ def key_digest(key: str) -> bytes:
 class Runtime:
     """The database, HTTP clients, metrics and (optionally) the workers of one process."""
 
-    def __init__(self, settings: Settings, workers: bool = True) -> None:
+    def __init__(self, settings: Settings, workers: bool = True, api: bool = True) -> None:
         self.settings = settings
         self.with_workers = workers
+        self.with_api = api
         self.key_digests = [key_digest(key.get_secret_value()) for key in settings.api_keys]
         self.db = Database(settings)
         self.metrics = Metrics()
         self.upstream_client = httpx.AsyncClient(
-            transport=AiohttpTransport(
+            transport=transport.Transport(
                 limits=httpx.Limits(max_connections=settings.upstream_max_concurrency + 4)
             ),
             follow_redirects=False,
@@ -53,7 +55,7 @@ class Runtime:
             settings.upstream_timeout,
         )
         self.delivery_client = httpx.AsyncClient(
-            transport=AiohttpTransport(
+            transport=transport.Transport(
                 client=lambda: _delivery_session(settings),
             ),
             follow_redirects=False,
@@ -67,8 +69,7 @@ class Runtime:
         if migrate:
             await self.db.migrate()
         secret = await load_secret(self.db, self.settings)
-        if not self.settings.api_keys:
-            log.warning("STATUS_PROXY_API_KEYS is not set: the API is open to anyone")
+        self._announce()
         if not self.with_workers:
             return
         self.deliverer = Deliverer(
@@ -83,6 +84,39 @@ class Runtime:
             workers.append(Listener(self.settings, wake))
         self.supervisor = Supervisor(workers, self.metrics)
         self.supervisor.start()
+
+    def _announce(self) -> None:
+        """One line that says what this process is, then what an operator must fix."""
+        settings = self.settings
+        api = "off" if not self.with_api else "open" if not settings.api_keys else "keyed"
+        key = "with a key" if settings.upstream_api_key is not None else "WITHOUT a key"
+        log.info(
+            "status-proxy %s starting: database %s, upstream %s (%s), API %s%s, workers %s",
+            service.__version__,
+            safe_database_url(settings.database_url),
+            settings.upstream_base_url,
+            key,
+            api,
+            _count_keys(len(settings.api_keys)) if settings.api_keys and self.with_api else "",
+            "on" if self.with_workers else "off",
+        )
+        if self.with_api and not settings.api_keys:
+            log.warning("STATUS_PROXY_API_KEYS is not set: the API is open to anyone")
+        if settings.upstream_api_key is None:
+            log.warning(
+                "STATUS_PROXY_UPSTREAM_API_KEY is not set: requests go upstream without a key, "
+                "and a real gateway refuses them"
+            )
+
+    def upstream_view(self) -> dict[str, object]:
+        """What this process knows of the upstream: from its polls, or nothing."""
+        view: dict[str, object] = {"base_url": self.settings.upstream_base_url}
+        if self.poller is None:
+            return {**view, "state": "not_polled_by_this_process"}
+        view.update(self.poller.health.as_dict())
+        if self.poller.auth_problem:
+            view["state"] = "key_refused"
+        return view
 
     def kick_poller(self) -> None:
         if self.poller is not None:
@@ -101,6 +135,8 @@ class Runtime:
             found += self.supervisor.problems()
         if self.poller is not None and self.poller.auth_problem:
             found.append(f"{self.poller.auth_problem}: polling paused")
+        if self.poller is not None and (unreachable := self.poller.health.problem()):
+            found.append(unreachable)
         return found
 
     async def stop(self) -> None:
@@ -114,6 +150,18 @@ class Runtime:
             await self.db.dispose()
 
 
+def _count_keys(count: int) -> str:
+    return f" ({count} key{'' if count == 1 else 's'})"
+
+
+def safe_database_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an odd URL: say which kind only
+        return url.partition("://")[0] + "://…"
+
+
 def _delivery_session(settings: Settings) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=callbacks.connector(
@@ -121,6 +169,24 @@ def _delivery_session(settings: Settings) -> aiohttp.ClientSession:
         ),
         auto_decompress=False,
     )
+
+
+async def stored_secret(db: Database) -> str | None:
+    """The secret the service generated and kept, or None (none yet, or no schema)."""
+    try:
+        async with db.read() as conn:
+            value = (
+                await conn.execute(
+                    sa.select(settings_table.c.value).where(settings_table.c.key == SECRET_KEY)
+                )
+            ).scalar_one_or_none()
+    except sa.exc.ProgrammingError:  # no settings table (PostgreSQL): never migrated
+        return None
+    except sa.exc.OperationalError as exc:  # SQLite says "no such table" this way
+        if "no such table" in str(exc):
+            return None
+        raise
+    return None if value is None else str(value)
 
 
 async def load_secret(db: Database, settings: Settings) -> str:

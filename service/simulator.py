@@ -48,6 +48,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from service import gateways
 
@@ -86,6 +87,13 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | Literal[False
     except ValueError:
         return None
     return (start, end) if start <= end and start < size else False
+
+
+async def _client_left(_request: Request, _exc: Exception) -> Response:
+    """A client that left mid-upload (status-proxy aborts uploads on purpose: its own
+    client left, or the body passed the limit). Nobody reads this answer; it is the
+    access log's line, not an error with a traceback."""
+    return Response(status_code=400)
 
 
 BAD_REQUEST = {"code": "invalid_request", "message": "model is busy", "data": None}
@@ -343,6 +351,7 @@ class Simulator:
     def create_app(self) -> FastAPI:
         app = FastAPI(title="status-proxy upstream simulator")
         app.state.simulator = self
+        app.add_exception_handler(ClientDisconnect, _client_left)
 
         @app.post("/v1/videos")
         async def create_video(request: Request) -> JSONResponse:

@@ -15,12 +15,23 @@ from pydantic import SecretStr
 from service import retry, snapshot, status
 
 Outcome = Literal[
-    "ok", "not_found", "forbidden", "lasting", "rate_limited", "unauthorized", "error", "timeout"
+    "ok",
+    "not_found",
+    "forbidden",
+    "lasting",
+    "rate_limited",
+    "unauthorized",
+    "error",
+    "timeout",
+    "unreachable",
 ]
 # ok: a video object of this task. not_found: "no such task" (for now). forbidden: a 403,
 # this task's problem unless several tasks answer it in a row (the poller judges that).
 # lasting: an error the upstream will answer again and again. rate_limited, unauthorized:
-# the whole upstream's problem. error, timeout: passing; back off this task.
+# the whole upstream's problem. error, timeout, unreachable: passing; back off this task
+# ("unreachable": no connection at all: a name that does not resolve, refused,
+# unroutable; "timeout": waited past the timeout; "error": an answer that is no status
+# object, or a connection that broke).
 
 # Codes new-api answers for errors that will not go away by asking again: a platform
 # without a converter, a channel that is gone, a task it cannot convert.
@@ -79,10 +90,12 @@ class Upstream:
                 "GET", url, headers=self.headers(), timeout=self.timeout
             ) as response:
                 body = await _read_limited(response)
-        except (httpx.TimeoutException, TimeoutError):
-            return Fetch("timeout", detail="upstream timed out")
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            return Fetch("timeout", detail=f"upstream timed out after {self.timeout:g}s: {exc}")
+        except httpx.ConnectError as exc:
+            return Fetch("unreachable", detail=f"upstream unreachable: {exc}")
         except TRANSPORT_ERRORS as exc:
-            return Fetch("error", detail=f"upstream unreachable: {type(exc).__name__}")
+            return Fetch("error", detail=f"upstream connection failed: {type(exc).__name__}: {exc}")
         except BodyTooLarge:
             return Fetch("error", detail="upstream answer too large")
         return classify(response.status_code, response.headers, body, task_id)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -18,27 +19,74 @@ from service.receiver import Receiver
 from service.simulator import Simulator, TaskSpec
 from tests.harness import SECRET, UPSTREAM_KEY, ServerThread, Service
 
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-PG_ADMIN_DSN = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/postgres"
+# The PostgreSQL half of the suite creates a database per test (and drops it after) on
+# the server this URL names, as the role it names: that role needs CREATEDB, not superuser.
+# When the server cannot be used, those tests are skipped with the reason; CI sets
+# STATUS_PROXY_TEST_REQUIRE_POSTGRES=1 and fails them instead.
+PG_ADMIN_URL = os.environ.get(
+    "STATUS_PROXY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REQUIRE_POSTGRES = os.environ.get("STATUS_PROXY_TEST_REQUIRE_POSTGRES") == "1"
+_probe: list[str | None] = []  # once per test process: why PostgreSQL is unusable, or None
 
 
-def _postgres_up() -> bool:
-    try:
-        with socket.create_connection((PG_HOST, PG_PORT), timeout=1):
-            return True
-    except OSError:
-        return False
+def _dsn(url: str) -> str:
+    """asyncpg's form of a SQLAlchemy-style URL (no driver suffix)."""
+    scheme, _, rest = url.partition("://")
+    return "postgresql://" + rest if scheme.split("+")[0] in ("postgresql", "postgres") else url
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, ""))
+
+
+def _where() -> str:
+    parts = urlsplit(PG_ADMIN_URL)
+    return f"{parts.username or 'postgres'}@{parts.hostname}:{parts.port or 5432}"
 
 
 async def _admin(sql: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    conn = await asyncpg.connect(_dsn(PG_ADMIN_URL), timeout=5)
     try:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def _check() -> str | None:
+    """Connect and create a database as the tests will; the reason it fails, or None."""
+    name = f"sp_probe_{uuid.uuid4().hex[:12]}"
+    try:
+        await _admin(f'CREATE DATABASE "{name}"')
+        await _admin(f'DROP DATABASE IF EXISTS "{name}"')
+    except OSError as exc:
+        return f"PostgreSQL at {_where()} cannot be reached ({type(exc).__name__}: {exc})"
+    except Exception as exc:  # asyncpg's errors: password needed, no CREATEDB, no such role…
+        return f"PostgreSQL at {_where()} cannot be used ({type(exc).__name__}: {exc})"
+    return None
+
+
+def postgres_url() -> str:
+    """A fresh database on the test server (skip or fail when there is none); drop_postgres
+    removes it."""
+    if not _probe:
+        _probe.append(asyncio.run(_check()))
+    if (reason := _probe[0]) is not None:
+        hint = "; set STATUS_PROXY_TEST_POSTGRES_URL to a server and role with CREATEDB"
+        if REQUIRE_POSTGRES:
+            pytest.fail(reason + " (required: STATUS_PROXY_TEST_REQUIRE_POSTGRES=1)")
+        pytest.skip(reason + hint)
+    name = f"sp_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    return _with_database(PG_ADMIN_URL, name)
+
+
+def drop_postgres(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -47,17 +95,53 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'status-proxy.db'}"
         return
-    if not _postgres_up():
-        message = f"PostgreSQL is not running on {PG_HOST}:{PG_PORT}"
-        if REQUIRE_POSTGRES:
-            pytest.fail(message + " (required in CI)")
-        pytest.skip(message)
-    name = f"sp_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    url = postgres_url()
     try:
-        yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+        yield url
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_postgres(url)
+
+
+CHROMIUM = "/usr/bin/chromium"
+REQUIRE_BROWSER = os.environ.get("STATUS_PROXY_TEST_REQUIRE_BROWSER") == "1"
+
+
+def _missing() -> str | None:
+    if not shutil.which(CHROMIUM):
+        return f"{CHROMIUM} is not installed (Debian package chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed"
+    return None
+
+
+@pytest.fixture
+def browser_page():
+    missing = _missing()
+    if missing:
+        if REQUIRE_BROWSER:
+            pytest.fail(missing + " (required in CI)")
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            # No network here but loopback: keep chromium from calling home.
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 760})
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.dialogs = dialogs  # type: ignore[attr-defined]
+            yield page
+        finally:
+            browser.close()
 
 
 class Upstream:
@@ -113,7 +197,7 @@ def test_settings(db_url: str, upstream_url: str, **overrides: Any) -> Settings:
         "log_level": "INFO",
     }
     values.update(overrides)
-    return Settings(**values)
+    return Settings(_env_file=None, **values)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
 
-from tests.harness import eventually
+from tests.harness import eventually, sql
 
 KEYS = ["dash-key-one", "dash-key-two"]
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
@@ -26,7 +27,7 @@ def dashboard_as(url: str, key: str) -> str:
         return client.get("/dashboard").text
 
 
-def test_dashboard_asks_for_a_key_and_keeps_a_derived_token(keyed):
+def test_dashboard_asks_for_a_key_and_keeps_a_session_token(keyed):
     anonymous = httpx.get(f"{keyed.url}/dashboard")
     assert anonymous.status_code == 401 and 'name="key"' in anonymous.text
     wrong = httpx.post(f"{keyed.url}/dashboard/login", data={"key": "nope"})
@@ -42,6 +43,10 @@ def test_dashboard_asks_for_a_key_and_keeps_a_derived_token(keyed):
 
     cookies = {"status_proxy_dashboard": token}
     assert httpx.get(f"{keyed.url}/dashboard", cookies=cookies).status_code == 200
+    # Each login is its own session, with its own token.
+    again = httpx.post(f"{keyed.url}/dashboard/login", data={"key": KEYS[0]})
+    assert again.cookies["status_proxy_dashboard"] != token
+    assert "Max-Age=43200" in again.headers["set-cookie"]
     forged = {"status_proxy_dashboard": "00" * 32}
     assert httpx.get(f"{keyed.url}/dashboard", cookies=forged).status_code == 401
     assert (
@@ -59,6 +64,37 @@ def test_dashboard_asks_for_a_key_and_keeps_a_derived_token(keyed):
 
     out = httpx.post(f"{keyed.url}/dashboard/logout", cookies=cookies)
     assert out.status_code == 303 and 'status_proxy_dashboard=""' in out.headers["set-cookie"]
+    # Logging out ended the session on the server: the old cookie opens nothing now,
+    # while the other login's session goes on.
+    assert httpx.get(f"{keyed.url}/dashboard", cookies=cookies).status_code == 401
+    other = {"status_proxy_dashboard": again.cookies["status_proxy_dashboard"]}
+    assert httpx.get(f"{keyed.url}/dashboard", cookies=other).status_code == 200
+
+
+def test_sessions_are_shared_by_replicas_and_expire(make_service, db_url):
+    first = make_service(api_keys=KEYS)
+    second = make_service(api_keys=KEYS)  # another replica on the same database
+    login = httpx.post(f"{first.url}/dashboard/login", data={"key": KEYS[1]})
+    cookies = {"status_proxy_dashboard": login.cookies["status_proxy_dashboard"]}
+    assert httpx.get(f"{second.url}/dashboard", cookies=cookies).status_code == 200
+    httpx.post(f"{second.url}/dashboard/logout", cookies=cookies)
+    assert httpx.get(f"{first.url}/dashboard", cookies=cookies).status_code == 401
+
+    login = httpx.post(f"{first.url}/dashboard/login", data={"key": KEYS[1]})
+    cookies = {"status_proxy_dashboard": login.cookies["status_proxy_dashboard"]}
+    assert httpx.get(f"{first.url}/dashboard", cookies=cookies).status_code == 200
+    [(stored,)] = sql(db_url, "SELECT id FROM dashboard_sessions")[0]
+    assert stored != cookies["status_proxy_dashboard"]  # only its hash is kept
+    sql(db_url, "UPDATE dashboard_sessions SET expires_at = 1")  # twelve hours later
+    assert httpx.get(f"{second.url}/dashboard", cookies=cookies).status_code == 401
+
+
+def test_a_removed_key_ends_its_sessions(make_service):
+    before = make_service(api_keys=KEYS)
+    login = httpx.post(f"{before.url}/dashboard/login", data={"key": KEYS[1]})
+    cookies = {"status_proxy_dashboard": login.cookies["status_proxy_dashboard"]}
+    after = make_service(api_keys=KEYS[:1])  # restarted without that key
+    assert httpx.get(f"{after.url}/dashboard", cookies=cookies).status_code == 401
 
 
 def test_each_key_sees_its_own_registrations(keyed, upstream, hooks):
@@ -101,18 +137,29 @@ def test_filters_counters_and_attempts(service, upstream, hooks):
         assert answer.status_code == 200
         return answer.text
 
-    assert done in view("completed") and running not in view("completed")
-    assert running in view("active") and done not in view("active")
+    # The filter is the registration's state: the done task's webhook is still being
+    # retried, so its registration is active, as its row says.
+    assert done in view("active") and running in view("active")
+    assert done not in view("delivered") and done not in view("failed")
     assert done in view("all") and running in view("all")
-    assert done not in view("failed")
     assert done in view("bogus")  # an unknown filter shows everything
+    active = view("active")
+    assert "Each row is a registration" in active and "waiting for its task to end" in active
+    for row in re.findall(r'<tr data-task="[^"]+">.*?</tr>', active, re.S):
+        assert '<span class="state">active</span>' in row
 
     page = view("all")
     assert re.search(r'id="active-tasks">1<', page)
     assert re.search(r'id="pending-deliveries">1<', page)  # the failing one, waiting to retry
     failures = int(re.search(r'id="failures">(\d+)<', page).group(1))
     assert failures >= 2
-    assert re.search(r'id="upstream">ok<', page)
+    assert re.search(r'id="upstream">ok: last answer \d+s ago<', page)
+
+    # A registration whose webhook was accepted is delivered, and no longer active.
+    ok = upstream.add(duration=0.2, queued=0)
+    assert service.register(ok, f"{hooks.url}/ok").status_code == 201
+    eventually(lambda: ok in view("delivered"))
+    assert ok not in view("active")
 
 
 def test_redeliver_from_the_dashboard(service, upstream, hooks):
@@ -153,3 +200,15 @@ def test_redeliver_before_the_task_ends_is_explained(service, upstream, hooks):
     registration = service.register(task, f"{hooks.url}/later").json()["id"]
     answer = httpx.post(f"{service.url}/dashboard/registrations/{registration}/redeliver")
     assert answer.status_code == 409 and "has not ended yet" in answer.text
+
+
+def test_a_registration_says_when_its_next_attempt_goes(make_service, upstream, hooks):
+    service = make_service(delivery_retry_schedule=(600.0,))
+    hooks.receiver.plan("/later", 503)
+    task = upstream.add(duration=0.1, queued=0)
+    registration = service.register(task, f"{hooks.url}/later").json()["id"]
+    page = f"{service.url}/dashboard/registrations/{registration}"
+    eventually(lambda: "Next attempt" in httpx.get(page).text)
+    shown = re.search(r'id="next-attempt">([^<]+)<', httpx.get(page).text).group(1)
+    [(next_at,)] = sql(service.settings.database_url, "SELECT next_attempt_at FROM events")[0]
+    assert shown == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(next_at))

@@ -15,20 +15,23 @@ def test_every_setting_is_in_env_example_and_readme():
     readme = (ROOT / "README.md").read_text()
     for name in Settings.model_fields:
         variable = f"STATUS_PROXY_{name.upper()}"
-        assert f"\n{variable}=" in example, variable
+        assert f"\n# {variable}=" in example, variable  # its default, commented
         assert f"`{variable}`" in readme, variable
 
 
 def test_env_example_defaults_are_the_real_defaults():
     values = {}
     for line in (ROOT / ".env.example").read_text().splitlines():
-        if line.startswith("STATUS_PROXY_") and "=" in line:
-            key, _, value = line.partition("=")
-            values[key] = value
+        if line.startswith("# STATUS_PROXY_") and "=" in line:
+            key, _, value = line.removeprefix("# ").partition("=")
+            values[key] = value  # the last commented line is the production default
     settings = Settings(_env_file=None)
     for name in Settings.model_fields:
         value = values[f"STATUS_PROXY_{name.upper()}"]
         default = getattr(settings, name)
+        if default is None or default == []:
+            assert value == "", name
+            continue
         if isinstance(default, float):
             assert float(value) == default, name
         elif isinstance(default, bool):
@@ -39,6 +42,8 @@ def test_env_example_defaults_are_the_real_defaults():
             assert tuple(float(v) for v in value.split(",")) == default, name
         elif isinstance(default, str):
             assert value == default, name
+        else:
+            raise AssertionError(f"{name}: no check for {default!r}")
 
 
 def test_the_readme_verification_with_two_secrets_works():
@@ -65,3 +70,47 @@ def test_the_readme_verification_with_two_secrets_works():
     headers["webhook-signature"] = signing.sign(stranger, "evt_1", stamp, body)
     with pytest.raises(WebhookVerificationError):
         namespace["verify"](body, headers)
+
+
+def test_env_example_as_dotenv_is_a_local_trial(tmp_path, monkeypatch):
+    """Copied to .env, the example keeps a trial local; compose points it at its simulator."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"STATUS_PROXY_{name.upper()}", raising=False)
+    (tmp_path / ".env").write_text((ROOT / ".env.example").read_text())
+    monkeypatch.chdir(tmp_path)
+    settings = Settings()
+    assert settings.callback_allow_private is True
+    assert settings.upstream_api_key is not None
+    assert settings.upstream_api_key.get_secret_value() == "dev-upstream-key"
+    assert settings.api_keys == [] and settings.webhook_secret is None
+    assert settings.database_url == Settings(_env_file=None).database_url
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text(
+        "STATUS_PROXY_POLL_INTERVAL_MIN=2\nSTATUS_PROXY_API_KEYS=a,b\nSTATUS_PROXY_WEBHOOK_SECRET=\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STATUS_PROXY_API_KEYS", "c")
+    settings = Settings()
+    assert settings.poll_interval_min == 2
+    assert [k.get_secret_value() for k in settings.api_keys] == ["c"]
+    assert settings.webhook_secret is None
+
+
+def test_an_empty_value_is_unset(monkeypatch):
+    """Compose renders ${VAR:-} as an empty string: it must mean the default, never an error."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"STATUS_PROXY_{name.upper()}", raising=False)
+    defaults = Settings(_env_file=None).model_dump()
+    for name in Settings.model_fields:
+        monkeypatch.setenv(f"STATUS_PROXY_{name.upper()}", "")
+    settings = Settings(_env_file=None)
+    assert settings.model_dump() == defaults
+    assert settings.webhook_secret is None and settings.api_keys == []
+    assert settings.upstream_api_key is None and settings.poll_interval_min == 5
+
+
+def test_env_stays_out_of_git_and_the_image():
+    for ignore in (".gitignore", ".dockerignore"):
+        assert ".env" in (ROOT / ignore).read_text().splitlines(), ignore

@@ -37,16 +37,16 @@ def env_for(db_url, upstream_url, **extra):
 
 
 class Proc:
-    def __init__(self, args, env, port=None):
+    def __init__(self, args, env, port=None, cwd=ROOT):
         self.args, self.env = list(args), env
-        self.port = port
+        self.port, self.cwd = port, cwd
         self._launch()
 
     def _launch(self):
         self.url = f"http://127.0.0.1:{self.port}" if self.port else None
         self.log = tempfile.TemporaryFile()
         self.popen = subprocess.Popen(
-            self.args, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT
+            self.args, env=self.env, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self):
@@ -381,8 +381,10 @@ def test_worker_lines_name_their_task_registration_and_event(db_url, upstream, h
     polls = [line for line in lines if line["message"].startswith("poll ")]
     assert polls and all(line["task_id"] == task for line in polls)
     assert "request_id" not in polls[0]  # a worker line is not part of any request
-    deliveries = [line for line in lines if line["message"].startswith("delivery ")]
-    assert [line["message"] for line in deliveries] == ["delivery accepted"]
+    deliveries = [line for line in lines if " delivered: " in line["message"]]
+    assert [line["message"] for line in deliveries] == [
+        "video.completed delivered: attempt 1, HTTP 200"
+    ]
     assert deliveries[0]["task_id"] == task
     assert deliveries[0]["registration_id"] == registration
     assert deliveries[0]["event_id"] == event

@@ -66,8 +66,10 @@ def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
         assert made.status_code == 200
         eventually(lambda: hooks.at("/g"), timeout=20)
         assert call("GET", f"/v1/videos/{made.json()['id']}/content").status_code == 200
-        upstream.sim.faults.create_status = 401  # an upstream error body passes through
-        assert call("POST", "/v1/videos", json={"model": "m"}).status_code == 401
+        upstream.sim.faults.create_status = 401  # our upstream key refused: said as such
+        refused = call("POST", "/v1/videos", json={"model": "m"})
+        assert refused.status_code == 502
+        assert refused.json()["error"]["code"] == "upstream_key_refused"
         upstream.sim.faults.create_status = None
         for path in ("/readyz", "/metrics", "/openapi.json", "/healthz", "/dashboard"):
             call("GET", path)

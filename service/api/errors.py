@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from service.db import UNAVAILABLE
 from service.models import ErrorBody
-from service.upstream import TRANSPORT_ERRORS
+from service.upstream import TRANSPORT_ERRORS, Fetch
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +53,41 @@ class ApiError(Exception):
 
 
 def upstream_failure(exc: BaseException) -> ApiError | None:
-    """The answer for an upstream request that failed on the way (504 for a timeout,
-    502 for anything else the transport raises, saying what happened), or None for any
-    other exception."""
-    # The httpx layer over aiohttp renames its errors (a connection the server closed
-    # arrives as ConnectTimeout); the aiohttp error underneath says what happened.
-    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
-    if isinstance(cause, httpx.TimeoutException | TimeoutError):
-        return ApiError(504, "the upstream did not answer in time")
-    if isinstance(cause, aiohttp.ServerDisconnectedError):
-        return ApiError(502, "the upstream closed the connection without answering")
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        return ApiError(502, f"could not connect to the upstream: {cause.strerror or 'refused'}")
-    if isinstance(cause, aiohttp.ClientPayloadError):
-        return ApiError(502, "the upstream's answer was cut short")
-    if isinstance(cause, aiohttp.ClientOSError):
-        return ApiError(502, f"the connection to the upstream broke: {cause.strerror or cause}")
-    if isinstance(cause, TRANSPORT_ERRORS):
-        return ApiError(502, f"the upstream request failed: {type(cause).__name__}")
+    """The answer for an upstream request that failed on the way, or None for any other
+    exception: 504 for a timeout, 502 ``upstream_unreachable`` when no connection could
+    be made (no such name, refused), 502 for a connection that broke. The message is
+    the transport's account (service/transport.py), which names no header."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return ApiError(504, f"the upstream did not answer in time: {exc or 'timed out'}")
+    if isinstance(exc, httpx.ConnectError):
+        return ApiError(502, f"the upstream is unreachable: {exc}", code="upstream_unreachable")
+    if isinstance(exc, TRANSPORT_ERRORS):
+        return ApiError(502, f"the upstream connection failed: {type(exc).__name__}: {exc}")
     return None
+
+
+def upstream_refused_key(status: int) -> ApiError:
+    """The upstream refused status-proxy's own upstream key: a 502 that says so, so that a
+    client never takes it for its own key being refused (that is our 401)."""
+    return ApiError(
+        502,
+        f"the upstream refused status-proxy's upstream key (HTTP {status}); the client's "
+        "key was accepted: the operator must check STATUS_PROXY_UPSTREAM_API_KEY",
+        code="upstream_key_refused",
+    )
+
+
+def fetch_failure(fetch: Fetch) -> ApiError:
+    """The answer for a fetch-through that got no video object."""
+    if fetch.outcome in ("not_found", "forbidden"):  # a 403 hides one task from our key
+        return ApiError(404, "the upstream has no such task", "task_id")
+    if fetch.outcome == "timeout":
+        return ApiError(504, f"the upstream did not answer in time: {fetch.detail}")
+    if fetch.outcome == "unreachable":
+        return ApiError(502, f"the {fetch.detail}", code="upstream_unreachable")
+    if fetch.outcome == "unauthorized" and fetch.status_code == 401:
+        return upstream_refused_key(401)
+    return ApiError(502, fetch.detail or "the upstream failed")
 
 
 def envelope(

@@ -22,7 +22,7 @@ from service import idempotency, ownership, registrations
 from service.api import intake, videos
 from service.api import registrations as api_registrations
 from service.api.deps import Caller, CallerDep
-from service.api.errors import ApiError, responses, upstream_failure
+from service.api.errors import ApiError, responses, upstream_failure, upstream_refused_key
 from service.api.videos import TaskId
 from service.db import UNAVAILABLE
 from service.models import EVENT_ORDER, valid_task_id
@@ -173,7 +173,10 @@ async def _remember(
 
 async def _forward(runtime: Runtime, body: intake.Body, path: str) -> Answer:
     try:
-        return await runtime.upstream.create(body.upload(), body.content_type, body.length, path)
+        answer = await runtime.upstream.create(body.upload(), body.content_type, body.length, path)
+        if answer.status_code == 401:  # our upstream key, not the client's: say whose
+            raise upstream_refused_key(401)
+        return answer
     except BodyTooLarge:
         raise ApiError(502, "the upstream's answer is too large") from None
     except Exception as exc:

@@ -29,21 +29,29 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses=_NOT_READY)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """200 when the database answers, the schema is at head and the workers run."""
+    """200 when the database answers, the schema is at head, the workers run and the
+    upstream answers their polls with our key; else 503 with the reasons. ``upstream``
+    says what this process's polls see: ``state`` (``not_polled_yet``, ``ok``,
+    ``failing``, ``unreachable``, ``key_refused``, or ``not_polled_by_this_process``)
+    and ``last_success_at`` (Unix seconds of the last answered poll, or null)."""
     reasons = list(runtime.problems())
     try:
         if not await runtime.db.at_head():
             reasons.append("database migrations are not at head")
     except Exception as exc:
         reasons.append(f"database unreachable: {type(exc).__name__}")
+    # What the workers of this process see: when polls last got an answer, and whether
+    # the upstream refuses the key or does not answer at all (both are also reasons).
+    upstream = runtime.upstream_view()
     if reasons:
         body = {
             "status": "not_ready",
             "reasons": reasons,
+            "upstream": upstream,
             "error": {"code": "not_ready", "message": "; ".join(reasons), "param": None},
         }
         return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready", "reasons": []})
+    return JSONResponse({"status": "ready", "reasons": [], "upstream": upstream})
 
 
 @router.get(

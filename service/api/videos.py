@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Response
 
 from service import ownership, registrations, snapshot
+from service.api import errors
 from service.api.deps import Caller, CallerDep
 from service.api.errors import ApiError, responses, upstream_failure
 from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, Page, valid_task_id
@@ -105,11 +106,7 @@ async def fetch_through(runtime: Runtime, task_id: str) -> Fetch:
     runtime.metrics.upstream_requests.labels(fetch.outcome).inc()
     if fetch.outcome == "ok":
         return fetch
-    if fetch.outcome in ("not_found", "forbidden"):  # a 403 hides one task from our key
-        raise ApiError(404, "the upstream has no such task", "task_id")
-    if fetch.outcome == "timeout":
-        raise ApiError(504, "the upstream did not answer in time")
-    raise ApiError(502, fetch.detail or "the upstream failed")
+    raise errors.fetch_failure(fetch)
 
 
 _AFTER = Query(max_length=TASK_ID_LIMIT, description="The last id of the previous page (`last_id`)")

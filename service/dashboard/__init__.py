@@ -1,15 +1,15 @@
 """The dashboard: server-rendered pages at /dashboard, behind the same keys as /v1.
 
-A key entered once is kept in a session cookie (HttpOnly, SameSite=Strict, scoped to
-/dashboard). The cookie holds a token derived from the key, never the key, and never
-the owner id stored in the database, so neither a copied cookie works on /v1 nor a
-database copy on the dashboard. Every value shown is escaped by the templates, and
-the Content-Security-Policy allows no inline script at all.
+A key entered once opens a session (service/dashboard/sessions.py): one per login, in
+the database so every replica knows it, ended by "Log out" or after 12 hours. The
+cookie (HttpOnly, SameSite=Strict, scoped to /dashboard) holds the session's random
+token, never the key, so a copied cookie does not work on /v1, and the database keeps
+only the token's hash. Every value shown is escaped by the templates, and the
+Content-Security-Policy allows no inline script at all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from pathlib import Path
@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from service import registrations
-from service.dashboard import data
+from service.dashboard import data, sessions
 from service.runtime import Runtime, key_digest
 
 HERE = Path(__file__).resolve().parent
@@ -53,34 +53,31 @@ class CrossSite(Exception):
     """A form posted from another origin."""
 
 
-def _token(key: str) -> bytes:
-    return hashlib.sha256(b"status-proxy dashboard session\0" + key.encode()).digest()
-
-
-def _owner_for_token(runtime: Runtime, given: bytes) -> str | None:
-    """The owner id whose key makes this token; two hashes a configured key, no state."""
+def _owner_of_key(runtime: Runtime, key: str) -> str | None:
+    """The owner id of a configured key, or None; every key is compared (timing tells
+    nothing about which one matched)."""
+    given = key_digest(key)
     owner = None
-    for secret in runtime.settings.api_keys:  # every one compared: timing tells nothing
-        key = secret.get_secret_value()
-        if hmac.compare_digest(given, _token(key)):
-            owner = key_digest(key).hex()
+    for digest in runtime.key_digests:
+        if hmac.compare_digest(given, digest):
+            owner = digest.hex()
     return owner
 
 
 async def get_owner(request: Request) -> str:
-    """The caller's owner id from the session cookie or a Bearer key ("" when open)."""
+    """The caller's owner id from a live session or a Bearer key ("" when open)."""
     runtime: Runtime = request.app.state.runtime
     if not runtime.settings.api_keys:
         return ""
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
-        given = _token(header[7:].strip())
+        owner = _owner_of_key(runtime, header[7:].strip())
     else:
-        try:
-            given = bytes.fromhex(request.cookies.get(COOKIE, ""))
-        except ValueError:
-            given = b""
-    owner = _owner_for_token(runtime, given)
+        token = request.cookies.get(COOKIE, "")
+        owner = await sessions.owner_of(runtime.db, token, time.time())
+        # A key removed from STATUS_PROXY_API_KEYS ends its sessions too.
+        if owner is not None and bytes.fromhex(owner) not in runtime.key_digests:
+            owner = None
     if owner is None:
         raise LoginRequired
     return owner
@@ -117,7 +114,23 @@ def upstream_health(runtime: Runtime) -> tuple[str, str]:
         return "key refused: polling paused", "bad"
     if poller.limiter.paused_until > time.monotonic():
         return "rate limited: paused", "warn"
-    return "ok", "good"
+    health = poller.health
+    if health.unreachable:
+        return f"unreachable: {health.last_failure}", "bad"
+    if health.failures:
+        return f"not answering lately: {health.last_failure}", "warn"
+    if health.last_success_at is None:
+        return "not polled yet: no answer seen", "muted"
+    ago = max(0, int(time.time() - health.last_success_at))
+    return f"ok: last answer {ago}s ago", "good"
+
+
+def _upstream_problems(runtime: Runtime) -> set[str]:
+    poller = runtime.poller
+    if poller is None:
+        return set()
+    found = {f"{poller.auth_problem}: polling paused"} if poller.auth_problem else set()
+    return found | ({problem} if (problem := poller.health.problem()) else set())
 
 
 async def _header(request: Request, owner: str) -> dict[str, Any]:
@@ -127,7 +140,8 @@ async def _header(request: Request, owner: str) -> dict[str, Any]:
         "counters": await data.counters(runtime.db, owner, time.time()),
         "health": health,
         "health_tone": tone,
-        "problems": [p for p in runtime.problems() if "polling paused" not in p],
+        # The upstream's own problems are in its health word already.
+        "problems": [p for p in runtime.problems() if p not in _upstream_problems(runtime)],
     }
 
 
@@ -137,7 +151,7 @@ async def index(request: Request, owner: Owner, state: str = "all") -> Response:
     which = state if state in data.FILTERS else "all"
     rows = await data.rows(runtime.db, owner, which)
     header = await _header(request, owner)
-    return page(request, "index.html", rows=rows, which=which, filters=list(data.FILTERS), **header)
+    return page(request, "index.html", rows=rows, which=which, filters=data.FILTER_HELP, **header)
 
 
 @router.get("/registrations/{registration_id}")
@@ -182,20 +196,24 @@ async def login(request: Request, key: Annotated[str, Form(max_length=500)] = ""
     runtime: Runtime = request.app.state.runtime
     if not runtime.settings.api_keys:
         return RedirectResponse(PATH, 303)
-    token = _token(key.strip())
-    if _owner_for_token(runtime, token) is None:
+    owner = _owner_of_key(runtime, key.strip())
+    if owner is None:
         return login_page(request, "That key is not one of STATUS_PROXY_API_KEYS.")
+    token = await sessions.start(runtime.db, owner, time.time())
     response = RedirectResponse(PATH, 303)
     response.set_cookie(
-        COOKIE, token.hex(), path=PATH, httponly=True, samesite="strict",
-        secure=request.url.scheme == "https",
+        COOKIE, token, path=PATH, httponly=True, samesite="strict",
+        secure=request.url.scheme == "https", max_age=int(sessions.LIFETIME),
     )  # fmt: skip
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
+    """End this login's session on the server (the cookie alone no longer opens the page)."""
     same_origin(request)
+    runtime: Runtime = request.app.state.runtime
+    await sessions.end(runtime.db, request.cookies.get(COOKIE, ""))
     response = RedirectResponse(PATH, 303)
     response.delete_cookie(COOKIE, path=PATH)
     return response

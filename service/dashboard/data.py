@@ -19,12 +19,24 @@ attempts = Attempt.__table__  # type: ignore[attr-defined]
 ROWS = 100
 FAILURE_WINDOW = 3600.0
 
-# The filter menu: name → condition on the task.
+# The filter menu: name → condition on the registration's state, the state each row
+# shows beside its registration id (the task's own status has its column). One meaning,
+# said on the page by FILTER_HELP.
 FILTERS: dict[str, Any] = {
     "all": sa.true(),
-    "active": tasks.c.state == "watching",
-    "completed": tasks.c.outcome == "completed",
-    "failed": sa.or_(tasks.c.outcome == "failed", tasks.c.state == "given_up"),
+    "active": registrations.c.state == "active",
+    "delivered": registrations.c.state == "delivered",
+    "failed": registrations.c.state == "failed",
+    "ended": registrations.c.state == "ended",
+    "cancelled": registrations.c.state == "cancelled",
+}
+FILTER_HELP = {
+    "all": "every registration",
+    "active": "waiting for its task to end, or for the receiver to accept the webhook",
+    "delivered": "the receiver accepted the terminal webhook (video.completed or video.failed)",
+    "failed": "the terminal webhook died after all retries, or the receiver answered 410",
+    "ended": "the task ended with an event the registration did not ask for; nothing was sent",
+    "cancelled": "cancelled by the client; no webhook follows",
 }
 
 
@@ -55,6 +67,7 @@ class Detail:
     row: Row
     events: list[str]
     last_error: str | None
+    next_attempt_at: float | None = None  # of the earliest event still to be sent
 
 
 @dataclass(slots=True, frozen=True)
@@ -142,7 +155,8 @@ def _status(found: Any) -> str:
 
 
 async def rows(db: Database, owner: str, which: str) -> list[Row]:
-    """The caller's newest registrations with their tasks, filtered by the task's state."""
+    """The caller's newest registrations with their tasks, filtered by the registration's
+    state (FILTERS)."""
     query = (
         sa.select(*_ROW_COLUMNS)
         .select_from(registrations.join(tasks, tasks.c.task_id == registrations.c.task_id))
@@ -169,6 +183,9 @@ async def detail(
         .order_by(attempts.c.id.desc())
         .limit(ROWS)
     )
+    upcoming = sa.select(sa.func.min(events.c.next_attempt_at)).where(
+        events.c.registration_id == registration_id, events.c.state == "pending"
+    )
     async with db.read() as conn:
         found = (await conn.execute(query)).first()
         if found is None:
@@ -177,5 +194,6 @@ async def detail(
             AttemptRow(a.attempt, a.type, a.status_code, a.error, a.duration_ms, a.created_at)
             for a in await conn.execute(tries)
         ]
+        next_at = (await conn.execute(upcoming)).scalar_one_or_none()
     last_error = next((a.error for a in made if a.error), None)
-    return Detail(_row(found), list(found.events), last_error), made
+    return Detail(_row(found), list(found.events), last_error, next_at), made

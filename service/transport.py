@@ -1,0 +1,110 @@
+"""The HTTP transport of every outgoing client: httpx's API over aiohttp's I/O, with
+failures named for what they are.
+
+httpx-aiohttp maps every aiohttp connection error to ``httpx.ConnectTimeout`` (its map
+prefers the broader ``ClientConnectionError``), so a refused connection or a name that
+does not resolve looked like a timeout: 504 to clients, ``timeout`` in the metrics and
+"ConnectTimeout" in webhook attempts. Here each failure keeps its class:
+
+- a name that does not resolve, a refused or unroutable connection: ``httpx.ConnectError``
+- a connection that took too long: ``httpx.ConnectTimeout``; an answer that did:
+  ``httpx.ReadTimeout``
+- a peer that hung up or spoke no HTTP: ``httpx.RemoteProtocolError``; a broken read:
+  ``httpx.ReadError``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+# Already one of ours (or httpx's own, raised before any I/O): passed on as it is.
+_KEPT = (httpx.TimeoutException, httpx.UnsupportedProtocol, httpx.ProxyError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failed connection: what happened and to what, never a header."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        reason = _reason(exc.os_error)
+        # The callback guard's resolver already names the host and what is wrong with it.
+        return reason if exc.host in reason else f"{exc.host} does not resolve ({reason})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return " ".join(exc.message.split())  # not the request, which carries our headers
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _reason(error: OSError) -> str:
+    # asyncio's refusals carry errno but no strerror ("Connect call failed (...)").
+    words = error.strerror or (os.strerror(error.errno) if error.errno and error.errno > 0 else "")
+    return " ".join((words or str(error) or type(error).__name__).split())
+
+
+def classify(exc: BaseException) -> Exception:
+    """The httpx error that says what an aiohttp failure (or a timeout) was."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(f"connecting took too long: {describe(exc)}")
+    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        return httpx.ReadTimeout("the answer took too long")
+    if isinstance(exc, aiohttp.ClientConnectorError):  # DNS, refused, unreachable
+        return httpx.ConnectError(describe(exc))
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(describe(exc))
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientOSError | OSError):
+        return httpx.ReadError(describe(exc))
+    return httpx.TransportError(describe(exc))
+
+
+def _remap(exc: Exception) -> Exception:
+    if isinstance(exc, _KEPT) and not isinstance(exc, httpx.ConnectTimeout):
+        return exc
+    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) else exc
+    if isinstance(exc, httpx.ConnectTimeout) and cause is None:
+        return exc
+    if isinstance(cause, aiohttp.ClientError | OSError | asyncio.TimeoutError):
+        return classify(cause)
+    return exc
+
+
+class Transport(AiohttpTransport):
+    """httpx-aiohttp's transport, raising the httpx error that fits each failure."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await super().handle_async_request(request)
+        except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
+            raised = _remap(exc)
+            if raised is exc:
+                raise
+            raise raised from exc
+        response.stream = _Stream(response.stream)
+        return response
+
+
+class _Stream(httpx.AsyncByteStream):
+    """The body, with failures while reading it remapped the same way."""
+
+    def __init__(self, inner: httpx.AsyncByteStream | httpx.SyncByteStream) -> None:
+        assert isinstance(inner, httpx.AsyncByteStream)
+        self.inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.inner:
+                yield chunk
+        except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
+            raised = _remap(exc)
+            if raised is exc:
+                raise
+            raise raised from exc
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
