@@ -310,6 +310,9 @@ def parser() -> argparse.ArgumentParser:
         "--keep", action="store_true",
         help="leave the three servers running afterwards, with their addresses printed",
     )  # fmt: skip
+    demo.add_argument(
+        "--profile", choices=PROFILES, default="octopusx", help="which gateway the simulator plays"
+    )
     sim = command(
         "simulate-upstream",
         "serve a simulated video upstream",
