@@ -158,7 +158,7 @@ async def _secret(settings: Settings, api_key: str | None) -> int:
                 return _found_none(
                     "the database holds no webhook secret yet: start the service once"
                 )
-            secret = signing.check(stored)
+            secret = await load_secret(db, settings)  # checked, with where it was found
         else:
             owner = key_digest(api_key).hex()
             secret = (await webhook_secrets.current(db, owner, time.time())).secret
