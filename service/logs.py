@@ -80,6 +80,9 @@ def configure(level: str) -> None:
     root.handlers = [handler]
     root.setLevel(level.upper())
     root._status_proxy = True  # type: ignore[attr-defined]
-    # httpx logs every request URL at info; ours carry no secrets, but they are noise.
-    for noisy in ("httpx", "httpcore", "aiosqlite", "asyncio", "multipart"):
+    # httpx logs every request URL at info: noise, and callback and operator URLs may
+    # carry a receiver's token in their query.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))
+    for noisy in ("aiosqlite", "asyncio", "multipart"):
         logging.getLogger(noisy).setLevel(max(root.level, logging.INFO))

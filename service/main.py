@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import dashboard, logs
-from service.api import downloads, errors, gateway, health, registrations, videos
+from service.api import downloads, errors, gateway, health, receivers, registrations, videos
 from service.api.access import AccessLog
 from service.api.limits import BodyLimit
 from service.config import Settings
@@ -47,6 +47,7 @@ def create_app(
         app.include_router(videos.router)
         app.include_router(gateway.router)
         app.include_router(downloads.router)
+        app.include_router(receivers.router)
         dashboard.install(app)
     app.include_router(health.router)
     return app

@@ -334,7 +334,8 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
     ]
     gone = [r.event.registration_id for r in results if r.gone]
     await _set_state(conn, delivered, ("active", "failed"), "delivered", now)
-    await _set_state(conn, dead, ("active",), "failed", now)
+    # failed -> failed too: a recovered event that dies again marks the time it died.
+    await _set_state(conn, dead, ("active", "failed"), "failed", now)
     await _set_state(conn, gone, ("active", "delivered"), "failed", now)
     if gone:
         await conn.execute(drop_pending(gone))

@@ -10,7 +10,7 @@ import httpx
 import sqlalchemy as sa
 from httpx_aiohttp import AiohttpTransport
 
-from service import callbacks, signing
+from service import callbacks, notifier, operator_events, signing
 from service.config import Settings
 from service.db import Database
 from service.delivery import Deliverer
@@ -58,15 +58,24 @@ class Runtime:
             ),
             follow_redirects=False,
         )
+        # The operator's URL is its own setting: a client without the callback guard.
+        self.operator_client = httpx.AsyncClient(
+            transport=AiohttpTransport(
+                client=lambda: aiohttp.ClientSession(auto_decompress=False),
+            ),
+            follow_redirects=False,
+        )
+        self.secret = ""  # the webhook secret, loaded at start
         self.poller: Poller | None = None
         self.deliverer: Deliverer | None = None
+        self.notifier: notifier.Notifier | None = None
         self.supervisor: Supervisor | None = None
         self.draining = False
 
     async def start(self, migrate: bool = True) -> None:
         if migrate:
             await self.db.migrate()
-        secret = await load_secret(self.db, self.settings)
+        secret = self.secret = await load_secret(self.db, self.settings)
         if not self.settings.api_keys:
             log.warning("STATUS_PROXY_API_KEYS is not set: the API is open to anyone")
         if not self.with_workers:
@@ -78,6 +87,9 @@ class Runtime:
             self.settings, self.db, self.upstream, self.metrics, self.deliverer.kick
         )
         workers: list[Worker] = [self.poller, self.deliverer]
+        if operator_events.enabled(self.settings):
+            self.notifier = notifier.Notifier(self.settings, self.db, self.operator_client, secret)
+            workers.append(self.notifier)
         if not self.db.is_sqlite:
             wake = {"tasks": self.poller.kick, "events": self.deliverer.kick}
             workers.append(Listener(self.settings, wake))
@@ -111,6 +123,7 @@ class Runtime:
         finally:
             await self.upstream_client.aclose()
             await self.delivery_client.aclose()
+            await self.operator_client.aclose()
             await self.db.dispose()
 
 
