@@ -330,8 +330,10 @@ class Recover(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    since: float = Field(ge=0, allow_inf_nan=False, examples=[1764331200])
-    until: float | None = Field(default=None, ge=0, allow_inf_nan=False, examples=[1764417600])
+    since: float = Field(ge=0, allow_inf_nan=False, strict=True, examples=[1764331200])
+    until: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, strict=True, examples=[1764417600]
+    )
 
 
 class Recovered(BaseModel):
