@@ -82,7 +82,15 @@ def test_webhook_test_accepts_a_status_line_whatever_the_body_does(make_service)
 
 def test_webhook_test_follows_the_callback_rules(make_service, hooks):
     service = make_service(callback_allow_private=False)
-    for url in (f"{hooks.url}/private", "ftp://example.com/x", "http://user@example.com/x"):
+    port = hooks.url.rsplit(":", 1)[1]
+    refused = (
+        f"{hooks.url}/private",
+        f"http://localhost:{port}/private",  # a name that resolves to loopback
+        "http://[::ffff:127.0.0.1]/x",
+        "ftp://example.com/x",
+        "http://user@example.com/x",
+    )
+    for url in refused:
         answer = service.client.post("/v1/webhook_test", json={"callback_url": url})
         assert answer.status_code == 422, url
         assert answer.json()["error"]["param"] == "callback_url"
