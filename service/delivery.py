@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -18,7 +17,6 @@ from service import callbacks, logs, operator_events, outbox, retry, signing
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
-from service.models import TERMINAL_EVENTS
 from service.pipeline import Pipeline
 from service.upstream import TRANSPORT_ERRORS
 
@@ -37,29 +35,6 @@ def _describe(exc: BaseException) -> str:
         detail = " ".join(exc.message.split())  # not the request, which carries our headers
     text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     return text[:300]
-
-
-def deaths(results: list[outbox.Result]) -> list[tuple[operator_events.Kind, dict[str, Any]]]:
-    """``delivery.failed`` for each registration these attempts failed: a terminal event
-    dead after its last retry, or any event its receiver answered 410 to."""
-    found = []
-    for r in results:
-        dead = r.event.type in TERMINAL_EVENTS and not r.accepted and r.next_attempt_at is None
-        if r.gone or dead:
-            data = {
-                "registration_id": r.event.registration_id,
-                "task_id": r.event.task_id,
-                "event_id": r.event.id,
-                "event_type": r.event.type,
-                "reason": "gone" if r.gone else "retries_exhausted",
-                "attempts": r.event.attempts + 1,
-                "status_code": r.status_code,
-                "error": r.error,
-                # Not the whole URL: its path or query may carry the receiver's token.
-                "callback_origin": operator_events.origin(r.event.callback_url),
-            }
-            found.append((operator_events.Kind.DELIVERY_FAILED, data))
-    return found
 
 
 class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
@@ -116,26 +91,36 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
 
     async def record(self, conn: AsyncConnection, outcomes: list[outbox.Result], now: float) -> int:
         await outbox.record(conn, outcomes, now)
-        await operator_events.emit(conn, self.settings, deaths(outcomes), now)
+        dead = operator_events.deliveries_failed(outcomes)
+        await operator_events.emit(conn, self.settings, dead, now)
         return 0
 
     async def attempt(self, event: outbox.Claimed) -> outbox.Result:
         """One signed POST; never raises."""
         started = time.time()
-        answer = await send(
-            self.client,
-            event.callback_url,
-            event.id,
-            event.body.encode(),
-            self.secret,
-            self.settings.delivery_timeout,
-            allow_private=self.settings.callback_allow_private,
-        )
-        accepted, gone = answer.accepted, answer.status_code == 410
+        clock = time.monotonic()
+        status_code: int | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        try:
+            self._vet(event.callback_url)
+            async with asyncio.timeout(self.settings.delivery_timeout):
+                status_code, retry_after = await self._post(event, started)
+        except TimeoutError:
+            error = f"timed out after {self.settings.delivery_timeout:g}s"
+        except callbacks.CallbackRejected as exc:
+            error = str(exc)
+        except TRANSPORT_ERRORS as exc:
+            error = _describe(exc)
+        duration_ms = int((time.monotonic() - clock) * 1000)
+        accepted = status_code is not None and 200 <= status_code < 300
+        gone = status_code == 410
+        if status_code is not None and not accepted and error is None:
+            error = f"receiver answered {status_code}"
         next_at: float | None = None
         if not accepted and not gone:
             wait = retry.delivery_wait(
-                event.attempts + 1, self.settings.delivery_retry_schedule, answer.retry_after
+                event.attempts + 1, self.settings.delivery_retry_schedule, retry_after
             )
             next_at = None if wait is None else time.time() + wait
         outcome = "accepted" if accepted else "gone" if gone else "retry" if next_at else "dead"
@@ -144,19 +129,56 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             self.metrics.delivery_latency.observe(max(0.0, time.time() - event.created_at))
         log.debug("delivery %s", outcome)
         return outbox.Result(
-            event,
-            started,
-            answer.duration_ms,
-            answer.status_code,
-            answer.error,
-            accepted,
-            gone,
-            next_at,
+            event, started, duration_ms, status_code, error, accepted, gone, next_at
         )
+
+    def _vet(self, url: str) -> None:
+        # Host names are vetted by the connector's resolver at connect time; literal
+        # addresses never reach a resolver, so they are checked here.
+        callbacks.parse(url)
+        if self.settings.callback_allow_private:
+            return
+        host = urlsplit(url).hostname or ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        if not callbacks.is_public(address):
+            raise callbacks.CallbackRejected("callback address is not public")
+
+    async def _post(self, event: outbox.Claimed, started: float) -> tuple[int, float | None]:
+        timestamp = int(started)
+        body = event.body.encode()
+        headers = {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": event.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signing.sign(self.secret, event.id, timestamp, body),
+        }
+        async with self.client.stream(
+            "POST", event.callback_url, content=body, headers=headers
+        ) as response:
+            read = 0
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read >= MAX_RESPONSE:
+                    break
+            retry_after = None
+            if response.status_code in (429, 503):
+                retry_after = retry.parse_retry_after(
+                    response.headers.get("retry-after"), time.time()
+                )
+            return response.status_code, retry_after
+
+
+# One signed POST outside the outbox: the test send (POST /v1/webhook_test) and the
+# operator's events. It follows what an attempt of the worker does (the same checks,
+# timeout, headers and reading of the answer) and should share its code path.
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class Sent:
     """What a receiver did with one signed POST."""
 
     status_code: int | None  # None: no answer (refused, reset, timed out)
@@ -178,18 +200,19 @@ async def send(
     timeout: float,
     headers: dict[str, str] | None = None,
     allow_private: bool = False,
-) -> Answer:
-    """One signed Standard Webhooks POST of ``body`` to ``url``, under the callback rules
-    when ``client`` is the guarded delivery client; never raises. Shared by the delivery
-    worker, the test send and the operator's events."""
+) -> Sent:
+    """POST ``body`` to ``url`` once, signed with ``secret`` (Standard Webhooks), under the
+    callback rules when ``client`` is the guarded delivery client; never raises."""
     clock = time.monotonic()
     status_code: int | None = None
     error: str | None = None
     retry_after: float | None = None
     try:
-        vet(url, allow_private)
+        if not allow_private:
+            _vet_literal(url)
+        callbacks.parse(url)
         async with asyncio.timeout(timeout):
-            status_code, retry_after = await _post(
+            status_code, retry_after = await _post_once(
                 client, url, event_id, body, secret, headers or {}
             )
     except TimeoutError:
@@ -198,18 +221,13 @@ async def send(
         error = str(exc)
     except TRANSPORT_ERRORS as exc:
         error = _describe(exc)
-    if status_code is not None and not 200 <= status_code < 300 and error is None:
+    if status_code is not None and not 200 <= status_code < 300:
         error = f"receiver answered {status_code}"
-    return Answer(status_code, error, int((time.monotonic() - clock) * 1000), retry_after)
+    return Sent(status_code, error, int((time.monotonic() - clock) * 1000), retry_after)
 
 
-def vet(url: str, allow_private: bool) -> None:
-    """Refuse a URL of the wrong shape, or a literal non-public address (unless allowed)."""
-    # Host names are vetted by the connector's resolver at connect time; literal
-    # addresses never reach a resolver, so they are checked here.
-    callbacks.parse(url)
-    if allow_private:
-        return
+def _vet_literal(url: str) -> None:
+    """Literal addresses never reach the guarded resolver: check them here."""
     host = urlsplit(url).hostname or ""
     try:
         address = ipaddress.ip_address(host)
@@ -219,7 +237,7 @@ def vet(url: str, allow_private: bool) -> None:
         raise callbacks.CallbackRejected("callback address is not public")
 
 
-async def _post(
+async def _post_once(
     client: httpx.AsyncClient,
     url: str,
     event_id: str,

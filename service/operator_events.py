@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import ids
+from service import ids, outbox
 from service.config import Settings
-from service.models import OperatorEvent, compact_json
+from service.models import TERMINAL_EVENTS, OperatorEvent, compact_json
 
 table = OperatorEvent.__table__  # type: ignore[attr-defined]
 
@@ -48,18 +48,45 @@ def enabled(settings: Settings) -> bool:
     return settings.operator_webhook_url is not None
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def origin(url: str) -> str:
-    """``scheme://host[:port]`` of a URL: who failed, without a path or query that may
-    carry a receiver's token."""
+    """``scheme://host:port`` of a URL, lower case, the port always written: who failed,
+    without a path or query that may carry a receiver's token."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
     if ":" in host:
         host = f"[{host}]"
     try:
         port = parts.port
     except ValueError:
         port = None
-    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+    return f"{scheme}://{host}:{port or DEFAULT_PORTS.get(scheme, 0)}"
+
+
+def deliveries_failed(results: list[outbox.Result]) -> list[tuple[Kind, dict[str, Any]]]:
+    """``delivery.failed`` for each registration these attempts failed: a terminal event
+    dead after its last retry (or its retry window), or any event answered 410."""
+    found = []
+    for r in results:
+        dead = r.event.type in TERMINAL_EVENTS and not r.accepted and r.next_attempt_at is None
+        if r.gone or dead:
+            data = {
+                "registration_id": r.event.registration_id,
+                "task_id": r.event.task_id,
+                "event_id": r.event.id,
+                "event_type": r.event.type,
+                "reason": "gone" if r.gone else "retries_exhausted",
+                "attempts": r.event.attempts + 1,
+                "status_code": r.status_code,
+                "error": r.error,
+                # Not the whole URL: its path or query may carry the receiver's token.
+                "callback_origin": origin(r.event.callback_url),
+            }
+            found.append((Kind.DELIVERY_FAILED, data))
+    return found
 
 
 def body(event_id: str, kind: str, created: float, data: dict[str, Any]) -> str:

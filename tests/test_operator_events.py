@@ -197,10 +197,11 @@ def test_without_an_operator_url_nothing_is_kept(make_service, upstream, hooks):
 
 def test_origin_keeps_no_path_query_or_user_info():
     cases = {
-        "https://h.example.com/x?sig=1": "https://h.example.com",
+        "https://h.example.com/x?sig=1": "https://h.example.com:443",
         "http://127.0.0.1:8080/hook": "http://127.0.0.1:8080",
         "http://[::1]:9/x#f": "http://[::1]:9",
-        "https://user:pw@h.example.com/": "https://h.example.com",
+        "HTTP://h.example.com/": "http://h.example.com:80",
+        "https://user:pw@H.Example.com./": "https://h.example.com:443",
     }
     for url, expected in cases.items():
         assert operator_events.origin(url) == expected
