@@ -208,9 +208,9 @@ async def send(
     error: str | None = None
     retry_after: float | None = None
     try:
+        callbacks.parse(url)
         if not allow_private:
             _vet_literal(url)
-        callbacks.parse(url)
         async with asyncio.timeout(timeout):
             status_code, retry_after = await _post_once(
                 client, url, event_id, body, secret, headers or {}

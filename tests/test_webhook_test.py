@@ -126,3 +126,19 @@ def test_webhook_test_needs_a_key_and_never_echoes_header_values(make_service, h
     with as_key(service, KEYS[1]) as client:
         refused = client.post("/v1/webhook_test", json=bad)
     assert refused.status_code == 422 and "tok" not in refused.text
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["a" * 70 + ".example", "a..b", "xn--", ".example.com", "\u0660.com"],
+)
+def test_host_names_that_cannot_be_looked_up_are_refused(service, hooks, host):
+    """With private callbacks allowed nothing is resolved at registration: the name's
+    encoding is checked there, so neither a test send nor a worker trips on it."""
+    for path, body in (
+        ("/v1/webhook_test", {"callback_url": f"http://{host}/x"}),
+        ("/v1/registrations", {"task_id": "t1", "callback_url": f"http://{host}/x"}),
+    ):
+        answer = service.client.post(path, json=body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["error"]["param"] == "callback_url"
