@@ -7,9 +7,10 @@ import logging
 import time
 
 import pytest
+import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 
-from service import operator_events
+from service import operator_events, retention
 from service.config import Settings
 from service.db import Database
 from service.receiver import Receiver
@@ -212,3 +213,35 @@ def test_a_bad_operator_url_refuses_to_start(value):
     with pytest.raises(ValueError, match="absolute http"):
         Settings(operator_webhook_url=value)
     assert Settings(operator_webhook_url="").operator_webhook_url is None
+
+
+def test_retention_purges_sent_and_dead_operator_events_only(db_url):
+    settings = Settings(database_url=db_url, operator_webhook_url="http://127.0.0.1:9/ops")
+
+    async def run() -> list[tuple[str, str]]:
+        db = Database(settings)
+        try:
+            await db.migrate()
+            async with db.write() as conn:
+                kinds = [(operator_events.Kind.KEY_REFUSED, {"upstream": "default"})] * 3
+                await operator_events.emit(conn, settings, kinds, now=1000.0)
+                await conn.execute(
+                    operator_events.table.update()
+                    .where(operator_events.table.c.seq == 1)
+                    .values(state="delivered")
+                )
+                await conn.execute(
+                    operator_events.table.update()
+                    .where(operator_events.table.c.seq == 2)
+                    .values(state="dead")
+                )
+            await retention.purge(db, now=1000.0 + 100, retention=50)
+            async with db.read() as conn:
+                rows = await conn.execute(
+                    sa.select(operator_events.table.c.seq, operator_events.table.c.state)
+                )
+                return [tuple(row) for row in rows]
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(run()) == [(3, "pending")]  # what is still to send is kept
