@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
+import httpx
+import idna
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 MAX_LENGTH = 2048
@@ -43,7 +45,27 @@ def parse(url: str) -> SplitResult:
         raise CallbackRejected("callback_url must not contain user-info")
     if port == 0:
         raise CallbackRejected("callback_url has an invalid port")
+    if not _host_encodes(url):
+        raise CallbackRejected("callback_url has a host name that cannot be looked up")
     return parts
+
+
+def _host_encodes(url: str) -> bool:
+    """Whether the HTTP client can turn the host into a DNS name (IDNA): empty or
+    over-long labels and malformed A-labels would fail on sending, not here."""
+    try:
+        host = httpx.URL(url).host.rstrip(".")
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            pass
+        host.encode("idna")
+        if not host.isascii() or "xn--" in host.lower():
+            idna.encode(host, uts46=True)
+    except (httpx.InvalidURL, ValueError):  # UnicodeError and idna's errors are ValueErrors
+        return False
+    return True
 
 
 def is_public(address: IPAddress) -> bool:

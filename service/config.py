@@ -9,6 +9,7 @@ empty to mean "the default".
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +65,10 @@ class Settings(BaseSettings):
     # Between SIGTERM and closing the listener, /readyz answers 503 while requests are
     # still served, so a load balancer moves traffic away before connections are refused.
     shutdown_delay: float = Field(0.0, ge=0)
+    # Where status-proxy sends its own signed events (dead deliveries, circuits, the
+    # upstream key); the operator's own setting, so the callback guard does not apply.
+    # Its path or query may carry a token (chat webhooks do): kept secret like a key.
+    operator_webhook_url: SecretStr | None = None
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -92,6 +97,20 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("operator_webhook_url", mode="before")
+    @classmethod
+    def _operator_url(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # set but empty: not set
+        if isinstance(value, str):
+            parts = urlsplit(value.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an absolute http or https URL")
+            return value.strip()
+        return value
 
     @field_validator("webhook_secret")
     @classmethod

@@ -6,13 +6,14 @@ import asyncio
 import ipaddress
 import logging
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import callbacks, outbox, retry, signing, webhook_secrets
+from service import callbacks, operator_events, outbox, retry, signing, webhook_secrets
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -135,7 +136,9 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             self._retrying -= job.lane == outbox.RETRY
 
     async def record(self, conn: AsyncConnection, outcomes: list[outbox.Result], now: float) -> int:
-        await outbox.record(conn, outcomes, now)
+        written = await outbox.record(conn, outcomes, now)
+        dead = operator_events.deliveries_failed(written)
+        await operator_events.emit(conn, self.settings, dead, now)
         return 0
 
     async def attempt(self, event: outbox.Claimed) -> outbox.Result:
@@ -218,3 +221,98 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
                     response.headers.get("retry-after"), time.time()
                 )
             return response.status_code, retry_after
+
+
+# One signed POST outside the outbox: the test send (POST /v1/webhook_test) and the
+# operator's events. It follows what an attempt of the worker does (the same checks,
+# timeout, headers and reading of the answer) and should share its code path.
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What a receiver did with one signed POST."""
+
+    status_code: int | None  # None: no answer (refused, reset, timed out)
+    error: str | None
+    duration_ms: int
+    retry_after: float | None = None  # seconds, from a Retry-After on 429/503
+
+    @property
+    def accepted(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+async def send(
+    client: httpx.AsyncClient,
+    url: str,
+    event_id: str,
+    body: bytes,
+    secret: str,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    allow_private: bool = False,
+) -> Sent:
+    """POST ``body`` to ``url`` once, signed with ``secret`` (Standard Webhooks), under the
+    callback rules when ``client`` is the guarded delivery client; never raises."""
+    clock = time.monotonic()
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    try:
+        callbacks.parse(url)
+        if not allow_private:
+            _vet_literal(url)
+        async with asyncio.timeout(timeout):
+            status_code, retry_after = await _post_once(
+                client, url, event_id, body, secret, headers or {}
+            )
+    except TimeoutError:
+        error = f"timed out after {timeout:g}s"
+    except callbacks.CallbackRejected as exc:
+        error = str(exc)
+    except TRANSPORT_ERRORS as exc:
+        error = _describe(exc)
+    if status_code is not None and not 200 <= status_code < 300:
+        error = f"receiver answered {status_code}"
+    return Sent(status_code, error, int((time.monotonic() - clock) * 1000), retry_after)
+
+
+def _vet_literal(url: str) -> None:
+    """Literal addresses never reach the guarded resolver: check them here."""
+    host = urlsplit(url).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if not callbacks.is_public(address):
+        raise callbacks.CallbackRejected("callback address is not public")
+
+
+async def _post_once(
+    client: httpx.AsyncClient,
+    url: str,
+    event_id: str,
+    body: bytes,
+    secret: str,
+    extra: dict[str, str],
+) -> tuple[int, float | None]:
+    timestamp = int(time.time())
+    ours = {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signing.sign(secret, event_id, timestamp, body),
+    }
+    # A custom header never replaces one of ours.
+    headers = {name: value for name, value in extra.items() if name.lower() not in ours} | ours
+    async with client.stream("POST", url, content=body, headers=headers) as response:
+        read = 0
+        async for chunk in response.aiter_raw():
+            read += len(chunk)
+            if read >= MAX_RESPONSE:
+                break
+        retry_after = None
+        if response.status_code in (429, 503):
+            retry_after = retry.parse_retry_after(response.headers.get("retry-after"), time.time())
+        return response.status_code, retry_after

@@ -100,3 +100,7 @@ def quiet_libraries(level: int) -> None:
     library_level = logging.DEBUG if level <= logging.DEBUG else logging.WARNING
     for name in CHATTY:
         logging.getLogger(name).setLevel(library_level)
+    # httpx names every request URL, and callback and operator URLs may carry a
+    # receiver's token in their query: never below warning, whatever the level.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -15,6 +15,7 @@ from service.api import (
     errors,
     gateway,
     health,
+    receivers,
     registrations,
     videos,
     webhook_secret,
@@ -63,6 +64,7 @@ def create_app(
         app.include_router(gateway.router)
         app.include_router(downloads.router)
         app.include_router(webhook_secret.router)
+        app.include_router(receivers.router)
         dashboard.install(app)
         webhooks.install(app)
         docs.install(app)

@@ -200,6 +200,24 @@ class DashboardSession(SQLModel, table=True):
     expires_at: float
 
 
+class OperatorEvent(SQLModel, table=True):
+    """The operator's outbox: status-proxy's own events, sent to OPERATOR_WEBHOOK_URL."""
+
+    __tablename__ = "operator_events"
+    __table_args__ = (sa.Index("ix_operator_events_due", "state", "next_attempt_at"),)
+
+    seq: int | None = Col(default=None, primary_key=True)
+    id: str = Col(unique=True, max_length=40)
+    type: str = Col(max_length=32)
+    body: str = Col(sa_column=Column(sa.Text, nullable=False))
+    state: str = Col(max_length=16)  # pending | delivered | dead
+    attempts: int = 0
+    # Due time while pending; the time of the outcome once delivered or dead.
+    next_attempt_at: float
+    lease_until: float | None = None
+    created_at: float
+
+
 # --- API schemas --------------------------------------------------------------------------
 
 ItemT = TypeVar("ItemT")
@@ -342,3 +360,58 @@ class Redelivery(BaseModel):
     object: Literal["redelivery"] = "redelivery"
     registration_id: str
     event_id: str
+
+
+# Header names are HTTP tokens; values visible ASCII and spaces. The contract's full
+# rules (forbidden names, counts, sizes) are checked where headers are registered.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+_HEADER_VALUE = re.compile(r"^[\x20-\x7e]{0,1024}$")
+
+
+class WebhookTest(BaseModel):
+    """Body of ``POST /v1/webhook_test``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    callback_url: str = Field(
+        min_length=1, max_length=CALLBACK_URL_LIMIT, examples=["https://example.com/hooks/video"]
+    )
+    headers: dict[str, str] = Field(default_factory=dict, max_length=10)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name[:64]!r} is not an HTTP token")
+            if not _HEADER_VALUE.fullmatch(text):
+                raise ValueError(f"header {name!r} must be at most 1024 visible ASCII characters")
+        return value
+
+
+class WebhookTestResult(BaseModel):
+    """What the receiver did with the test event."""
+
+    object: Literal["webhook_test"] = "webhook_test"
+    event_id: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class Recover(BaseModel):
+    """Body of ``POST /v1/deliveries/recover``: a window of unix times, in seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: float = Field(ge=0, allow_inf_nan=False, strict=True, examples=[1764331200])
+    until: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, strict=True, examples=[1764417600]
+    )
+
+
+class Recovered(BaseModel):
+    """Answer of ``POST /v1/deliveries/recover``."""
+
+    object: Literal["recovery"] = "recovery"
+    recovered: int

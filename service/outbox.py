@@ -302,17 +302,20 @@ class Result:
     next_attempt_at: float | None  # None: dead (or accepted)
 
 
-async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -> None:
+async def record(
+    conn: AsyncConnection, results: Sequence[Result], now: float
+) -> list[Result]:
     """Write the outcome of finished attempts: the attempt log, the event and registration.
     Only the holder of an event's lease writes: a worker paused past its lease (a long
     outage, a stalled process) finds the event taken over and leaves it to the new holder,
-    whose lease it must not clear and whose attempt count it must not set back."""
+    whose lease it must not clear and whose attempt count it must not set back. Returns
+    the results written (those whose lease was still held)."""
     if not results:
-        return
+        return []
     leases = await _leases(conn, results)
     results = [r for r in results if leases.get(r.event.seq, (None,))[0] == r.event.lease_until]
     if not results:
-        return
+        return []
     await conn.execute(
         attempts.insert(),
         [
@@ -364,10 +367,12 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
     ]
     gone = [r.event.registration_id for r in results if r.gone]
     await _set_state(conn, delivered, ("active", "failed"), "delivered", now)
-    await _set_state(conn, dead, ("active",), "failed", now)
+    # failed -> failed too: a recovered event that dies again marks the time it died.
+    await _set_state(conn, dead, ("active", "failed"), "failed", now)
     await _set_state(conn, gone, ("active", "delivered"), "failed", now)
     if gone:
         await conn.execute(drop_pending(gone))
+    return list(results)
 
 
 async def _leases(conn: AsyncConnection, results: Sequence[Result]) -> dict[int, tuple[Any, int]]:

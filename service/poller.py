@@ -10,7 +10,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import outbox, registrations, retention, tasks
+from service import operator_events, outbox, registrations, retention, tasks
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -65,6 +65,10 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         self._next_sweep = 0.0
         self._next_purge = 0.0
         self._forbidden: set[str] = set()  # tasks that answered 403 since the last readable answer
+        # Changes of the key's state not yet written as operator events, and how many
+        # of them the transaction in progress carries.
+        self._key_changes: list[tuple[operator_events.Kind, dict[str, object]]] = []
+        self._key_changes_written = 0
 
     def room(self) -> int:
         room = min(
@@ -149,9 +153,13 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
     async def record(
         self, conn: AsyncConnection, outcomes: list[tuple[tasks.Claimed, Fetch]], now: float
     ) -> int:
+        self._key_changes_written = len(self._key_changes)
+        await operator_events.emit(conn, self.settings, self._key_changes, now)
         return await apply(conn, outcomes, now, self.settings)
 
     def committed(self, queued: int) -> None:
+        del self._key_changes[: self._key_changes_written]
+        self._key_changes_written = 0
         if queued:  # new events: the deliverer should look now
             self.on_events()
 
@@ -181,6 +189,8 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         if fetch.outcome not in ("ok", "not_found"):
             self.limiter.settled()
         if fetch.outcome == "unauthorized":
+            if self.auth_problem is None:
+                self._key_change(operator_events.Kind.KEY_REFUSED, fetch)
             self.auth_problem = fetch.detail
             if time.monotonic() - self._auth_logged >= AUTH_LOG_EVERY:
                 self._auth_logged = time.monotonic()
@@ -190,6 +200,14 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
             if self.auth_problem is not None:
                 log.info("upstream accepts our key again: polling resumes")
                 self.auth_problem = None
+                self._key_change(operator_events.Kind.KEY_ACCEPTED, fetch)
+
+    def _key_change(self, kind: operator_events.Kind, fetch: Fetch) -> None:
+        """Note an operator event; written with the batch this answer is recorded in."""
+        data: dict[str, object] = {"upstream": "default", "status_code": fetch.status_code}
+        if kind == operator_events.Kind.KEY_REFUSED:
+            data["message"] = fetch.detail  # says which status, never the key
+        self._key_changes.append((kind, data))
 
 
 def due_tasks(now: float, limit: int) -> sa.Select[tuple[str]]:

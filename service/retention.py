@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import idempotency, ownership
+from service import idempotency, operator_events, ownership
 from service.db import Database
 from service.models import Attempt, Event, Registration, Task
 
@@ -83,6 +83,9 @@ async def purge(db: Database, now: float, retention: float, most: int = 20) -> i
     """Up to ``most`` batches, each its own short transaction; and expired idempotency
     keys (kept 24 hours whatever the retention)."""
     removed = await idempotency.purge(db, now)
+    async with db.write() as conn:
+        purged = await conn.execute(operator_events.purge_statement(now - retention))
+        removed += purged.rowcount or 0
     for _ in range(most):
         count = await purge_batch(db, now, retention)
         removed += count

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import service
-from service import callbacks, signing, transport
+from service import callbacks, notifier, operator_events, signing, transport
 from service.config import Settings
 from service.db import Database
 from service.delivery import Deliverer
@@ -60,15 +60,24 @@ class Runtime:
             ),
             follow_redirects=False,
         )
+        # The operator's URL is its own setting: a client without the callback guard.
+        self.operator_client = httpx.AsyncClient(
+            transport=transport.Transport(
+                client=lambda: aiohttp.ClientSession(auto_decompress=False),
+            ),
+            follow_redirects=False,
+        )
+        self.secret = ""  # the webhook secret, loaded at start
         self.poller: Poller | None = None
         self.deliverer: Deliverer | None = None
+        self.notifier: notifier.Notifier | None = None
         self.supervisor: Supervisor | None = None
         self.draining = False
 
     async def start(self, migrate: bool = True) -> None:
         if migrate:
             await self.db.migrate()
-        secret = await load_secret(self.db, self.settings)
+        secret = self.secret = await load_secret(self.db, self.settings)
         self._announce()
         if not self.with_workers:
             return
@@ -79,6 +88,11 @@ class Runtime:
             self.settings, self.db, self.upstream, self.metrics, self.deliverer.kick
         )
         workers: list[Worker] = [self.poller, self.deliverer]
+        if operator_events.enabled(self.settings):
+            self.notifier = notifier.Notifier(
+                self.settings, self.db, self.operator_client, secret, self.metrics
+            )
+            workers.append(self.notifier)
         if not self.db.is_sqlite:
             wake = {"tasks": self.poller.kick, "events": self.deliverer.kick}
             workers.append(Listener(self.settings, wake))
@@ -147,6 +161,7 @@ class Runtime:
         finally:
             await self.upstream_client.aclose()
             await self.delivery_client.aclose()
+            await self.operator_client.aclose()
             await self.db.dispose()
 
 

@@ -71,3 +71,55 @@ def test_dashboard_in_a_browser(browser_page, make_service, upstream, hooks):
     page.screenshot(path=str(ARTIFACTS / "dashboard-registration.png"), full_page=True)
 
     assert page.evaluate("window.__xss") is None and page.dialogs == []
+
+
+def _chart_totals(page) -> dict[str, int]:
+    return page.evaluate(
+        """() => {
+            const totals = {accepted: 0, failed: 0, dead: 0};
+            for (const g of document.querySelectorAll("#hour-chart g.minute"))
+                for (const k in totals) totals[k] += Number(g.dataset[k]);
+            return totals;
+        }"""
+    )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_chart_and_recover_since_in_a_browser(browser_page, make_service, upstream, hooks):
+    page = browser_page
+    service = make_service(api_keys=[KEY])
+    hooks.receiver.plan("/down", 500)
+    down = [upstream.add(duration=0.2, queued=0) for _ in range(2)]
+    for task in down:
+        assert service.register(task, f"{hooks.url}/down").status_code == 201
+    assert (
+        service.register(upstream.add(duration=0.2, queued=0), f"{hooks.url}/ok").status_code == 201
+    )
+
+    page.goto(f"{service.url}/dashboard")
+    page.fill("#key", KEY)
+    page.click("form.login button")
+    page.wait_for_selector("#hour-chart")
+    # The chart redraws in place as attempts fail and die: a spike to look at.
+    eventually(lambda: _chart_totals(page)["dead"] == 2, timeout=30)
+    assert _chart_totals(page) == {"accepted": 1, "failed": 6, "dead": 2}
+    assert page.locator("#hour-chart rect.dead").count() >= 1
+    assert page.locator("#hour-chart rect.failed").count() >= 1
+    assert page.locator("#hour-chart polyline.latency").count() >= 1
+    box = page.locator("#hour-chart").bounding_box()
+    assert box is not None and box["width"] > 600 and box["height"] > 150  # drawn, not collapsed
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-chart.png"), full_page=True)
+
+    # The receiver is back: recover what died in the last hour.
+    hooks.receiver.plan("/down", 200)
+    page.select_option("#since", "1")
+    page.click("#recover")
+    page.wait_for_selector("#recovered")
+    assert page.inner_text("#recovered").startswith("2 deliveries queued again")
+    eventually(lambda: _chart_totals(page)["accepted"] == 3, timeout=30)
+    # What the chart showed stays as it was: those attempts died then.
+    assert _chart_totals(page) == {"accepted": 3, "failed": 6, "dead": 2}
+    ids = {d.headers["webhook-id"] for d in hooks.at("/down")}
+    assert len(ids) == 2 and len(hooks.at("/down")) == 10  # 4 tries each, then one more
+    page.screenshot(path=str(ARTIFACTS / "dashboard-recovered.png"), full_page=True)

@@ -212,3 +212,84 @@ def test_a_registration_says_when_its_next_attempt_goes(make_service, upstream, 
     shown = re.search(r'id="next-attempt">([^<]+)<', httpx.get(page).text).group(1)
     [(next_at,)] = sql(service.settings.database_url, "SELECT next_attempt_at FROM events")[0]
     assert shown == time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(next_at))
+
+
+def _minutes(page: str) -> list[dict[str, int]]:
+    """The chart's per-minute figures as the page draws them."""
+    found = re.findall(
+        r'<g class="minute" data-minute="(\d\d:\d\d)" data-accepted="(\d+)" data-failed="(\d+)" '
+        r'data-dead="(\d+)"(?: data-latency-ms="(\d+)")?>',
+        page,
+    )
+    return [
+        {"accepted": int(a), "failed": int(f), "dead": int(d), "latency_ms": int(ms or -1)}
+        for _, a, f, d, ms in found
+    ]
+
+
+def _totals(page: str) -> dict[str, int]:
+    minutes = _minutes(page)
+    return {k: sum(m[k] for m in minutes) for k in ("accepted", "failed", "dead")}
+
+
+def test_chart_of_the_last_hour_counts_attempts_by_outcome(keyed, upstream, hooks):
+    hooks.receiver.plan("/down", 500)
+    hooks.receiver.plan("/gone", 410)
+    with httpx.Client(
+        base_url=keyed.url, headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=15
+    ) as mine:
+        regs = []
+        for path in ("/ok", "/ok", "/down", "/gone"):
+            task = upstream.add(duration=0.1, queued=0)
+            answer = mine.post(
+                "/v1/registrations", json={"task_id": task, "callback_url": f"{hooks.url}{path}"}
+            )
+            regs.append(answer.json()["id"])
+        for reg in regs:
+            eventually(
+                lambda r=reg: mine.get(f"/v1/registrations/{r}").json()["state"] != "active",
+                timeout=20,
+            )
+    page = eventually(
+        lambda: (text := dashboard_as(keyed.url, KEYS[0])) and _totals(text)["dead"] == 2 and text
+    )
+    minutes = _minutes(page)
+    assert len(minutes) == 60
+    # Two accepted; /down: three failed tries, then a dead fourth; /gone: dead at once.
+    assert _totals(page) == {"accepted": 2, "failed": 3, "dead": 2}
+    assert max(m["latency_ms"] for m in minutes) >= 0  # a latency for the accepted minute(s)
+    assert re.search(r'<svg id="hour-chart"[^>]*data-total="7"', page)
+    # Another key's chart is its own.
+    assert _totals(dashboard_as(keyed.url, KEYS[1])) == {"accepted": 0, "failed": 0, "dead": 0}
+
+
+def test_recover_since_from_the_dashboard(keyed, upstream, hooks):
+    hooks.receiver.plan("/down", 500)
+    with httpx.Client(
+        base_url=keyed.url, headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=15
+    ) as mine:
+        task = upstream.add(duration=0.1, queued=0)
+        reg = mine.post(
+            "/v1/registrations", json={"task_id": task, "callback_url": f"{hooks.url}/down"}
+        ).json()["id"]
+        eventually(lambda: mine.get(f"/v1/registrations/{reg}").json()["state"] == "failed", 20)
+        hooks.receiver.plan("/down", 200)
+        with httpx.Client(base_url=keyed.url, timeout=15) as browser:
+            assert browser.post("/dashboard/login", data={"key": KEYS[1]}).status_code == 303
+            assert 'id="recover"' in browser.get("/dashboard").text
+            theirs = browser.post("/dashboard/recover", data={"hours": "1"})
+            assert theirs.headers["location"] == "/dashboard?recovered=0"
+            browser.cookies.clear()
+            assert browser.post("/dashboard/login", data={"key": KEYS[0]}).status_code == 303
+            foreign = browser.post(
+                "/dashboard/recover", data={"hours": "1"},
+                headers={"Origin": "https://elsewhere.example"},
+            )  # fmt: skip
+            assert foreign.status_code == 403
+            answer = browser.post("/dashboard/recover", data={"hours": "1"})
+            assert answer.status_code == 303
+            assert answer.headers["location"] == "/dashboard?recovered=1"
+            shown = browser.get(answer.headers["location"]).text
+            assert re.search(r'id="recovered">1 delivery queued again', shown)
+        eventually(lambda: mine.get(f"/v1/registrations/{reg}").json()["state"] == "delivered")
+    assert httpx.post(f"{keyed.url}/dashboard/recover", data={"hours": "1"}).status_code == 401

@@ -10,6 +10,8 @@ from tests.test_process import serve
 
 CLIENT_KEYS = ("client-key-alpha-5d2e", "client-key-beta-91f0")
 DB_PASSWORD = "db-password-77c1"
+OPERATOR_TOKEN = "operator-token-0c4a"
+RECEIVER_TOKEN = "receiver-header-token-e8b2"
 
 
 def with_password(db_url):
@@ -24,6 +26,7 @@ def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
         upstream.url,
         STATUS_PROXY_LOG_LEVEL="DEBUG",
         STATUS_PROXY_API_KEYS=",".join(CLIENT_KEYS),
+        STATUS_PROXY_OPERATOR_WEBHOOK_URL=f"{hooks.url}/operator?token={OPERATOR_TOKEN}",
     ).wait_ready()
     seen = []
     signing_secrets = []  # each key's, as its own secret route answered them
@@ -83,11 +86,18 @@ def test_a_full_run_at_debug_level_leaks_no_secret(db_url, upstream, hooks):
         upstream.sim.api_key = "sk-rotated-elsewhere"
         call("POST", "/v1/registrations", json={**body, "task_id": upstream.add(duration=5)})
         eventually(lambda: call("GET", "/readyz").status_code == 503)
+        # Operator events went out (to a URL with a token), and a test send with a
+        # custom header, and a recovery.
+        eventually(lambda: hooks.at("/operator"), timeout=20)
+        test = {"callback_url": f"{hooks.url}/t", "headers": {"X-Token": RECEIVER_TOKEN}}
+        assert call("POST", "/v1/webhook_test", json=test).json()["status_code"] == 200
+        assert call("POST", "/v1/deliveries/recover", json={"since": 0}).status_code == 202
     finally:
         assert proc.stop(signal.SIGTERM) == 0
     output = proc.output()
     assert '"level": "debug"' in output  # the run really logged at debug level
     secrets = [UPSTREAM_KEY, SECRET, SECRET.removeprefix("whsec_"), DB_PASSWORD, *CLIENT_KEYS]
+    secrets += [OPERATOR_TOKEN, RECEIVER_TOKEN]
     secrets.append(base64.b64decode(SECRET.removeprefix("whsec_")).hex())
     assert len(set(signing_secrets)) == 3  # two keys' secrets and one rotated in
     for secret in signing_secrets:

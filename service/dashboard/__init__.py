@@ -21,8 +21,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from service import registrations
-from service.dashboard import data, sessions
+from service import recovery, registrations
+from service.dashboard import chart, data, sessions
 from service.runtime import Runtime, key_digest
 
 HERE = Path(__file__).resolve().parent
@@ -145,13 +145,51 @@ async def _header(request: Request, owner: str) -> dict[str, Any]:
     }
 
 
+# The "recover since" choices: hours back, and how the menu says it.
+RECOVER_WINDOWS = ((1, "1 hour ago"), (6, "6 hours ago"), (24, "24 hours ago"),
+                   (72, "3 days ago"), (168, "7 days ago"), (720, "30 days ago"))  # fmt: skip
+
+
+async def _panels(request: Request, owner: str, recovered: int | None) -> dict[str, Any]:
+    """The chart of the last hour and the recover form, for the front page."""
+    runtime: Runtime = request.app.state.runtime
+    tries = len(runtime.settings.delivery_retry_schedule) + 1
+    minutes = await data.last_hour(runtime.db, owner, time.time(), tries)
+    return {
+        "chart": chart.build(minutes),
+        "geometry": chart.FRAME,
+        "recover_windows": RECOVER_WINDOWS,
+        "recovered": recovered,
+    }
+
+
 @router.get("")
-async def index(request: Request, owner: Owner, state: str = "all") -> Response:
+async def index(
+    request: Request, owner: Owner, state: str = "all", recovered: str = ""
+) -> Response:
     runtime: Runtime = request.app.state.runtime
     which = state if state in data.FILTERS else "all"
     rows = await data.rows(runtime.db, owner, which)
     header = await _header(request, owner)
-    return page(request, "index.html", rows=rows, which=which, filters=data.FILTER_HELP, **header)
+    panels = await _panels(request, owner, int(recovered) if recovered.isdigit() else None)
+    return page(
+        request, "index.html", rows=rows, which=which, filters=data.FILTER_HELP,
+        **header, **panels,
+    )  # fmt: skip
+
+
+@router.post("/recover")
+async def recover(
+    request: Request, owner: Owner, hours: Annotated[float, Form(gt=0, le=24 * 366)] = 24
+) -> Response:
+    """Send again the caller's terminal webhooks that died in the last ``hours``."""
+    same_origin(request)
+    runtime: Runtime = request.app.state.runtime
+    now = time.time()
+    count = await recovery.recover(runtime.db, owner, now - hours * 3600, now, now)
+    if count:
+        runtime.kick_delivery()
+    return RedirectResponse(f"{PATH}?recovered={count}", 303)
 
 
 @router.get("/registrations/{registration_id}")

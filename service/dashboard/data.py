@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from service.dashboard import chart
 from service.db import Database
 from service.models import Attempt, Event, Registration, Task
 
@@ -197,3 +198,55 @@ async def detail(
         next_at = (await conn.execute(upcoming)).scalar_one_or_none()
     last_error = next((a.error for a in made if a.error), None)
     return Detail(_row(found), list(found.events), last_error, next_at), made
+
+
+def _minute_of(db: Database, when: Any, start: float) -> Any:
+    """The index of the minute ``when`` falls in, counted from ``start``."""
+    offset = (when - start) / 60.0
+    # SQLite's CAST truncates (offsets here are never negative); PostgreSQL's rounds.
+    return sa.cast(offset, sa.Integer) if db.is_sqlite else sa.func.floor(offset)
+
+
+async def last_hour(db: Database, owner: str, now: float, tries: int) -> list[chart.Minute]:
+    """The caller's webhook attempts of the last hour, per minute, by outcome, and the
+    average time from each accepted event being written to its acceptance. Accepted:
+    2xx; dead: an attempt after which its event was given up (a 410, or the last of
+    ``tries``: the first attempt and each retry of the schedule; a recovered event
+    counts its tries afresh); failed: the rest. Read from the attempt alone, so what
+    a minute showed stays as it was when an event is later recovered."""
+    starts = chart.window(now)
+    bucket = _minute_of(db, attempts.c.created_at, starts[0]).label("bucket")
+    accepted = sa.and_(attempts.c.status_code >= 200, attempts.c.status_code < 300)
+    dead = sa.and_(
+        ~accepted,
+        sa.or_(attempts.c.status_code == 410, attempts.c.attempt >= tries),
+    )
+    latency = attempts.c.created_at + attempts.c.duration_ms / 1000.0 - events.c.created_at
+    query = (
+        sa.select(
+            bucket,
+            sa.func.count().label("total"),
+            sa.func.sum(sa.case((accepted, 1), else_=0)).label("accepted"),
+            sa.func.sum(sa.case((dead, 1), else_=0)).label("dead"),
+            sa.func.avg(sa.case((accepted, latency), else_=None)).label("latency"),
+        )
+        .select_from(
+            attempts.join(
+                registrations, registrations.c.id == attempts.c.registration_id
+            ).outerjoin(events, events.c.id == attempts.c.event_id)
+        )
+        .where(_mine(owner), attempts.c.created_at >= starts[0])
+        .group_by(bucket)
+    )
+    async with db.read() as conn:
+        found = {int(row.bucket): row for row in await conn.execute(query)}
+    minutes = []
+    for index, start in enumerate(starts):
+        row = found.get(index)
+        if row is None:
+            minutes.append(chart.Minute(start))
+            continue
+        good, gone = int(row.accepted or 0), int(row.dead or 0)
+        latency = None if row.latency is None else max(0.0, float(row.latency))
+        minutes.append(chart.Minute(start, good, int(row.total) - good - gone, gone, latency))
+    return minutes
