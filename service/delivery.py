@@ -6,13 +6,14 @@ import asyncio
 import ipaddress
 import logging
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import callbacks, logs, outbox, retry, signing
+from service import callbacks, logs, outbox, retry, signing, transport
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 100
 IDLE_WAIT = 0.5
 MAX_RESPONSE = 4096  # we read this much of a receiver's answer, no more
+ANSWER_TIME = 1.0  # seconds to read that much, once the status line has come
+EXCERPT = 200  # characters of a refusal's body kept in the attempt log
+ANSWER_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *TRANSPORT_ERRORS)
 USER_AGENT = "status-proxy/webhooks"
 
 
@@ -93,31 +97,35 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         return 0
 
     async def attempt(self, event: outbox.Claimed) -> outbox.Result:
-        """One signed POST; never raises."""
+        """One signed POST; never raises. The answer counts from its status line: a 2xx
+        within the timeout accepts the event whatever its body then does."""
         started = time.time()
         clock = time.monotonic()
-        status_code: int | None = None
+        answer: Answer | None = None
         error: str | None = None
-        retry_after: float | None = None
         try:
             self._vet(event.callback_url)
-            async with asyncio.timeout(self.settings.delivery_timeout):
-                status_code, retry_after = await self._post(event, started)
+            answer = await self._post(event, started, clock)
         except TimeoutError:
             error = f"timed out after {self.settings.delivery_timeout:g}s"
         except callbacks.CallbackRejected as exc:
             error = str(exc)
         except TRANSPORT_ERRORS as exc:
             error = _describe(exc)
-        duration_ms = int((time.monotonic() - clock) * 1000)
+        status_code = answer.status_code if answer else None
+        duration_ms = answer.duration_ms if answer else int((time.monotonic() - clock) * 1000)
         accepted = status_code is not None and 200 <= status_code < 300
         gone = status_code == 410
-        if status_code is not None and not accepted and error is None:
-            error = f"receiver answered {status_code}"
+        if answer is not None and not accepted:
+            error = f"receiver answered {status_code}" + (
+                f": {answer.excerpt}" if answer.excerpt else ""
+            )
         next_at: float | None = None
         if not accepted and not gone:
             wait = retry.delivery_wait(
-                event.attempts + 1, self.settings.delivery_retry_schedule, retry_after
+                event.attempts + 1,
+                self.settings.delivery_retry_schedule,
+                answer.retry_after if answer else None,
             )
             next_at = None if wait is None else time.time() + wait
         outcome = "accepted" if accepted else "gone" if gone else "retry" if next_at else "dead"
@@ -143,7 +151,9 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         if not callbacks.is_public(address):
             raise callbacks.CallbackRejected("callback address is not public")
 
-    async def _post(self, event: outbox.Claimed, started: float) -> tuple[int, float | None]:
+    async def _post(self, event: outbox.Claimed, started: float, clock: float) -> Answer:
+        """Send the event; the timeout covers connecting, sending and the status line.
+        Raises TimeoutError and what the transport raises."""
         timestamp = int(started)
         body = event.body.encode()
         headers = {
@@ -153,17 +163,64 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signing.sign(self.secret, event.id, timestamp, body),
         }
-        async with self.client.stream(
-            "POST", event.callback_url, content=body, headers=headers
-        ) as response:
-            read = 0
+        request = self.client.build_request(
+            "POST",
+            event.callback_url,
+            content=body,
+            headers=headers,
+            timeout=self.settings.delivery_timeout,
+            extensions={transport.TARGET: transport.target(event.callback_url)},
+        )
+        async with asyncio.timeout(self.settings.delivery_timeout):
+            response = await self.client.send(request, stream=True)
+        duration_ms = int((time.monotonic() - clock) * 1000)
+        try:
+            text = await _read_answer(response)
+        finally:
+            await _close(response)
+        retry_after = None
+        if response.status_code in (429, 503):
+            retry_after = retry.parse_retry_after(response.headers.get("retry-after"), time.time())
+        return Answer(response.status_code, duration_ms, retry_after, _excerpt(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a receiver answered: its status line came within the timeout."""
+
+    status_code: int
+    duration_ms: int  # until the status line
+    retry_after: float | None
+    excerpt: str  # the start of its body, for the attempt log
+
+
+async def _read_answer(response: httpx.Response) -> bytes:
+    """Up to MAX_RESPONSE bytes of the body within ANSWER_TIME; whatever the body does
+    (slow, endless, reset), the answer stands on its status line."""
+    chunks: list[bytes] = []
+    read = 0
+    try:
+        async with asyncio.timeout(ANSWER_TIME):
             async for chunk in response.aiter_raw():
+                chunks.append(chunk)
                 read += len(chunk)
                 if read >= MAX_RESPONSE:
                     break
-            retry_after = None
-            if response.status_code in (429, 503):
-                retry_after = retry.parse_retry_after(
-                    response.headers.get("retry-after"), time.time()
-                )
-            return response.status_code, retry_after
+    except ANSWER_ERRORS:
+        pass
+    return b"".join(chunks)[:MAX_RESPONSE]
+
+
+async def _close(response: httpx.Response) -> None:
+    # A body left unread closes the connection rather than draining it.
+    try:
+        async with asyncio.timeout(ANSWER_TIME):
+            await response.aclose()
+    except ANSWER_ERRORS:
+        pass
+
+
+def _excerpt(body: bytes) -> str:
+    """A single printable line from the start of a body."""
+    text = body.decode("utf-8", "replace")
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:EXCERPT]

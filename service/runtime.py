@@ -8,9 +8,8 @@ import logging
 import aiohttp
 import httpx
 import sqlalchemy as sa
-from httpx_aiohttp import AiohttpTransport
 
-from service import callbacks, signing
+from service import callbacks, signing, transport
 from service.config import Settings
 from service.db import Database
 from service.delivery import Deliverer
@@ -41,7 +40,7 @@ class Runtime:
         self.db = Database(settings)
         self.metrics = Metrics()
         self.upstream_client = httpx.AsyncClient(
-            transport=AiohttpTransport(
+            transport=transport.RawTargetTransport(
                 limits=httpx.Limits(max_connections=settings.upstream_max_concurrency + 4)
             ),
             follow_redirects=False,
@@ -53,7 +52,7 @@ class Runtime:
             settings.upstream_timeout,
         )
         self.delivery_client = httpx.AsyncClient(
-            transport=AiohttpTransport(
+            transport=transport.RawTargetTransport(
                 client=lambda: _delivery_session(settings),
             ),
             follow_redirects=False,

@@ -15,11 +15,15 @@ OFFER = 1 << 30  # bytes a flooding path offers; far more than anyone should rea
 class Rogue:
     """``/reset`` resets the connection, ``/flood`` streams a 1 GiB body, ``/endless`` a
     chunked body that never ends, ``/garbage`` answers without HTTP, ``/silent`` never
-    answers. ``sent`` counts the body bytes each path got out before the client left."""
+    answers; ``/ok`` answers 200 at once, ``/trickle`` answers 200 then sends its small
+    body a byte every half second, ``/cut`` answers 200 then resets mid-body.
+    ``sent`` counts the body bytes each path got out before the client left; ``lines``
+    keeps every request line exactly as it arrived."""
 
     def __init__(self) -> None:
         self.sent: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.lines: list[bytes] = []
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -52,9 +56,10 @@ class Rogue:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
+            self.lines.append(head.split(b"\r\n", 1)[0])
             path = head.split(b" ", 2)[1].decode()
             self.requests[path] += 1
-            mode = path.strip("/").split("/")[0]  # /flood/v1/videos/x floods too
+            mode = path.split("?")[0].strip("/").split("/")[0]  # /flood/v1/videos/x floods too
             await getattr(self, "_" + mode)(path, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
@@ -77,6 +82,24 @@ class Rogue:
     async def _garbage(self, path: str, writer: asyncio.StreamWriter) -> None:
         writer.write(b"\x00\xffnot http at all\r\n\r\n")
         await writer.drain()
+
+    async def _ok(self, path: str, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+
+    async def _trickle(self, path: str, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n")
+        for _ in range(20):
+            await writer.drain()
+            await asyncio.sleep(0.5)
+            writer.write(b"x")
+            self.sent[path] += 1
+
+    async def _cut(self, path: str, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        await self._reset(path, writer)
 
     async def _silent(self, path: str, writer: asyncio.StreamWriter) -> None:
         assert self._stop is not None

@@ -1,0 +1,80 @@
+"""Receivers in the real world: what counts as accepted, the URL as registered, custom
+headers, circuits per origin, per-origin concurrency and the networks allowed by name."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.runtime import Runtime
+from tests.conftest import test_settings
+from tests.harness import eventually
+from tests.rogue import Rogue
+
+
+@pytest.fixture
+def rogue():
+    server = Rogue().start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("path", ["/trickle", "/endless", "/cut"])
+def test_a_2xx_status_line_accepts_whatever_the_body_does(make_service, upstream, rogue, path):
+    # The body of /trickle takes ten seconds, far past the one-second timeout.
+    service = make_service(delivery_timeout=1.0, delivery_retry_schedule=(0.2, 0.2))
+    reg = service.register(upstream.add(duration=0.1, queued=0), f"{rogue.url}{path}").json()
+    eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
+    [attempt] = service.attempts(reg["id"])
+    assert attempt["status_code"] == 200 and attempt["error"] is None, attempt
+    assert rogue.requests[path] == 1
+
+
+def test_a_refusal_keeps_the_start_of_its_body(make_service, upstream, hooks):
+    hooks.receiver.plan("/no", 422)
+    service = make_service(delivery_retry_schedule=(30.0,))
+    reg = service.register(upstream.add(duration=0.1, queued=0), f"{hooks.url}/no").json()
+    [attempt] = eventually(lambda: service.attempts(reg["id"]))
+    assert attempt["status_code"] == 422 and attempt["error"].startswith("receiver answered 422")
+
+
+ODD = "/ok/hook;v=1/a%2Fb/./c?sp=%2Ftriggers%2Fmanual&sig=abc%2Fdef%3D&x=%7e&y=a+b&z=%41"
+
+
+def test_the_callback_url_is_sent_as_registered(service, upstream, rogue):
+    task = upstream.add(duration=0.1, queued=0)
+    reg = service.register(task, f"{rogue.url}{ODD}#fragment").json()
+    eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
+    assert rogue.lines == [f"POST {ODD} HTTP/1.1".encode()]
+
+
+def test_a_bare_origin_is_sent_as_slash(service, upstream, rogue):
+    # No path at all: the request-target is "/", and the query stays as written.
+    task = upstream.add(duration=0.1, queued=0)
+    service.register(task, f"{rogue.url}?to=%2Fok")
+    eventually(lambda: rogue.lines)
+    assert rogue.lines == [b"POST /?to=%2Fok HTTP/1.1"]
+
+
+def test_every_upstream_request_keeps_its_path(tmp_path, rogue):
+    """Status reads, creates and downloads go out with the path as built."""
+    base = f"{rogue.url}/ok/gw%2Fx%7e"
+    settings = test_settings(f"sqlite:///{tmp_path / 'x.db'}", base)
+
+    async def run() -> None:
+        runtime = Runtime(settings, workers=False)
+        try:
+            await runtime.upstream.fetch("task:1")
+            await runtime.upstream.create(b"{}", "application/json")
+            response = await runtime.upstream.open_content("task:1", None)
+            await response.aclose()
+        finally:
+            await runtime.stop()
+
+    asyncio.run(run())
+    assert rogue.lines == [
+        b"GET /ok/gw%2Fx%7e/v1/videos/task%3A1 HTTP/1.1",
+        b"POST /ok/gw%2Fx%7e/v1/videos HTTP/1.1",
+        b"GET /ok/gw%2Fx%7e/v1/videos/task%3A1/content HTTP/1.1",
+    ]
