@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -52,12 +50,14 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         client: httpx.AsyncClient,
         secret: str,
         metrics: Metrics,
+        guard: callbacks.Guard,
     ) -> None:
         super().__init__(db, IDLE_WAIT, drain_timeout=settings.delivery_timeout + 2)
         self.settings = settings
         self.client = client
         self.secret = secret
         self.metrics = metrics
+        self.guard = guard
         # An attempt cannot outlive its timeout, so the lease only needs a margin for the write.
         self.lease = settings.delivery_timeout + 10
         # Retries may fill at most three quarters of the slots: a backlog of failing
@@ -104,7 +104,7 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         answer: Answer | None = None
         error: str | None = None
         try:
-            self._vet(event.callback_url)
+            callbacks.vet_literal(event.callback_url, self.guard)
             answer = await self._post(event, started, clock)
         except TimeoutError:
             error = f"timed out after {self.settings.delivery_timeout:g}s"
@@ -136,20 +136,6 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         return outbox.Result(
             event, started, duration_ms, status_code, error, accepted, gone, next_at
         )
-
-    def _vet(self, url: str) -> None:
-        # Host names are vetted by the connector's resolver at connect time; literal
-        # addresses never reach a resolver, so they are checked here.
-        callbacks.parse(url)
-        if self.settings.callback_allow_private:
-            return
-        host = urlsplit(url).hostname or ""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return
-        if not callbacks.is_public(address):
-            raise callbacks.CallbackRejected("callback address is not public")
 
     async def _post(self, event: outbox.Claimed, started: float, clock: float) -> Answer:
         """Send the event; the timeout covers connecting, sending and the status line.

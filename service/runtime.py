@@ -38,6 +38,9 @@ class Runtime:
         self.with_workers = workers
         self.key_digests = [key_digest(key.get_secret_value()) for key in settings.api_keys]
         self.db = Database(settings)
+        self.callback_guard = callbacks.Guard(
+            settings.callback_allow_private, settings.callback_allow_networks
+        )
         self.metrics = Metrics()
         self.upstream_client = httpx.AsyncClient(
             transport=transport.RawTargetTransport(
@@ -53,7 +56,7 @@ class Runtime:
         )
         self.delivery_client = httpx.AsyncClient(
             transport=transport.RawTargetTransport(
-                client=lambda: _delivery_session(settings),
+                client=lambda: _delivery_session(settings, self.callback_guard),
             ),
             follow_redirects=False,
         )
@@ -71,7 +74,7 @@ class Runtime:
         if not self.with_workers:
             return
         self.deliverer = Deliverer(
-            self.settings, self.db, self.delivery_client, secret, self.metrics
+            self.settings, self.db, self.delivery_client, secret, self.metrics, self.callback_guard
         )
         self.poller = Poller(
             self.settings, self.db, self.upstream, self.metrics, self.deliverer.kick
@@ -113,11 +116,9 @@ class Runtime:
             await self.db.dispose()
 
 
-def _delivery_session(settings: Settings) -> aiohttp.ClientSession:
+def _delivery_session(settings: Settings, guard: callbacks.Guard) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=callbacks.connector(
-            settings.callback_allow_private, settings.delivery_concurrency
-        ),
+        connector=callbacks.connector(guard, settings.delivery_concurrency),
         auto_decompress=False,
     )
 

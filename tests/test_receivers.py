@@ -78,3 +78,39 @@ def test_every_upstream_request_keeps_its_path(tmp_path, rogue):
         b"POST /ok/gw%2Fx%7e/v1/videos HTTP/1.1",
         b"GET /ok/gw%2Fx%7e/v1/videos/task%3A1/content HTTP/1.1",
     ]
+
+
+def test_networks_allowed_by_name_are_checked_at_registration_and_at_connect(
+    make_service, upstream, hooks
+):
+    port = hooks.url.rsplit(":", 1)[1]
+    networks = "127.0.0.0/8,::1/128"
+    allowed = make_service(callback_allow_private=False, callback_allow_networks=networks)
+    for url in ("http://10.0.0.1/h", "http://[fe80::1]/h", "http://169.254.169.254/h"):
+        response = allowed.register("video_1", url)
+        assert response.status_code == 422 and response.json()["error"]["param"] == "callback_url"
+    task = upstream.add(duration=1.5, queued=0)
+    urls = (f"http://127.0.0.1:{port}/literal", f"http://localhost:{port}/named")
+    regs = [allowed.register(task, url).json()["id"] for url in urls]
+    for reg in regs:
+        eventually(lambda r=reg: allowed.registration(r)["state"] == "delivered")
+    assert len(hooks.at("/literal")) == 1 and len(hooks.at("/named")) == 1
+    # Registered while those networks were allowed; at connect time they no longer are.
+    task = upstream.add(duration=1.5, queued=0)
+    urls = (f"http://127.0.0.1:{port}/literal-later", f"http://localhost:{port}/named-later")
+    regs = [allowed.register(task, url).json()["id"] for url in urls]
+    allowed.stop()
+    narrower = make_service(
+        callback_allow_private=False,
+        callback_allow_networks="127.0.0.2/32",
+        delivery_retry_schedule=(30.0,),
+    )
+    for reg in regs:
+        [attempt] = eventually(lambda r=reg: narrower.attempts(r))
+        assert attempt["status_code"] is None and "CALLBACK_ALLOW_NETWORKS" in attempt["error"]
+    assert hooks.at("/literal-later") == [] and hooks.at("/named-later") == []
+
+
+def test_a_bad_network_setting_is_refused():
+    with pytest.raises(ValueError, match="CIDR"):
+        test_settings("sqlite:///x.db", "http://127.0.0.1:9", callback_allow_networks="10.0.0.1/8")

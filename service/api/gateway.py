@@ -25,7 +25,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from service import idempotency, multipart, registrations
+from service import callbacks, idempotency, multipart, registrations
 from service.api import registrations as api_registrations
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses, upstream_failure
@@ -67,9 +67,9 @@ def registration_from(fields: dict[str, Any]) -> RegistrationCreate | None:
         raise ApiError(422, f"{param}: {first['msg']}", param) from None
 
 
-async def check_callback(wanted: RegistrationCreate | None, allow_private: bool) -> None:
+async def check_callback(wanted: RegistrationCreate | None, guard: callbacks.Guard) -> None:
     if wanted is not None:
-        await api_registrations.vet_callback(wanted.callback_url, allow_private)
+        await api_registrations.vet_callback(wanted.callback_url, guard)
 
 
 class JsonIntake:
@@ -100,8 +100,8 @@ class JsonIntake:
     def body(self) -> bytes:
         return self.content
 
-    async def precheck(self, allow_private: bool) -> None:
-        await check_callback(self.wanted, allow_private)
+    async def precheck(self, guard: callbacks.Guard) -> None:
+        await check_callback(self.wanted, guard)
 
     async def drain(self) -> str:
         return self.fingerprint
@@ -141,11 +141,11 @@ class Relay:
     inside the stream is kept here so the route can answer it rather than a transport
     error. The fingerprint and the registration fields are known once it has streamed."""
 
-    def __init__(self, request: Request, boundary: bytes, allow_private: bool) -> None:
+    def __init__(self, request: Request, boundary: bytes, guard: callbacks.Guard) -> None:
         self.request = request
         self.content_type = request.headers["content-type"]
         self.parts = multipart.MultipartRelay(boundary, CONSUMED)
-        self.allow_private = allow_private
+        self.guard = guard
         self.failure: ApiError | None = None
         self.wanted: RegistrationCreate | None = None
 
@@ -157,7 +157,7 @@ class Relay:
                     yield out
             closing = self.parts.closing()
             self.wanted = registration_from(form_fields(self.parts.fields))
-            await check_callback(self.wanted, self.allow_private)
+            await check_callback(self.wanted, self.guard)
         except ApiError as exc:
             self.failure = exc
             raise
@@ -176,7 +176,7 @@ class Relay:
     def fingerprint(self) -> str:
         return self.parts.fingerprint
 
-    async def precheck(self, allow_private: bool) -> None:
+    async def precheck(self, guard: callbacks.Guard) -> None:
         """Nothing before: the fields are checked as the body ends."""
 
     async def drain(self) -> str:
@@ -245,7 +245,7 @@ async def create_video(request: Request, caller: CallerDep) -> Response:
     """Create a video upstream with status-proxy's key; with a `callback_url`, the new
     task is registered in the same call. Upstream errors pass through unchanged."""
     runtime = caller.runtime
-    allow_private = runtime.settings.callback_allow_private
+    guard = runtime.callback_guard
     key = request.headers.get("idempotency-key")
     if key is not None and not idempotency.valid_key(key):
         message = "Idempotency-Key must be 1-255 visible ASCII characters"
@@ -255,7 +255,7 @@ async def create_video(request: Request, caller: CallerDep) -> Response:
     if kind == "application/json" or kind.endswith("+json"):
         intake = await JsonIntake.read(request)
     elif kind == "multipart/form-data" and options.get(b"boundary"):
-        intake = Relay(request, options[b"boundary"], allow_private)
+        intake = Relay(request, options[b"boundary"], guard)
     else:
         raise ApiError(415, "the body must be JSON or multipart/form-data with a boundary")
 
@@ -272,7 +272,7 @@ async def create_video(request: Request, caller: CallerDep) -> Response:
             replayed = {"Idempotent-Replayed": "true"}
             return Response(stored.body, stored.status_code, replayed, stored.content_type)
     try:
-        await intake.precheck(allow_private)
+        await intake.precheck(guard)
         answer = await _forward(runtime, intake)
         answer = await _register(runtime, caller.owner, answer, intake.wanted)
     except BaseException:
