@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -142,13 +143,18 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         Raises TimeoutError and what the transport raises."""
         timestamp = int(started)
         body = event.body.encode()
-        headers = {
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            "webhook-id": event.id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signing.sign(self.secret, event.id, timestamp, body),
-        }
+        # Custom headers may replace our User-Agent (names compare without case); the
+        # names they may not use keep them off the ones that follow.
+        headers = httpx.Headers({"user-agent": USER_AGENT})
+        headers.update(event.headers)
+        headers.update(
+            {
+                "content-type": "application/json",
+                "webhook-id": event.id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signing.sign(self.secret, event.id, timestamp, body),
+            }
+        )
         request = self.client.build_request(
             "POST",
             event.callback_url,
@@ -167,7 +173,8 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         retry_after = None
         if response.status_code in (429, 503):
             retry_after = retry.parse_retry_after(response.headers.get("retry-after"), time.time())
-        return Answer(response.status_code, duration_ms, retry_after, _excerpt(text))
+        excerpt = _excerpt(text, event.headers.values())
+        return Answer(response.status_code, duration_ms, retry_after, excerpt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +213,11 @@ async def _close(response: httpx.Response) -> None:
         pass
 
 
-def _excerpt(body: bytes) -> str:
-    """A single printable line from the start of a body."""
+def _excerpt(body: bytes, secrets: Iterable[str]) -> str:
+    """A single printable line from the start of a body. A receiver may echo what it
+    got: the values of custom headers never reach the attempt log."""
     text = body.decode("utf-8", "replace")
+    for secret in secrets:
+        if secret.strip():
+            text = text.replace(secret, "[redacted]").replace(secret.strip(), "[redacted]")
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:EXCERPT]

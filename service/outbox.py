@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -187,6 +187,8 @@ class Claimed:
     callback_url: str = ""
     task_id: str = ""
     lane: int = FIRST
+    headers: dict[str, str] = field(default_factory=dict)  # the registration's custom ones
+    first_attempt_at: float | None = None
 
 
 def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
@@ -233,6 +235,7 @@ async def claim(
             created_at=row.created_at,
             lease_until=lease_until,
             lane=lane,
+            first_attempt_at=row.first_attempt_at,
         )
         for row in (
             await conn.execute(
@@ -247,6 +250,7 @@ async def claim(
                     events.c.body,
                     events.c.attempts,
                     events.c.created_at,
+                    events.c.first_attempt_at,
                 )
             )
         ).all()
@@ -256,13 +260,17 @@ async def claim(
             row.id: row
             for row in await conn.execute(
                 sa.select(
-                    registrations.c.id, registrations.c.callback_url, registrations.c.task_id
+                    registrations.c.id,
+                    registrations.c.callback_url,
+                    registrations.c.task_id,
+                    registrations.c.headers,
                 ).where(registrations.c.id.in_({event.registration_id for event in claimed}))
             )
         }
         for event in claimed:
             target = targets[event.registration_id]
             event.callback_url, event.task_id = target.callback_url, target.task_id
+            event.headers = target.headers or {}
     claimed.sort(key=lambda event: event.seq)
     return claimed
 

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import ids, outbox, tasks
+from service import headers, ids, outbox, tasks
 from service.db import Database
 from service.models import (
     TERMINAL_EVENTS,
@@ -61,6 +61,7 @@ _COLUMNS = (
     registrations.c.callback_url,
     registrations.c.events,
     registrations.c.metadata,
+    registrations.c.headers,
     registrations.c.state,
     registrations.c.created_at,
     task_table.c.snapshot,
@@ -102,6 +103,7 @@ def _public(row: Any) -> RegistrationPublic:
         callback_url=row.callback_url,
         events=row.events,
         metadata=row.metadata,
+        headers=row.headers,
         state=row.state,
         created_at=int(row.created_at),
         task=_snapshot(row.snapshot),
@@ -134,6 +136,7 @@ async def create(
                     callback_url=body.callback_url,
                     events=list(body.events),
                     metadata=body.metadata,
+                    headers=body.headers,
                     state="active",
                     created_at=int(now),
                     task=_snapshot(task.snapshot),
@@ -151,6 +154,8 @@ def _same_or_conflict(existing: Any, body: RegistrationCreate) -> RegistrationPu
         raise Conflict(
             "an active registration for this task and URL has other metadata", "metadata"
         )
+    if not headers.same(existing.headers, body.headers):
+        raise Conflict("an active registration for this task and URL has other headers", "headers")
     return _public(existing)
 
 
@@ -210,6 +215,7 @@ async def _insert(
             "callback_url": body.callback_url,
             "events": list(body.events),
             "metadata": body.metadata,
+            "headers": body.headers,
             "state": "active",
             "dedupe_key": key,
             "created_at": now,

@@ -15,7 +15,7 @@ OFFER = 1 << 30  # bytes a flooding path offers; far more than anyone should rea
 class Rogue:
     """``/reset`` resets the connection, ``/flood`` streams a 1 GiB body, ``/endless`` a
     chunked body that never ends, ``/garbage`` answers without HTTP, ``/silent`` never
-    answers; ``/ok`` answers 200 at once, ``/trickle`` answers 200 then sends its small
+    answers; ``/echo`` refuses with 400, echoing the request head; ``/ok`` answers 200 at once, ``/trickle`` answers 200 then sends its small
     body a byte every half second, ``/cut`` answers 200 then resets mid-body.
     ``sent`` counts the body bytes each path got out before the client left; ``lines``
     keeps every request line exactly as it arrived."""
@@ -24,6 +24,7 @@ class Rogue:
         self.sent: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.lines: list[bytes] = []
+        self.heads: list[bytes] = []
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -57,6 +58,7 @@ class Rogue:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             self.lines.append(head.split(b"\r\n", 1)[0])
+            self.heads.append(head)
             path = head.split(b" ", 2)[1].decode()
             self.requests[path] += 1
             mode = path.split("?")[0].strip("/").split("/")[0]  # /flood/v1/videos/x floods too
@@ -85,6 +87,12 @@ class Rogue:
 
     async def _ok(self, path: str, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+
+    async def _echo(self, path: str, writer: asyncio.StreamWriter) -> None:
+        body = b"refused, you sent: " + self.heads[-1]
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body)
         await writer.drain()
 
     async def _trickle(self, path: str, writer: asyncio.StreamWriter) -> None:

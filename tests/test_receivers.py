@@ -4,6 +4,7 @@ headers, circuits per origin, per-origin concurrency and the networks allowed by
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -114,3 +115,117 @@ def test_networks_allowed_by_name_are_checked_at_registration_and_at_connect(
 def test_a_bad_network_setting_is_refused():
     with pytest.raises(ValueError, match="CIDR"):
         test_settings("sqlite:///x.db", "http://127.0.0.1:9", callback_allow_networks="10.0.0.1/8")
+
+
+TOKEN = "Bearer rcv-7f3e9a-secret-token"
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.getMessage()} {record.__dict__!r}")
+
+
+@pytest.fixture
+def collect():
+    handler = Collect()
+    yield handler
+    logging.getLogger().removeHandler(handler)
+
+
+def test_custom_headers_are_sent_with_every_attempt_and_never_logged(
+    make_service, upstream, hooks, collect
+):
+    hooks.receiver.plan("/h", 500, 200)
+    service = make_service(api_keys="key-alpha,key-beta", log_level="DEBUG")
+    logging.getLogger().addHandler(collect)  # after the service has set up logging
+    logged = collect.lines
+    wanted = {"Authorization": TOKEN, "X-Tenant": "acme  42", "User-Agent": "custom/1"}
+    task = upstream.add(duration=0.2, queued=0)
+    created = service.register(task, f"{hooks.url}/h", headers=wanted)
+    assert created.status_code == 201 and created.json()["headers"] == wanted
+    reg = created.json()["id"]
+    eventually(lambda: service.registration(reg)["state"] == "delivered")
+    arrivals = hooks.at("/h")
+    assert len(arrivals) == 2
+    for delivery in arrivals:
+        assert delivery.headers["authorization"] == TOKEN
+        assert delivery.headers["x-tenant"] == "acme  42"
+        assert delivery.headers["user-agent"] == "custom/1"
+        assert delivery.verified and delivery.headers["content-type"] == "application/json"
+    # Only the owning key sees them.
+    assert service.registration(reg)["headers"] == wanted
+    listed = service.client.get("/v1/registrations").json()["data"]
+    assert listed[0]["headers"] == wanted
+    other = {"Authorization": "Bearer key-beta"}
+    assert service.client.get(f"/v1/registrations/{reg}", headers=other).status_code == 404
+    assert service.client.get("/v1/registrations", headers=other).json()["data"] == []
+    assert any("POST" in line for line in logged), logged[:5]  # the attempts were logged
+    assert not any("rcv-7f3e9a" in line for line in logged)
+
+
+def test_an_echoed_header_value_stays_out_of_the_attempt_log(make_service, rogue, upstream):
+    service = make_service(delivery_retry_schedule=(30.0,))
+    task = upstream.add(duration=0.1, queued=0)
+    reg = service.register(task, f"{rogue.url}/echo", headers={"X-Key": "sekrit-123456"}).json()
+    [attempt] = eventually(lambda: service.attempts(reg["id"]))
+    assert attempt["status_code"] == 400 and "[redacted]" in attempt["error"]
+    assert "sekrit" not in attempt["error"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {f"X-H{i}": "v" for i in range(11)},
+        {"Host": "evil.example"},
+        {"content-type": "text/plain"},
+        {"Content-Length": "5"},
+        {"Transfer-Encoding": "chunked"},
+        {"Connection": "close"},
+        {"Keep-Alive": "5"},
+        {"Upgrade": "h2c"},
+        {"TE": "trailers"},
+        {"Proxy-Authorization": "Basic x"},
+        {"Webhook-Id": "evt_forged"},
+        {"webhook-signature": "v1,forged"},
+        {"X-A": "1", "x-a": "2"},
+        {"Bad Name": "v"},
+        {"X-Bad:": "v"},
+        {"": "v"},
+        {"X-Long": "v" * 1025},
+        {"X-Line": "ok\r\nX-Injected: 1"},
+        {"X-Tab": "a\tb"},
+        {"X-Utf8": "café"},
+        {"X-Number": 5},
+        ["X-List"],
+    ],
+)  # fmt: skip
+def test_custom_headers_outside_the_limits_are_422(service, headers):
+    response = service.register("video_1", "http://127.0.0.1:9/h", headers=headers)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == "headers"
+    values = headers.values() if isinstance(headers, dict) else headers
+    assert not any(str(value) in error["message"] for value in values if len(str(value)) > 3)
+
+
+def test_the_largest_allowed_headers_are_taken(service):
+    headers = {f"X-H{i}": "v" * 1024 for i in range(10)}
+    response = service.register("video_1", "http://127.0.0.1:9/h", headers=headers)
+    assert response.status_code == 201 and response.json()["headers"] == headers
+
+
+def test_headers_take_part_in_the_duplicate_rule(service):
+    url = "http://127.0.0.1:9/h"
+    first = service.register("video_1", url, headers={"X-Token": "a"})
+    assert first.status_code == 201
+    same = service.register("video_1", url, headers={"x-token": "a"})
+    assert same.status_code == 200 and same.json()["id"] == first.json()["id"]
+    other = service.register("video_1", url, headers={"X-Token": "b"})
+    assert other.status_code == 409 and other.json()["error"]["param"] == "headers"
+    none = service.register("video_1", url)
+    assert none.status_code == 409 and none.json()["error"]["param"] == "headers"
+    assert service.registration(first.json()["id"])["headers"]["X-Token"] == "a"
