@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     delivery_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     delivery_concurrency: int = Field(64, ge=1)
     delivery_concurrency_per_origin: int = Field(8, ge=1)
+    # An origin's circuit opens after 5 failures in a row; one probe after this cool-down,
+    # doubling after each failed probe up to the maximum.
+    circuit_cooldown: float = Field(30.0, gt=0)
+    circuit_cooldown_max: float = Field(600.0, gt=0)
     upload_limit: int = Field(50 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
     # A "completed" answer without a video_url is polled this many more times before

@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import callbacks, logs, outbox, retry, signing, transport
+from service import admission, callbacks, logs, outbox, retry, signing, transport
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -65,6 +65,7 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         # receivers never stands between a fresh event and its first attempt.
         self.retry_slots = max(1, settings.delivery_concurrency * 3 // 4)
         self._retrying = 0
+        self.admission = admission.Admission(settings, self.lease)
 
     def room(self) -> int:
         return min(self.settings.delivery_concurrency - len(self._inflight), CLAIM_BATCH)
@@ -75,13 +76,19 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         room = min(limit - len(claimed), self.retry_slots - self._retrying)
         if room > 0:
             claimed += await outbox.claim(conn, now, room, self.lease, outbox.RETRY)
-        return claimed
+        going, dead = await self.admission.admit(conn, claimed, now)
+        if dead:  # they died waiting on an open circuit: written with the next turn
+            self.metrics.deliveries.labels("dead").inc(len(dead))
+            self._results.extend(dead)
+            self.kick()
+        return going
 
     async def release(self, conn: AsyncConnection, jobs: list[outbox.Claimed]) -> None:
         await outbox.release(conn, jobs)
 
     def started(self, job: outbox.Claimed, now: float) -> None:
         self._retrying += job.lane == outbox.RETRY
+        self.admission.started(job)
 
     async def work(self, job: outbox.Claimed) -> outbox.Result:
         # This job runs in its own asyncio task: these ids mark its lines only.
@@ -92,9 +99,11 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             return await self.attempt(job)
         finally:
             self._retrying -= job.lane == outbox.RETRY
+            self.admission.finished(job)
 
     async def record(self, conn: AsyncConnection, outcomes: list[outbox.Result], now: float) -> int:
         await outbox.record(conn, outcomes, now)
+        await self.admission.record(conn, outcomes, now)
         return 0
 
     async def attempt(self, event: outbox.Claimed) -> outbox.Result:

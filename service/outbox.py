@@ -189,6 +189,7 @@ class Claimed:
     lane: int = FIRST
     headers: dict[str, str] = field(default_factory=dict)  # the registration's custom ones
     first_attempt_at: float | None = None
+    origin: str = ""  # scheme://host:port of the callback URL
 
 
 def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
@@ -387,6 +388,42 @@ def drop_pending(registration_ids: Sequence[str]) -> sa.Update:
         .values(state="dropped")
     )
     return statement
+
+
+async def postpone(conn: AsyncConnection, until: Sequence[tuple[int, float]]) -> None:
+    """Give back claimed events, due again later; no attempt is counted: (seq, when)."""
+    if until:
+        await conn.execute(
+            events.update()
+            .where(events.c.seq == sa.bindparam("b_seq"))
+            .values(next_attempt_at=sa.bindparam("b_until"), lease_until=None),
+            [{"b_seq": seq, "b_until": when} for seq, when in until],
+        )
+
+
+async def wake(conn: AsyncConnection, seqs: Sequence[int], now: float) -> None:
+    """Make postponed events due now, unless they were sent or taken meanwhile."""
+    if seqs:
+        await conn.execute(
+            events.update()
+            .where(
+                events.c.seq.in_(sorted(set(seqs))),
+                unindexed(events.c.state) == "pending",
+                events.c.next_attempt_at > now,
+                sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
+            )
+            .values(next_attempt_at=now)
+        )
+
+
+async def mark_sent(conn: AsyncConnection, seqs: Sequence[int], now: float) -> None:
+    """Start the retry window of events about to be sent for the first time."""
+    if seqs:
+        await conn.execute(
+            events.update()
+            .where(events.c.seq.in_(seqs), events.c.first_attempt_at.is_(None))
+            .values(first_attempt_at=now)
+        )
 
 
 async def release(conn: AsyncConnection, claimed: Sequence[Claimed]) -> None:

@@ -346,7 +346,7 @@ async def redeliver(db: Database, owner: str, registration_id: str, now: float) 
         await conn.execute(
             outbox.events.update()
             .where(outbox.events.c.seq == event.seq)
-            .values(state="pending", next_attempt_at=now, lane=outbox.FIRST)
+            .values(state="pending", next_attempt_at=now, lane=outbox.FIRST, first_attempt_at=now)
         )
         await db.notify(conn, "events")
     return str(event.id)

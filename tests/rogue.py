@@ -15,7 +15,8 @@ OFFER = 1 << 30  # bytes a flooding path offers; far more than anyone should rea
 class Rogue:
     """``/reset`` resets the connection, ``/flood`` streams a 1 GiB body, ``/endless`` a
     chunked body that never ends, ``/garbage`` answers without HTTP, ``/silent`` never
-    answers; ``/echo`` refuses with 400, echoing the request head; ``/ok`` answers 200 at once, ``/trickle`` answers 200 then sends its small
+    answers; ``/slow`` answers 200 after 0.3 s (``peak`` counts the most requests it
+    held at once); ``/flaky`` answers 503 while ``down`` holds, then 200; ``/echo`` refuses with 400, echoing the request head; ``/ok`` answers 200 at once, ``/trickle`` answers 200 then sends its small
     body a byte every half second, ``/cut`` answers 200 then resets mid-body.
     ``sent`` counts the body bytes each path got out before the client left; ``lines``
     keeps every request line exactly as it arrived."""
@@ -25,6 +26,9 @@ class Rogue:
         self.requests: Counter[str] = Counter()
         self.lines: list[bytes] = []
         self.heads: list[bytes] = []
+        self.active = 0  # requests being answered now, on every path
+        self.peak = 0
+        self.down = True  # /flaky answers 503 while this holds, then 200
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -93,6 +97,21 @@ class Rogue:
         body = b"refused, you sent: " + self.heads[-1]
         writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(body))
         writer.write(body)
+        await writer.drain()
+
+    async def _slow(self, path: str, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await asyncio.sleep(0.3)
+            await self._ok(path, writer)
+        finally:
+            self.active -= 1
+
+    async def _flaky(self, path: str, writer: asyncio.StreamWriter) -> None:
+        if not self.down:
+            return await self._ok(path, writer)
+        writer.write(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         await writer.drain()
 
     async def _trickle(self, path: str, writer: asyncio.StreamWriter) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -229,3 +230,73 @@ def test_headers_take_part_in_the_duplicate_rule(service):
     none = service.register("video_1", url)
     assert none.status_code == 409 and none.json()["error"]["param"] == "headers"
     assert service.registration(first.json()["id"])["headers"]["X-Token"] == "a"
+
+
+def requests_to(rogue, mode):
+    return sum(n for path, n in rogue.requests.items() if path.startswith(f"/{mode}"))
+
+
+def metric(service, name):
+    for line in service.client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not exposed")
+
+
+def test_a_dead_origin_costs_a_handful_of_requests_and_holds_nobody_up(
+    make_service, upstream, hooks, rogue
+):
+    service = make_service(
+        delivery_retry_schedule=(0.3, 0.5, 60.0),
+        circuit_cooldown=0.5,
+        circuit_cooldown_max=1.0,
+    )
+    dead = upstream.add(duration=0.5, queued=0)
+    regs = [service.register(dead, f"{rogue.url}/flaky/{i}").json()["id"] for i in range(300)]
+    eventually(lambda: metric(service, "status_proxy_open_circuits") == 1, timeout=30)
+    # While the circuit is open, a healthy origin's webhooks go at once.
+    for _ in range(3):
+        task = upstream.add(duration=0.2, queued=0)
+        registered = time.time()
+        service.register(task, f"{hooks.url}/healthy")
+        delivery = eventually(lambda: hooks.at("/healthy")[-1:] if hooks.at("/healthy") else None)
+        hooks.receiver.deliveries.clear()
+        assert delivery[0].received_at - registered < 5.0
+    time.sleep(2)  # a few cool-downs: a probe each, no more
+    assert metric(service, "status_proxy_oldest_open_circuit_seconds") > 0
+    during = requests_to(rogue, "flaky")
+    assert during < 30, during  # the first few attempts, then one probe per cool-down
+    rogue.down = False
+    # The next probe closes the circuit; every event goes, none lost or given up.
+    for reg in regs:
+        eventually(lambda r=reg: service.registration(r)["state"] == "delivered", timeout=60)
+    assert metric(service, "status_proxy_open_circuits") == 0
+    assert requests_to(rogue, "flaky") < during + 300 + 20
+    retries = [len(service.attempts(reg)) for reg in regs[::25]]
+    assert max(retries) <= 4, retries  # waiting in the open circuit used up no retry
+
+
+def test_no_event_waits_past_its_retry_window(make_service, upstream, rogue):
+    service = make_service(delivery_retry_schedule=(0.2, 0.2), circuit_cooldown=30.0)
+    task = upstream.add(duration=0.3, queued=0)
+    regs = [service.register(task, f"{rogue.url}/flaky/{i}").json()["id"] for i in range(20)]
+    for reg in regs:
+        eventually(lambda r=reg: service.registration(r)["state"] == "failed", timeout=30)
+    assert requests_to(rogue, "flaky") < 20  # most never reached the dead origin
+    unsent = [a for reg in regs for a in service.attempts(reg) if a["status_code"] is None]
+    assert unsent and all("retry window" in a["error"] for a in unsent)
+
+
+def test_attempts_in_flight_per_origin_are_capped(make_service, upstream, hooks, rogue):
+    service = make_service(delivery_concurrency_per_origin=3)
+    task = upstream.add(duration=0.5, queued=0)
+    regs = [service.register(task, f"{rogue.url}/slow/{i}").json()["id"] for i in range(30)]
+    # Another origin is not held up by the slow one.
+    quick = upstream.add(duration=0.8, queued=0)
+    service.register(quick, f"{hooks.url}/quick")
+    eventually(lambda: hooks.at("/quick"))
+    assert requests_to(rogue, "slow") < 30
+    for reg in regs:
+        eventually(lambda r=reg: service.registration(r)["state"] == "delivered", timeout=30)
+    assert rogue.peak == 3
+    assert all(len(service.attempts(reg)) == 1 for reg in regs)  # waiting is no attempt

@@ -1,0 +1,196 @@
+"""Circuit breakers per receiver origin (scheme, host, port), kept in the database so
+that every worker of every replica sees the same state.
+
+After ``THRESHOLD`` consecutive failed attempts an origin's circuit opens: its events
+wait, and after a cool-down one probe goes (the cool-down doubles after each failed
+probe, up to a maximum); the first success closes it. Only origins with a current
+streak of failures have a row: a success deletes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.models import Circuit
+
+log = logging.getLogger(__name__)
+circuits = Circuit.__table__  # type: ignore[attr-defined]
+
+THRESHOLD = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a URL, lower case, the port always written."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{parts.port or DEFAULT_PORTS.get(scheme, 0)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """An open circuit, as a claim sees it."""
+
+    origin: str
+    probe_at: float
+    probe_until: float | None
+
+    def probe_due(self, now: float) -> bool:
+        return self.probe_at <= now and (self.probe_until is None or self.probe_until < now)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One finished attempt, as the breaker counts it."""
+
+    origin: str
+    ok: bool  # the receiver answered (2xx, or 410: it is up and said "stop")
+    probe: bool
+
+
+async def open_among(conn: AsyncConnection, origins: Sequence[str]) -> dict[str, Open]:
+    """The open circuits of these origins."""
+    if not origins:
+        return {}
+    rows = await conn.execute(
+        sa.select(circuits.c.origin, circuits.c.probe_at, circuits.c.probe_until).where(
+            circuits.c.origin.in_(sorted(set(origins))), circuits.c.state == State.OPEN
+        )
+    )
+    return {row.origin: Open(row.origin, row.probe_at, row.probe_until) for row in rows}
+
+
+async def take_probe(conn: AsyncConnection, origin_: str, now: float, lease: float) -> bool:
+    """Lease the one probe of an open circuit; atomic, so one worker of all gets it."""
+    result = await conn.execute(
+        circuits.update()
+        .where(
+            circuits.c.origin == origin_,
+            circuits.c.state == State.OPEN,
+            circuits.c.probe_at <= now,
+            sa.or_(circuits.c.probe_until.is_(None), circuits.c.probe_until < now),
+        )
+        .values(probe_until=now + lease, updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
+async def count(
+    conn: AsyncConnection, outcomes: Sequence[Outcome], now: float, cooldown: float, most: float
+) -> tuple[list[str], list[str]]:
+    """Count finished attempts, in order; answers the origins opened and closed by them."""
+    opened: list[str] = []
+    closed: list[str] = []
+    for name, streak in _streaks(outcomes).items():
+        ok, failures, probe_failed = streak
+        if ok and await _close(conn, name):
+            closed.append(name)
+        if failures:
+            await _add_failures(conn, name, failures, now)
+            if await _open(conn, name, now, cooldown):
+                opened.append(name)
+            elif probe_failed:
+                await _back_off(conn, name, now, most)
+    return opened, closed
+
+
+def _streaks(outcomes: Sequence[Outcome]) -> dict[str, tuple[bool, int, bool]]:
+    """Per origin: whether any attempt succeeded, the failures after the last success,
+    and whether the probe was among them."""
+    streaks: dict[str, tuple[bool, int, bool]] = {}
+    for outcome in outcomes:
+        ok, failures, probe_failed = streaks.get(outcome.origin, (False, 0, False))
+        if outcome.ok:
+            streaks[outcome.origin] = (True, 0, False)
+        else:
+            streaks[outcome.origin] = (ok, failures + 1, probe_failed or outcome.probe)
+    return streaks
+
+
+async def _close(conn: AsyncConnection, name: str) -> bool:
+    """Forget the origin's failures; True when that closed an open circuit."""
+    rows = (
+        await conn.execute(
+            circuits.delete().where(circuits.c.origin == name).returning(circuits.c.state)
+        )
+    ).all()
+    return any(row.state == State.OPEN for row in rows)
+
+
+async def _add_failures(conn: AsyncConnection, name: str, failures: int, now: float) -> None:
+    values = {"origin": name, "state": State.CLOSED, "failures": failures, "updated_at": now}
+    insert: Any = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(circuits)
+    await conn.execute(
+        insert.values(values).on_conflict_do_update(
+            index_elements=[circuits.c.origin],
+            set_={"failures": circuits.c.failures + failures, "updated_at": now},
+        )
+    )
+
+
+async def _open(conn: AsyncConnection, name: str, now: float, cooldown: float) -> bool:
+    result = await conn.execute(
+        circuits.update()
+        .where(
+            circuits.c.origin == name,
+            circuits.c.state == State.CLOSED,
+            circuits.c.failures >= THRESHOLD,
+        )
+        .values(
+            state=State.OPEN,
+            opened_at=now,
+            cooldown=cooldown,
+            probe_at=now + cooldown,
+            probe_until=None,
+            updated_at=now,
+        )
+    )
+    return bool(result.rowcount)
+
+
+async def _back_off(conn: AsyncConnection, name: str, now: float, most: float) -> None:
+    """A failed probe: the next waits twice as long, up to ``most``."""
+    doubled = sa.case((circuits.c.cooldown * 2 > most, most), else_=circuits.c.cooldown * 2)
+    await conn.execute(
+        circuits.update()
+        .where(circuits.c.origin == name, circuits.c.state == State.OPEN)
+        .values(cooldown=doubled, probe_at=now + doubled, probe_until=None, updated_at=now)
+    )
+
+
+async def summary(conn: AsyncConnection) -> tuple[int, float | None]:
+    """How many circuits are open, and since when the oldest has been."""
+    opened, oldest = (
+        await conn.execute(
+            sa.select(sa.func.count(), sa.func.min(circuits.c.opened_at)).where(
+                circuits.c.state == State.OPEN
+            )
+        )
+    ).one()
+    return int(opened), oldest
+
+
+async def changed(conn: AsyncConnection, origin_: str, state: State, now: float) -> None:
+    """A circuit opened or closed, inside the transaction that did it; the seam for
+    operator events (``origin.circuit_opened``, ``origin.circuit_closed``)."""
+    if state == State.OPEN:
+        log.warning("circuit opened for %s after %d failed attempts", origin_, THRESHOLD)
+    else:
+        log.info("circuit closed for %s: a delivery was accepted", origin_)
