@@ -63,6 +63,12 @@ class Rogue:
             head = await reader.readuntil(b"\r\n\r\n")
             self.lines.append(head.split(b"\r\n", 1)[0])
             self.heads.append(head)
+            # Read the body: closing a socket with unread data resets the connection,
+            # which could reach the client before the answer does.
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length" and int(value) < 1 << 20:
+                    await reader.readexactly(int(value))
             path = head.split(b" ", 2)[1].decode()
             self.requests[path] += 1
             mode = path.split("?")[0].strip("/").split("/")[0]  # /flood/v1/videos/x floods too

@@ -246,8 +246,9 @@ def metric(service, name):
 def test_a_dead_origin_costs_a_handful_of_requests_and_holds_nobody_up(
     make_service, upstream, hooks, rogue
 ):
+    # Retries come quickly and many: only waiting in the open circuit keeps them off.
     service = make_service(
-        delivery_retry_schedule=(0.3, 0.5, 60.0),
+        delivery_retry_schedule=(0.3, 0.5) + (1.0,) * 30 + (120.0,),
         circuit_cooldown=0.5,
         circuit_cooldown_max=1.0,
     )
@@ -265,15 +266,16 @@ def test_a_dead_origin_costs_a_handful_of_requests_and_holds_nobody_up(
     time.sleep(2)  # a few cool-downs: a probe each, no more
     assert metric(service, "status_proxy_oldest_open_circuit_seconds") > 0
     during = requests_to(rogue, "flaky")
-    assert during < 30, during  # the first few attempts, then one probe per cool-down
+    assert during < 60, during  # the first few attempts, then one probe per cool-down
     rogue.down = False
     # The next probe closes the circuit; every event goes, none lost or given up.
     for reg in regs:
         eventually(lambda r=reg: service.registration(r)["state"] == "delivered", timeout=60)
     assert metric(service, "status_proxy_open_circuits") == 0
-    assert requests_to(rogue, "flaky") < during + 300 + 20
-    retries = [len(service.attempts(reg)) for reg in regs[::25]]
-    assert max(retries) <= 4, retries  # waiting in the open circuit used up no retry
+    attempts = [len(service.attempts(reg)) for reg in regs]
+    # Every attempt was a request: waiting in the open circuit counted none.
+    assert sum(attempts) == requests_to(rogue, "flaky") < during + 300 + 20
+    assert sum(n == 1 for n in attempts) > 250
 
 
 def test_no_event_waits_past_its_retry_window(make_service, upstream, rogue):
@@ -281,6 +283,10 @@ def test_no_event_waits_past_its_retry_window(make_service, upstream, rogue):
     task = upstream.add(duration=0.3, queued=0)
     regs = [service.register(task, f"{rogue.url}/flaky/{i}").json()["id"] for i in range(20)]
     for reg in regs:
+        eventually(
+            lambda r=reg: service.registration(r)["state"] == "failed" or service.attempts(r),
+            timeout=30,
+        )
         eventually(lambda r=reg: service.registration(r)["state"] == "failed", timeout=30)
     assert requests_to(rogue, "flaky") < 20  # most never reached the dead origin
     unsent = [a for reg in regs for a in service.attempts(reg) if a["status_code"] is None]
@@ -288,7 +294,10 @@ def test_no_event_waits_past_its_retry_window(make_service, upstream, rogue):
 
 
 def test_attempts_in_flight_per_origin_are_capped(make_service, upstream, hooks, rogue):
-    service = make_service(delivery_concurrency_per_origin=3)
+    # Generous timeouts: a busy machine must not open the slow origin's circuit.
+    service = make_service(
+        delivery_concurrency_per_origin=3, delivery_timeout=10.0, circuit_cooldown=0.2
+    )
     task = upstream.add(duration=0.5, queued=0)
     regs = [service.register(task, f"{rogue.url}/slow/{i}").json()["id"] for i in range(30)]
     # Another origin is not held up by the slow one.
