@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 circuits = Circuit.__table__  # type: ignore[attr-defined]
 
 THRESHOLD = 5
+STREAK_KEPT = 86400.0  # a closed circuit's failures older than this are forgotten
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -185,6 +186,25 @@ async def summary(conn: AsyncConnection) -> tuple[int, float | None]:
         )
     ).one()
     return int(opened), oldest
+
+
+async def opened(conn: AsyncConnection) -> list[tuple[str, float, float]]:
+    """Open circuits as (origin, opened at, next probe at), longest open first."""
+    rows = await conn.execute(
+        sa.select(circuits.c.origin, circuits.c.opened_at, circuits.c.probe_at)
+        .where(circuits.c.state == State.OPEN)
+        .order_by(circuits.c.opened_at)
+    )
+    return [(row.origin, row.opened_at, row.probe_at) for row in rows]
+
+
+def forget_idle(cutoff: float) -> sa.Delete:
+    """Closed circuits whose last failure is older than ``cutoff``: a streak that old
+    is no streak; their origin starts afresh."""
+    statement: sa.Delete = circuits.delete().where(
+        circuits.c.state == State.CLOSED, circuits.c.updated_at < cutoff
+    )
+    return statement
 
 
 async def changed(conn: AsyncConnection, origin_: str, state: State, now: float) -> None:

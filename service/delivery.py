@@ -66,6 +66,7 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         self.retry_slots = max(1, settings.delivery_concurrency * 3 // 4)
         self._retrying = 0
         self.admission = admission.Admission(settings, self.lease)
+        self._dying: list[outbox.Result] = []
 
     def room(self) -> int:
         return min(self.settings.delivery_concurrency - len(self._inflight), CLAIM_BATCH)
@@ -76,12 +77,20 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         room = min(limit - len(claimed), self.retry_slots - self._retrying)
         if room > 0:
             claimed += await outbox.claim(conn, now, room, self.lease, outbox.RETRY)
-        going, dead = await self.admission.admit(conn, claimed, now)
-        if dead:  # they died waiting on an open circuit: written with the next turn
-            self.metrics.deliveries.labels("dead").inc(len(dead))
-            self._results.extend(dead)
-            self.kick()
+        going, self._dying = await self.admission.admit(conn, claimed, now)
         return going
+
+    def committed(self, queued: int) -> None:
+        # Events that died waiting on an open circuit are written with the next turn,
+        # once this one (which decided it) has committed.
+        if self._dying:
+            self.metrics.deliveries.labels("dead").inc(len(self._dying))
+            self._results.extend(self._dying)
+            self._dying = []
+            self.kick()
+
+    async def housekeeping(self, now: float) -> None:
+        self._dying = []  # decided by a turn that did not commit
 
     async def release(self, conn: AsyncConnection, jobs: list[outbox.Claimed]) -> None:
         await outbox.release(conn, jobs)

@@ -404,14 +404,21 @@ async def postpone(conn: AsyncConnection, until: Sequence[tuple[int, float]]) ->
 async def wake(conn: AsyncConnection, seqs: Sequence[int], now: float) -> None:
     """Make postponed events due now, unless they were sent or taken meanwhile."""
     if seqs:
-        await conn.execute(
-            events.update()
+        # Rows another worker holds are skipped, never waited for: this runs after the
+        # circuits are written, and that worker may be waiting for them.
+        waiting = (
+            sa.select(events.c.seq)
             .where(
                 events.c.seq.in_(sorted(set(seqs))),
                 unindexed(events.c.state) == "pending",
                 events.c.next_attempt_at > now,
                 sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
             )
+            .with_for_update(skip_locked=True)
+        )
+        await conn.execute(
+            events.update()
+            .where(events.c.seq.in_(waiting.scalar_subquery()))
             .values(next_attempt_at=now)
         )
 

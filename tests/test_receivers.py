@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from service import circuits
 from service.runtime import Runtime
 from tests.conftest import test_settings
-from tests.harness import eventually
+from tests.harness import eventually, sql
 from tests.rogue import Rogue
 
 
@@ -243,6 +244,20 @@ def metric(service, name):
     raise AssertionError(f"{name} is not exposed")
 
 
+def all_delivered(service, regs, rogue):
+    """Wait for every registration to be delivered; on a timeout, show what waits."""
+    try:
+        for reg in regs:
+            eventually(lambda r=reg: service.registration(r)["state"] == "delivered", timeout=60)
+    except AssertionError:
+        print("now", time.time(), "requests", dict(rogue.requests))
+        waiting = "SELECT seq, state, attempts, next_attempt_at, lease_until, first_attempt_at "
+        waiting += "FROM events WHERE state <> 'delivered' ORDER BY seq"
+        for rows in sql(service.settings.database_url, waiting, "SELECT * FROM circuits"):
+            print(rows)
+        raise
+
+
 def test_a_dead_origin_costs_a_handful_of_requests_and_holds_nobody_up(
     make_service, upstream, hooks, rogue
 ):
@@ -269,8 +284,7 @@ def test_a_dead_origin_costs_a_handful_of_requests_and_holds_nobody_up(
     assert during < 60, during  # the first few attempts, then one probe per cool-down
     rogue.down = False
     # The next probe closes the circuit; every event goes, none lost or given up.
-    for reg in regs:
-        eventually(lambda r=reg: service.registration(r)["state"] == "delivered", timeout=60)
+    all_delivered(service, regs, rogue)
     assert metric(service, "status_proxy_open_circuits") == 0
     attempts = [len(service.attempts(reg)) for reg in regs]
     # Every attempt was a request: waiting in the open circuit counted none.
@@ -309,3 +323,52 @@ def test_attempts_in_flight_per_origin_are_capped(make_service, upstream, hooks,
         eventually(lambda r=reg: service.registration(r)["state"] == "delivered", timeout=30)
     assert rogue.peak == 3
     assert all(len(service.attempts(reg)) == 1 for reg in regs)  # waiting is no attempt
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://Hooks.Example.com/a?b#c", "https://hooks.example.com:443"),
+        ("http://example.com./x", "http://example.com:80"),
+        ("http://example.com:8080", "http://example.com:8080"),
+        ("https://[2001:DB8::1]:8443/h", "https://[2001:db8::1]:8443"),
+        ("HTTP://10.0.0.1/h", "http://10.0.0.1:80"),
+    ],
+)
+def test_origins(url, origin):
+    assert circuits.origin(url) == origin
+
+
+def test_streaks_count_failures_after_the_last_success():
+    def out(origin, ok, probe=False):
+        return circuits.Outcome(origin, ok, probe)
+
+    streaks = circuits._streaks(
+        [out("a", False), out("a", True), out("a", False), out("b", False, probe=True),
+         out("b", False), out("c", False, probe=True), out("c", True)]
+    )  # fmt: skip
+    assert streaks == {"a": (True, 1, False), "b": (False, 2, True), "c": (True, 0, False)}
+
+
+def test_replicas_share_one_circuit(make_service, upstream, rogue):
+    """Two processes on one database: one probe per cool-down between them."""
+    settings = {
+        "delivery_retry_schedule": (0.3, 0.5) + (1.0,) * 30 + (120.0,),
+        "circuit_cooldown": 1.0,
+        "circuit_cooldown_max": 1.0,
+    }
+    first, second = make_service(**settings), make_service(**settings)
+    dead = upstream.add(duration=0.5, queued=0)
+    regs = [first.register(dead, f"{rogue.url}/flaky/{i}").json()["id"] for i in range(100)]
+    eventually(lambda: metric(second, "status_proxy_open_circuits") == 1, timeout=30)
+    time.sleep(1.5)  # attempts in flight when it opened have landed
+    before = requests_to(rogue, "flaky")
+    time.sleep(4)  # four cool-downs: four probes, not eight
+    assert requests_to(rogue, "flaky") - before <= 6
+    rogue.down = False
+    all_delivered(first, regs, rogue)
+    assert (
+        metric(first, "status_proxy_open_circuits")
+        == metric(second, "status_proxy_open_circuits")
+        == 0
+    )
