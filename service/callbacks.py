@@ -1,4 +1,5 @@
-"""Callback URLs: their shape, and the guard that keeps deliveries off private networks."""
+"""Callback URLs: their shape, and the guard that keeps deliveries off private networks
+except those the operator allows by name (``CALLBACK_ALLOW_NETWORKS``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import errno
 import ipaddress
 import socket
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -16,10 +18,23 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 MAX_LENGTH = 2048
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+
+# Cloud instance metadata services: they hand out credentials to whoever asks from the
+# instance, so a network that merely contains one does not open it; only a network of
+# exactly that address does. (AWS, its ECS and EKS agents, GCP, Azure, Oracle, OpenStack
+# and DigitalOcean use 169.254.169.254; Alibaba 100.100.100.200; Oracle also 192.0.0.192.)
+METADATA = frozenset(
+    ipaddress.ip_address(address)
+    for address in (
+        "169.254.169.254", "169.254.170.2", "169.254.170.23", "100.100.100.200",
+        "192.0.0.192", "fd00:ec2::254", "fd00:ec2::23",
+    )
+)  # fmt: skip
 
 
 class CallbackRejected(ValueError):
@@ -101,8 +116,37 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return None
 
 
-async def resolve(host: str, port: int, allow_private: bool) -> list[dict[str, Any]]:
-    """Resolve ``host``; refuse it when any address is not public (unless allowed)."""
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Which addresses callbacks may reach: public ones; with ``allow_private`` every one
+    (development); else also those inside ``networks``, except cloud metadata addresses
+    that no network names exactly."""
+
+    allow_private: bool = False
+    networks: tuple[IPNetwork, ...] = ()
+
+    def permits(self, address: IPAddress) -> bool:
+        if self.allow_private or is_public(address):
+            return True
+        forms = {address}
+        if isinstance(address, ipaddress.IPv6Address) and (inner := _embedded_ipv4(address)):
+            forms.add(inner)
+        listed = [net for net in self.networks if any(form in net for form in forms)]
+        if forms & METADATA:
+            return any(net.num_addresses == 1 for net in listed)
+        return bool(listed)
+
+    def vet(self, address: IPAddress, host: str) -> None:
+        """Raise CallbackRejected unless ``address`` (of ``host``) may be used."""
+        if not self.permits(address):
+            raise CallbackRejected(
+                f"callback host {host!r} is or resolves to a non-public address "
+                "outside CALLBACK_ALLOW_NETWORKS"
+            )
+
+
+async def resolve(host: str, port: int, guard: Guard) -> list[dict[str, Any]]:
+    """Resolve ``host``; refuse it when any address is one the guard does not permit."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(
@@ -115,8 +159,7 @@ async def resolve(host: str, port: int, allow_private: bool) -> list[dict[str, A
     results = []
     for family, _type, proto, _canon, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if not allow_private and not is_public(address):
-            raise CallbackRejected(f"callback host {host!r} resolves to a non-public address")
+        guard.vet(address, host)
         results.append(
             {
                 "hostname": host,
@@ -130,27 +173,44 @@ async def resolve(host: str, port: int, allow_private: bool) -> list[dict[str, A
     return results
 
 
-async def check(url: str, allow_private: bool) -> None:
-    """Validate a callback URL, resolving its host unless private callbacks are allowed."""
+async def check(url: str, guard: Guard) -> None:
+    """Validate a callback URL: its shape, and every address its host is or resolves to
+    (no lookup when private callbacks are allowed)."""
     parts = parse(url)
-    if allow_private:
+    if guard.allow_private:
         return
     host = parts.hostname or ""
-    await resolve(host, parts.port or (443 if parts.scheme == "https" else 80), False)
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        await resolve(host, parts.port or (443 if parts.scheme == "https" else 80), guard)
+    else:
+        guard.vet(literal, host)
+
+
+def vet_literal(url: str, guard: Guard) -> None:
+    """At delivery: a host given as an address never reaches the resolver, so it is
+    checked here; host names are checked by the resolver at connect time."""
+    host = parse(url).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    guard.vet(address, host)
 
 
 class GuardedResolver(AbstractResolver):
     """An aiohttp resolver that vets every address it hands out, so connections go
     only to the addresses that were checked (no DNS-rebinding window)."""
 
-    def __init__(self, allow_private: bool) -> None:
-        self.allow_private = allow_private
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         try:
-            results = await resolve(host, port, self.allow_private)
+            results = await resolve(host, port, self.guard)
         except CallbackRejected as exc:
             # aiohttp shows strerror in its error, so the attempt log says why.
             raise OSError(errno.EACCES, str(exc)) from None
@@ -160,8 +220,25 @@ class GuardedResolver(AbstractResolver):
         return None
 
 
-def connector(allow_private: bool, limit: int) -> aiohttp.TCPConnector:
+def connector(guard: Guard, limit: int) -> aiohttp.TCPConnector:
     """A connector whose every connection went through the guard."""
-    return aiohttp.TCPConnector(
-        resolver=GuardedResolver(allow_private), limit=limit, limit_per_host=limit
-    )
+    return aiohttp.TCPConnector(resolver=GuardedResolver(guard), limit=limit, limit_per_host=limit)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a URL (RFC 6454's origin), lower case, the port always
+    written: a receiver's circuit and concurrency key, and what operator events name,
+    without a path or query that may carry a receiver's token."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{scheme}://{host}:{port or DEFAULT_PORTS.get(scheme, 0)}"

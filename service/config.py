@@ -8,6 +8,7 @@ empty to mean "the default".
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     webhook_secret: SecretStr | None = None
     callback_allow_private: bool = False
+    # Non-public networks callbacks may reach all the same (CIDRs, comma-separated).
+    callback_allow_networks: Annotated[
+        tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode
+    ] = ()
     poll_interval_min: float = Field(5.0, gt=0)
     poll_interval_max: float = Field(30.0, gt=0)
     upstream_rate_limit: float = Field(20.0, ge=0)  # 0 switches the limit off
@@ -55,6 +60,11 @@ class Settings(BaseSettings):
     delivery_timeout: float = Field(15.0, gt=0)
     delivery_retry_schedule: Annotated[tuple[float, ...], NoDecode] = DEFAULT_RETRY_SCHEDULE
     delivery_concurrency: int = Field(64, ge=1)
+    delivery_concurrency_per_origin: int = Field(8, ge=1)
+    # An origin's circuit opens after 5 failures in a row; one probe after this cool-down,
+    # doubling after each failed probe up to the maximum.
+    circuit_cooldown: float = Field(30.0, gt=0)
+    circuit_cooldown_max: float = Field(600.0, gt=0)
     upload_limit: int = Field(50 * 1024 * 1024, ge=1)
     log_level: str = "INFO"
     # A "completed" answer without a video_url is polled this many more times before
@@ -74,6 +84,20 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("callback_allow_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        parts = _split(value)
+        if not isinstance(parts, list | tuple):
+            return parts
+        networks = []
+        for part in parts:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=True))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{part!r} is not a network in CIDR form: {exc}") from None
+        return tuple(networks)
 
     @field_validator("delivery_retry_schedule", mode="before")
     @classmethod

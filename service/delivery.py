@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import callbacks, operator_events, outbox, retry, signing, webhook_secrets
+from service import (
+    admission,
+    callbacks,
+    operator_events,
+    outbox,
+    retry,
+    signing,
+    transport,
+    webhook_secrets,
+)
 from service.config import Settings
 from service.db import Database
 from service.metrics import Metrics
@@ -25,6 +33,9 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 100
 IDLE_WAIT = 0.5
 MAX_RESPONSE = 4096  # we read this much of a receiver's answer, no more
+ANSWER_TIME = 1.0  # seconds to read that much, once the status line has come
+EXCERPT = 200  # characters of a refusal's body kept in the attempt log
+ANSWER_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *TRANSPORT_ERRORS)
 USER_AGENT = "status-proxy/webhooks"
 
 
@@ -71,17 +82,21 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         client: httpx.AsyncClient,
         open_secret: str,
         metrics: Metrics,
+        guard: callbacks.Guard,
     ) -> None:
         super().__init__(db, metrics, IDLE_WAIT, drain_timeout=settings.delivery_timeout + 2)
         self.settings = settings
         self.client = client
         self.open_secret = open_secret  # signs the open API's webhooks (owner "")
+        self.guard = guard
         # An attempt cannot outlive its timeout, so the lease only needs a margin for the write.
         self.lease = settings.delivery_timeout + 10
         # Retries may fill at most three quarters of the slots: a backlog of failing
         # receivers never stands between a fresh event and its first attempt.
         self.retry_slots = max(1, settings.delivery_concurrency * 3 // 4)
         self._retrying = 0
+        self.admission = admission.Admission(settings, self.lease)
+        self._dying: list[outbox.Result] = []
 
     def room(self) -> int:
         return min(self.settings.delivery_concurrency - len(self._inflight), CLAIM_BATCH)
@@ -92,8 +107,9 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         room = min(limit - len(claimed), self.retry_slots - self._retrying)
         if room > 0:
             claimed += await outbox.claim(conn, now, room, self.lease, outbox.RETRY)
-        await self._attach_secrets(conn, claimed, now)
-        return claimed
+        going, self._dying = await self.admission.admit(conn, claimed, now)
+        await self._attach_secrets(conn, going, now)
+        return going
 
     async def _attach_secrets(
         self, conn: AsyncConnection, claimed: list[outbox.Claimed], now: float
@@ -106,11 +122,24 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             for event in claimed:
                 event.secrets = found[event.owner]
 
+    def committed(self, queued: int) -> None:
+        # Events that died waiting on an open circuit are written with the next turn,
+        # once this one (which decided it) has committed.
+        if self._dying:
+            self.metrics.deliveries.labels("dead").inc(len(self._dying))
+            self._results.extend(self._dying)
+            self._dying = []
+            self.kick()
+
+    async def housekeeping(self, now: float) -> None:
+        self._dying = []  # decided by a turn that did not commit
+
     async def release(self, conn: AsyncConnection, jobs: list[outbox.Claimed]) -> None:
         await outbox.release(conn, jobs)
 
     def started(self, job: outbox.Claimed, now: float) -> None:
         self._retrying += job.lane == outbox.RETRY
+        self.admission.started(job)
 
     def ids(self, job: outbox.Claimed) -> dict[str, str]:
         return {"task_id": job.task_id, "registration_id": job.registration_id, "event_id": job.id}
@@ -134,25 +163,25 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             return await self.attempt(job)
         finally:
             self._retrying -= job.lane == outbox.RETRY
+            self.admission.finished(job)
 
     async def record(self, conn: AsyncConnection, outcomes: list[outbox.Result], now: float) -> int:
         written = await outbox.record(conn, outcomes, now)
+        await self.admission.record(conn, written, now)
         dead = operator_events.deliveries_failed(written)
         await operator_events.emit(conn, self.settings, dead, now)
         return 0
 
     async def attempt(self, event: outbox.Claimed) -> outbox.Result:
-        """One signed POST. A timeout, a refused address or a failed connection is the
-        attempt's error; anything else raised is made one by the pipeline."""
+        """One signed POST; never raises. The answer counts from its status line: a 2xx
+        within the timeout accepts the event whatever its body then does."""
         started = time.time()
         clock = time.monotonic()
-        status_code: int | None = None
+        answer: Answer | None = None
         error: str | None = None
-        retry_after: float | None = None
         try:
-            self._vet(event.callback_url)
-            async with asyncio.timeout(self.settings.delivery_timeout):
-                status_code, retry_after = await self._post(event, started)
+            callbacks.vet_literal(event.callback_url, self.guard)
+            answer = await self._post(event, started, clock)
         except TimeoutError:
             error = f"timed out after {self.settings.delivery_timeout:g}s"
         except callbacks.CallbackRejected as exc:
@@ -162,12 +191,17 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
             error = "the signing secret of this key is malformed: rotate it"
         except TRANSPORT_ERRORS as exc:
             error = _describe(exc)
-        duration_ms = int((time.monotonic() - clock) * 1000)
+        status_code = answer.status_code if answer else None
+        duration_ms = answer.duration_ms if answer else int((time.monotonic() - clock) * 1000)
         accepted = status_code is not None and 200 <= status_code < 300
         gone = status_code == 410
-        if status_code is not None and not accepted and error is None:
-            error = f"receiver answered {status_code}"
-        next_at = None if accepted or gone else self._next_attempt_at(event, retry_after)
+        if answer is not None and not accepted:
+            error = f"receiver answered {status_code}" + (
+                f": {answer.excerpt}" if answer.excerpt else ""
+            )
+        next_at = None
+        if not accepted and not gone:
+            next_at = self._next_attempt_at(event, answer.retry_after if answer else None)
         outcome = "accepted" if accepted else "gone" if gone else "retry" if next_at else "dead"
         self.metrics.deliveries.labels(outcome).inc()
         if accepted:
@@ -183,49 +217,115 @@ class Deliverer(Pipeline[outbox.Claimed, outbox.Result]):
         wait = retry.delivery_wait(event.attempts + 1, schedule, retry_after)
         return None if wait is None else time.time() + wait
 
-    def _vet(self, url: str) -> None:
-        # Host names are vetted by the connector's resolver at connect time; literal
-        # addresses never reach a resolver, so they are checked here.
-        callbacks.parse(url)
-        if self.settings.callback_allow_private:
-            return
-        host = urlsplit(url).hostname or ""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return
-        if not callbacks.is_public(address):
-            raise callbacks.CallbackRejected("callback address is not public")
-
-    async def _post(self, event: outbox.Claimed, started: float) -> tuple[int, float | None]:
-        timestamp = int(started)
+    async def _post(self, event: outbox.Claimed, started: float, clock: float) -> Answer:
+        """Send the event; the timeout covers connecting, sending and the status line.
+        Raises TimeoutError and what the transport raises."""
         body = event.body.encode()
-        headers = {
+        signature = signing.signatures(event.secrets, event.id, int(started), body)
+        return await post(
+            self.client, event.callback_url, event.id, int(started), body, signature,
+            self.settings.delivery_timeout, event.headers, clock,
+        )  # fmt: skip
+
+
+async def post(
+    client: httpx.AsyncClient,
+    url: str,
+    event_id: str,
+    timestamp: int,
+    body: bytes,
+    signature: str,
+    timeout: float,
+    extra: dict[str, str],
+    clock: float,
+) -> Answer:
+    """One signed Standard Webhooks POST to ``url`` exactly as given (path and query byte
+    for byte). ``timeout`` (seconds) covers connecting, sending and the status line; the
+    body is then read within its own small bound, for the log only. ``clock`` is the
+    ``time.monotonic()`` the attempt started at. Raises TimeoutError and what the
+    transport raises."""
+    # Custom headers may replace our User-Agent (names compare without case); the
+    # names they may not use keep them off the ones that follow.
+    headers = httpx.Headers({"user-agent": USER_AGENT})
+    headers.update(extra)
+    headers.update(
+        {
             "content-type": "application/json",
-            "user-agent": USER_AGENT,
-            "webhook-id": event.id,
+            "webhook-id": event_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signing.signatures(event.secrets, event.id, timestamp, body),
+            "webhook-signature": signature,
         }
-        async with self.client.stream(
-            "POST", event.callback_url, content=body, headers=headers
-        ) as response:
-            read = 0
+    )
+    request = client.build_request(
+        "POST",
+        url,
+        content=body,
+        headers=headers,
+        timeout=timeout,
+        extensions={transport.TARGET: transport.target(url)},
+    )
+    async with asyncio.timeout(timeout):
+        response = await client.send(request, stream=True)
+    duration_ms = int((time.monotonic() - clock) * 1000)
+    try:
+        text = await _read_answer(response)
+    finally:
+        await _close(response)
+    retry_after = None
+    if response.status_code in (429, 503):
+        retry_after = retry.parse_retry_after(response.headers.get("retry-after"), time.time())
+    excerpt = _excerpt(text, extra.values())
+    return Answer(response.status_code, duration_ms, retry_after, excerpt)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a receiver answered: its status line came within the timeout."""
+
+    status_code: int
+    duration_ms: int  # until the status line
+    retry_after: float | None
+    excerpt: str  # the start of its body, for the attempt log
+
+
+async def _read_answer(response: httpx.Response) -> bytes:
+    """Up to MAX_RESPONSE bytes of the body within ANSWER_TIME; whatever the body does
+    (slow, endless, reset), the answer stands on its status line."""
+    chunks: list[bytes] = []
+    read = 0
+    try:
+        async with asyncio.timeout(ANSWER_TIME):
             async for chunk in response.aiter_raw():
+                chunks.append(chunk)
                 read += len(chunk)
                 if read >= MAX_RESPONSE:
                     break
-            retry_after = None
-            if response.status_code in (429, 503):
-                retry_after = retry.parse_retry_after(
-                    response.headers.get("retry-after"), time.time()
-                )
-            return response.status_code, retry_after
+    except ANSWER_ERRORS:
+        pass
+    return b"".join(chunks)[:MAX_RESPONSE]
+
+
+async def _close(response: httpx.Response) -> None:
+    # A body left unread closes the connection rather than draining it.
+    try:
+        async with asyncio.timeout(ANSWER_TIME):
+            await response.aclose()
+    except ANSWER_ERRORS:
+        pass
+
+
+def _excerpt(body: bytes, secrets: Iterable[str]) -> str:
+    """A single printable line from the start of a body. A receiver may echo what it
+    got: the values of custom headers never reach the attempt log."""
+    text = body.decode("utf-8", "replace")
+    for secret in secrets:
+        if secret.strip():
+            text = text.replace(secret, "[redacted]").replace(secret.strip(), "[redacted]")
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:EXCERPT]
 
 
 # One signed POST outside the outbox: the test send (POST /v1/webhook_test) and the
-# operator's events. It follows what an attempt of the worker does (the same checks,
-# timeout, headers and reading of the answer) and should share its code path.
+# operator's events, through the same post() as every attempt of the worker.
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,72 +347,34 @@ async def send(
     url: str,
     event_id: str,
     body: bytes,
-    secret: str,
+    secrets: Sequence[str],
     timeout: float,
     headers: dict[str, str] | None = None,
-    allow_private: bool = False,
+    guard: callbacks.Guard | None = None,
 ) -> Sent:
-    """POST ``body`` to ``url`` once, signed with ``secret`` (Standard Webhooks), under the
-    callback rules when ``client`` is the guarded delivery client; never raises."""
+    """POST ``body`` to ``url`` once, signed with ``secrets`` (newest first), under the
+    callback rules of ``guard`` (None: none, for the operator's own URL); never raises."""
     clock = time.monotonic()
-    status_code: int | None = None
+    answer: Answer | None = None
     error: str | None = None
-    retry_after: float | None = None
     try:
-        callbacks.parse(url)
-        if not allow_private:
-            _vet_literal(url)
-        async with asyncio.timeout(timeout):
-            status_code, retry_after = await _post_once(
-                client, url, event_id, body, secret, headers or {}
-            )
+        if guard is not None:
+            callbacks.vet_literal(url, guard)
+        timestamp = int(time.time())
+        signature = signing.signatures(secrets, event_id, timestamp, body)
+        answer = await post(
+            client, url, event_id, timestamp, body, signature, timeout, headers or {}, clock
+        )
     except TimeoutError:
         error = f"timed out after {timeout:g}s"
     except callbacks.CallbackRejected as exc:
         error = str(exc)
     except TRANSPORT_ERRORS as exc:
         error = _describe(exc)
-    if status_code is not None and not 200 <= status_code < 300:
-        error = f"receiver answered {status_code}"
-    return Sent(status_code, error, int((time.monotonic() - clock) * 1000), retry_after)
-
-
-def _vet_literal(url: str) -> None:
-    """Literal addresses never reach the guarded resolver: check them here."""
-    host = urlsplit(url).hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return
-    if not callbacks.is_public(address):
-        raise callbacks.CallbackRejected("callback address is not public")
-
-
-async def _post_once(
-    client: httpx.AsyncClient,
-    url: str,
-    event_id: str,
-    body: bytes,
-    secret: str,
-    extra: dict[str, str],
-) -> tuple[int, float | None]:
-    timestamp = int(time.time())
-    ours = {
-        "content-type": "application/json",
-        "user-agent": USER_AGENT,
-        "webhook-id": event_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": signing.sign(secret, event_id, timestamp, body),
-    }
-    # A custom header never replaces one of ours.
-    headers = {name: value for name, value in extra.items() if name.lower() not in ours} | ours
-    async with client.stream("POST", url, content=body, headers=headers) as response:
-        read = 0
-        async for chunk in response.aiter_raw():
-            read += len(chunk)
-            if read >= MAX_RESPONSE:
-                break
-        retry_after = None
-        if response.status_code in (429, 503):
-            retry_after = retry.parse_retry_after(response.headers.get("retry-after"), time.time())
-        return response.status_code, retry_after
+    if answer is None:
+        return Sent(None, error, int((time.monotonic() - clock) * 1000))
+    if not 200 <= answer.status_code < 300:
+        error = f"receiver answered {answer.status_code}" + (
+            f": {answer.excerpt}" if answer.excerpt else ""
+        )
+    return Sent(answer.status_code, error, answer.duration_ms, answer.retry_after)

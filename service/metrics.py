@@ -61,6 +61,16 @@ class Metrics:
             ["worker"],
             registry=self.registry,
         )
+        self.open_circuits = Gauge(
+            "status_proxy_open_circuits",
+            "Receiver origins whose circuit is open (their webhooks wait for a probe)",
+            registry=self.registry,
+        )
+        self.oldest_open_circuit = Gauge(
+            "status_proxy_oldest_open_circuit_seconds",
+            "How long the circuit open the longest has been open (0 when none is)",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

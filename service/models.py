@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Column, SQLModel
 from sqlmodel import Field as Col
 
+from service import headers
+
 EventType = Literal["video.completed", "video.failed", "video.progress"]
 TERMINAL_EVENTS: tuple[EventType, ...] = ("video.completed", "video.failed")
 EVENT_ORDER: tuple[EventType, ...] = ("video.completed", "video.failed", "video.progress")
@@ -81,6 +83,10 @@ class Registration(SQLModel, table=True):
     callback_url: str = Col(sa_column=Column(sa.Text, nullable=False))
     events: list[str] = Col(sa_column=Column(sa.JSON, nullable=False))
     meta: dict[str, Any] = Col(sa_column=Column("metadata", sa.JSON, nullable=False))
+    # Custom headers sent with each webhook; secret to the owning key, never logged.
+    headers: dict[str, str] = Col(
+        default_factory=dict, sa_column=Column(sa.JSON, nullable=False, server_default="{}")
+    )
     state: str = Col(max_length=16)
     dedupe_key: str = Col(max_length=64)
     created_at: float
@@ -108,6 +114,8 @@ class Event(SQLModel, table=True):
     next_attempt_at: float
     lease_until: float | None = None
     created_at: float
+    # When it was first sent (the retry window runs from here); None until then.
+    first_attempt_at: float | None = None
 
 
 class Attempt(SQLModel, table=True):
@@ -128,6 +136,22 @@ class Attempt(SQLModel, table=True):
     error: str | None = Col(default=None, sa_column=Column(sa.Text, nullable=True))
     duration_ms: int
     created_at: float
+
+
+class Circuit(SQLModel, table=True):
+    """The breaker of one receiver origin (scheme, host, port) that has failed lately,
+    shared by every worker; an origin without a row is closed with no failures."""
+
+    __tablename__ = "circuits"
+
+    origin: str = Col(primary_key=True, max_length=300)
+    state: str = Col(max_length=16)  # closed | open
+    failures: int = 0  # consecutive failed attempts
+    opened_at: float | None = None
+    cooldown: float | None = None  # the current wait between probes
+    probe_at: float | None = None  # when the next probe may go
+    probe_until: float | None = None  # the lease of the probe in flight
+    updated_at: float
 
 
 class Setting(SQLModel, table=True):
@@ -248,6 +272,11 @@ class RegistrationCreate(BaseModel):
     )
     events: list[EventType] = Field(default_factory=lambda: list(TERMINAL_EVENTS), min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Custom headers sent with each webhook (at most 10; never logged)",
+        examples=[{"Authorization": "Bearer receiver-token"}],
+    )
 
     @field_validator("task_id")
     @classmethod
@@ -268,6 +297,11 @@ class RegistrationCreate(BaseModel):
             raise ValueError("events must name at least one of video.completed, video.failed")
         return [event for event in EVENT_ORDER if event in wanted]
 
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers(cls, value: Any) -> dict[str, str]:
+        return headers.check(value)
+
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +319,7 @@ class RegistrationPublic(BaseModel):
     callback_url: str
     events: list[EventType]
     metadata: dict[str, Any]
+    headers: dict[str, str]
     state: RegistrationState
     created_at: int
     task: dict[str, Any] | None

@@ -77,9 +77,9 @@ class Notifier(Pipeline[Leased, Outcome]):
             self.url,
             job.id,
             job.body.encode(),
-            self.secret,
+            [self.secret],
             self.settings.delivery_timeout,
-            allow_private=True,  # the operator's own URL: no callback guard
+            guard=None,  # the operator's own URL: no callback guard
         )
         next_at = None
         if not answer.accepted:

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import ids, outbox
+from service import callbacks, ids, outbox
 from service.config import Settings
 from service.models import TERMINAL_EVENTS, OperatorEvent, compact_json
 
@@ -48,24 +47,6 @@ def enabled(settings: Settings) -> bool:
     return settings.operator_webhook_url is not None
 
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def origin(url: str) -> str:
-    """``scheme://host:port`` of a URL, lower case, the port always written: who failed,
-    without a path or query that may carry a receiver's token."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return f"{scheme}://{host}:{port or DEFAULT_PORTS.get(scheme, 0)}"
-
-
 def deliveries_failed(results: list[outbox.Result]) -> list[tuple[Kind, dict[str, Any]]]:
     """``delivery.failed`` for each registration these attempts failed: a terminal event
     dead after its last retry (or its retry window), or any event answered 410."""
@@ -83,7 +64,7 @@ def deliveries_failed(results: list[outbox.Result]) -> list[tuple[Kind, dict[str
                 "status_code": r.status_code,
                 "error": r.error,
                 # Not the whole URL: its path or query may carry the receiver's token.
-                "callback_origin": origin(r.event.callback_url),
+                "callback_origin": callbacks.origin(r.event.callback_url),
             }
             found.append((Kind.DELIVERY_FAILED, data))
     return found

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -204,6 +204,9 @@ class Claimed:
     lane: int = FIRST
     owner: str = ""  # the registration's key owner: whose secrets sign it
     secrets: tuple[str, ...] = ()  # what signs this attempt, newest first
+    headers: dict[str, str] = field(default_factory=dict)  # the registration's custom ones
+    first_attempt_at: float | None = None
+    origin: str = ""  # scheme://host:port of the callback URL
 
 
 def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
@@ -250,6 +253,7 @@ async def claim(
             created_at=row.created_at,
             lease_until=lease_until,
             lane=lane,
+            first_attempt_at=row.first_attempt_at,
         )
         for row in (
             await conn.execute(
@@ -264,6 +268,7 @@ async def claim(
                     events.c.body,
                     events.c.attempts,
                     events.c.created_at,
+                    events.c.first_attempt_at,
                 )
             )
         ).all()
@@ -277,6 +282,7 @@ async def claim(
                     registrations.c.callback_url,
                     registrations.c.task_id,
                     registrations.c.owner,
+                    registrations.c.headers,
                 ).where(registrations.c.id.in_({event.registration_id for event in claimed}))
             )
         }
@@ -284,6 +290,7 @@ async def claim(
             target = targets[event.registration_id]
             event.callback_url, event.task_id = target.callback_url, target.task_id
             event.owner = target.owner
+            event.headers = target.headers or {}
     claimed.sort(key=lambda event: event.seq)
     return claimed
 
@@ -302,9 +309,7 @@ class Result:
     next_attempt_at: float | None  # None: dead (or accepted)
 
 
-async def record(
-    conn: AsyncConnection, results: Sequence[Result], now: float
-) -> list[Result]:
+async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -> list[Result]:
     """Write the outcome of finished attempts: the attempt log, the event and registration.
     Only the holder of an event's lease writes: a worker paused past its lease (a long
     outage, a stalled process) finds the event taken over and leaves it to the new holder,
@@ -425,6 +430,49 @@ def drop_pending(registration_ids: Sequence[str]) -> sa.Update:
         .values(state="dropped")
     )
     return statement
+
+
+async def postpone(conn: AsyncConnection, until: Sequence[tuple[int, float]]) -> None:
+    """Give back claimed events, due again later; no attempt is counted: (seq, when)."""
+    if until:
+        await conn.execute(
+            events.update()
+            .where(events.c.seq == sa.bindparam("b_seq"))
+            .values(next_attempt_at=sa.bindparam("b_until"), lease_until=None),
+            [{"b_seq": seq, "b_until": when} for seq, when in until],
+        )
+
+
+async def wake(conn: AsyncConnection, seqs: Sequence[int], now: float) -> None:
+    """Make postponed events due now, unless they were sent or taken meanwhile."""
+    if seqs:
+        # Rows another worker holds are skipped, never waited for: this runs after the
+        # circuits are written, and that worker may be waiting for them.
+        waiting = (
+            sa.select(events.c.seq)
+            .where(
+                events.c.seq.in_(sorted(set(seqs))),
+                unindexed(events.c.state) == "pending",
+                events.c.next_attempt_at > now,
+                sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        await conn.execute(
+            events.update()
+            .where(events.c.seq.in_(waiting.scalar_subquery()))
+            .values(next_attempt_at=now)
+        )
+
+
+async def mark_sent(conn: AsyncConnection, seqs: Sequence[int], now: float) -> None:
+    """Start the retry window of events about to be sent for the first time."""
+    if seqs:
+        await conn.execute(
+            events.update()
+            .where(events.c.seq.in_(seqs), events.c.first_attempt_at.is_(None))
+            .values(first_attempt_at=now)
+        )
 
 
 async def release(conn: AsyncConnection, claimed: Sequence[Claimed]) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import ids, outbox, ownership, snapshot, tasks
+from service import headers, ids, outbox, ownership, snapshot, tasks
 from service.db import Database
 from service.models import (
     TERMINAL_EVENTS,
@@ -63,6 +63,7 @@ _COLUMNS = (
     registrations.c.callback_url,
     registrations.c.events,
     registrations.c.metadata,
+    registrations.c.headers,
     registrations.c.state,
     registrations.c.created_at,
     task_table.c.snapshot,
@@ -104,6 +105,7 @@ def _public(row: Any) -> RegistrationPublic:
         callback_url=row.callback_url,
         events=row.events,
         metadata=row.metadata,
+        headers=row.headers,
         state=row.state,
         created_at=int(row.created_at),
         task=_snapshot(row.snapshot),
@@ -136,6 +138,7 @@ async def create(
                     callback_url=body.callback_url,
                     events=list(body.events),
                     metadata=body.metadata,
+                    headers=body.headers,
                     state="active",
                     created_at=int(now),
                     task=_snapshot(task.snapshot),
@@ -153,6 +156,8 @@ def _same_or_conflict(existing: Any, body: RegistrationCreate) -> RegistrationPu
         raise Conflict(
             "an active registration for this task and URL has other metadata", "metadata"
         )
+    if not headers.same(existing.headers, body.headers):
+        raise Conflict("an active registration for this task and URL has other headers", "headers")
     return _public(existing)
 
 
@@ -212,6 +217,7 @@ async def _insert(
             "callback_url": body.callback_url,
             "events": list(body.events),
             "metadata": body.metadata,
+            "headers": body.headers,
             "state": "active",
             "dedupe_key": key,
             "created_at": now,
@@ -378,7 +384,7 @@ async def redeliver(db: Database, owner: str, registration_id: str, now: float) 
         await conn.execute(
             outbox.events.update()
             .where(outbox.events.c.seq == event.seq)
-            .values(state="pending", next_attempt_at=now, lane=outbox.FIRST)
+            .values(state="pending", next_attempt_at=now, lane=outbox.FIRST, first_attempt_at=now)
         )
         await db.notify(conn, "events")
     return str(event.id)

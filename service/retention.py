@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from service import idempotency, operator_events, ownership
+from service import circuits, idempotency, operator_events, ownership
 from service.db import Database
 from service.models import Attempt, Event, Registration, Task
 
@@ -81,11 +81,12 @@ async def _first_column(conn: Any, query: sa.Select[Any]) -> list[Any]:
 
 async def purge(db: Database, now: float, retention: float, most: int = 20) -> int:
     """Up to ``most`` batches, each its own short transaction; and expired idempotency
-    keys (kept 24 hours whatever the retention)."""
+    keys (kept 24 hours whatever the retention) and stale failure streaks of origins."""
     removed = await idempotency.purge(db, now)
     async with db.write() as conn:
         purged = await conn.execute(operator_events.purge_statement(now - retention))
         removed += purged.rowcount or 0
+        await conn.execute(circuits.forget_idle(now - circuits.STREAK_KEPT))
     for _ in range(most):
         count = await purge_batch(db, now, retention)
         removed += count

@@ -41,6 +41,9 @@ class Runtime:
         self.with_api = api
         self.key_digests = [key_digest(key.get_secret_value()) for key in settings.api_keys]
         self.db = Database(settings)
+        self.callback_guard = callbacks.Guard(
+            settings.callback_allow_private, settings.callback_allow_networks
+        )
         self.metrics = Metrics()
         self.upstream_client = httpx.AsyncClient(
             transport=transport.Transport(
@@ -56,7 +59,7 @@ class Runtime:
         )
         self.delivery_client = httpx.AsyncClient(
             transport=transport.Transport(
-                client=lambda: _delivery_session(settings),
+                client=lambda: _delivery_session(settings, self.callback_guard),
             ),
             follow_redirects=False,
         )
@@ -82,7 +85,7 @@ class Runtime:
         if not self.with_workers:
             return
         self.deliverer = Deliverer(
-            self.settings, self.db, self.delivery_client, secret, self.metrics
+            self.settings, self.db, self.delivery_client, secret, self.metrics, self.callback_guard
         )
         self.poller = Poller(
             self.settings, self.db, self.upstream, self.metrics, self.deliverer.kick
@@ -177,11 +180,9 @@ def safe_database_url(url: str) -> str:
         return url.partition("://")[0] + "://…"
 
 
-def _delivery_session(settings: Settings) -> aiohttp.ClientSession:
+def _delivery_session(settings: Settings, guard: callbacks.Guard) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=callbacks.connector(
-            settings.callback_allow_private, settings.delivery_concurrency
-        ),
+        connector=callbacks.connector(guard, settings.delivery_concurrency),
         auto_decompress=False,
     )
 

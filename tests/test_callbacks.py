@@ -56,16 +56,58 @@ def test_malformed_urls_rejected(url):
 )  # fmt: skip
 def test_private_hosts_refused_by_the_guard(url):
     with pytest.raises(callbacks.CallbackRejected):
-        asyncio.run(callbacks.check(url, allow_private=False))
+        asyncio.run(callbacks.check(url, callbacks.Guard()))
 
 
 def test_allow_private_switches_the_guard_off():
-    asyncio.run(callbacks.check("http://127.0.0.1:9/hook", allow_private=True))
+    asyncio.run(callbacks.check("http://127.0.0.1:9/hook", callbacks.Guard(allow_private=True)))
 
 
 def test_guarded_resolver_refuses_loopback():
-    resolver = callbacks.GuardedResolver(allow_private=False)
+    resolver = callbacks.GuardedResolver(callbacks.Guard())
     with pytest.raises(OSError):
         asyncio.run(resolver.resolve("localhost", 80))
-    allowed = asyncio.run(callbacks.GuardedResolver(allow_private=True).resolve("localhost", 80))
+    loose = callbacks.GuardedResolver(callbacks.Guard(allow_private=True))
+    allowed = asyncio.run(loose.resolve("localhost", 80))
     assert any(item["host"] in ("127.0.0.1", "::1") for item in allowed)
+
+
+def guard(*networks: str) -> callbacks.Guard:
+    return callbacks.Guard(networks=tuple(ipaddress.ip_network(n) for n in networks))
+
+
+@pytest.mark.parametrize(
+    ("networks", "address", "permitted"),
+    [
+        ((), "8.8.8.8", True),
+        ((), "10.20.1.2", False),
+        (("10.20.0.0/16",), "10.20.1.2", True),
+        (("10.20.0.0/16",), "10.21.0.1", False),
+        (("10.20.0.0/16",), "127.0.0.1", False),
+        (("10.20.0.0/16",), "::ffff:10.20.1.2", True),  # the mapped form of an allowed one
+        (("fd00::/8",), "fd12::1", True),
+        (("fd00::/8",), "fe80::1", False),
+        (("fd00::/8",), "fd00:ec2::254", False),  # AWS metadata inside a listed network
+        (("fd00:ec2::254/128",), "fd00:ec2::254", True),
+        (("169.254.0.0/16",), "169.254.169.254", False),
+        (("169.254.0.0/16",), "169.254.1.1", True),
+        (("169.254.0.0/16",), "::ffff:169.254.169.254", False),
+        (("169.254.169.254/32",), "169.254.169.254", True),
+        (("169.254.169.254/32",), "::ffff:169.254.169.254", True),
+        (("100.64.0.0/10",), "100.100.100.200", False),  # Alibaba metadata
+        (("0.0.0.0/0",), "169.254.169.254", False),
+        (("0.0.0.0/0",), "192.168.1.1", True),
+    ],
+)  # fmt: skip
+def test_networks_allowed_by_name(networks, address, permitted):
+    assert guard(*networks).permits(ipaddress.ip_address(address)) is permitted
+
+
+def test_a_name_must_resolve_inside_the_networks_only():
+    # localhost may resolve to 127.0.0.1 and ::1: every address it gives must be allowed.
+    with pytest.raises(callbacks.CallbackRejected):
+        asyncio.run(callbacks.check("http://localhost:9/h", guard("10.0.0.0/8")))
+    asyncio.run(callbacks.check("http://localhost:9/h", guard("127.0.0.0/8", "::1/128")))
+    asyncio.run(callbacks.check("http://127.0.0.1:9/h", guard("127.0.0.0/8")))
+    with pytest.raises(callbacks.CallbackRejected):
+        asyncio.run(callbacks.check("http://127.0.0.1:9/h", guard("127.0.0.2/32")))

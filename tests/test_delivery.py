@@ -6,7 +6,8 @@ import time
 
 from standardwebhooks.webhooks import Webhook
 
-from tests.harness import SECRET, eventually
+from service.receiver import Receiver
+from tests.harness import SECRET, ServerThread, eventually
 from tests.rogue import Rogue
 
 
@@ -256,14 +257,22 @@ def test_failing_receivers_never_delay_a_fresh_webhook(make_service, upstream, h
     service = make_service(
         delivery_concurrency=4, delivery_timeout=5.0, delivery_retry_schedule=(0.1,) * 20
     )
-    hooks.receiver.plan("/down", 500, delay=3.0)  # slow and failing: retries hog slots
-    for _ in range(6):
-        service.register(upstream.add(duration=0.1, queued=0), f"{hooks.url}/down")
-    # Every first attempt has been made, and retries hold the slots.
-    eventually(lambda: len({d.headers["webhook-id"] for d in hooks.at("/down")}) == 6, 20)
-    eventually(lambda: len(hooks.at("/down")) >= 8, timeout=20)
-    fresh = upstream.add(duration=0.3, queued=0)
-    registered = time.time()
-    service.register(fresh, f"{hooks.url}/fresh")
-    [delivery] = eventually(lambda: hooks.at("/fresh"), timeout=10)
-    assert delivery.received_at - registered < 2.0
+    # Slow and failing, each on an origin of its own (a circuit opens per origin after
+    # five failures): their retries hog the slots.
+    downs = [Receiver() for _ in range(6)]
+    threads = [ServerThread(down.create_app()).start() for down in downs]
+    try:
+        for down, thread in zip(downs, threads, strict=True):
+            down.plan("/down", 500, delay=3.0)
+            service.register(upstream.add(duration=0.1, queued=0), f"{thread.url}/down")
+        # Every first attempt has been made, and retries hold the slots.
+        eventually(lambda: all(down.at("/down") for down in downs), 20)
+        eventually(lambda: sum(len(down.at("/down")) for down in downs) >= 8, timeout=20)
+        fresh = upstream.add(duration=0.3, queued=0)
+        registered = time.time()
+        service.register(fresh, f"{hooks.url}/fresh")
+        [delivery] = eventually(lambda: hooks.at("/fresh"), timeout=10)
+        assert delivery.received_at - registered < 2.0
+    finally:
+        for thread in threads:
+            thread.stop()

@@ -33,6 +33,7 @@ def test_alerts_and_dashboard_use_real_metrics(service, upstream, hooks):
     alerts = [rule for group in rules["groups"] for rule in group["rules"]]
     assert {rule["alert"] for rule in alerts} >= {
         "StatusProxyOutboxStalled", "StatusProxyUpstreamAuthFailing", "StatusProxyWebhookFailureRate",
+        "StatusProxyCircuitOpenLong",
     }  # fmt: skip
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     expressions = [rule["expr"] for rule in alerts]
@@ -40,3 +41,4 @@ def test_alerts_and_dashboard_use_real_metrics(service, upstream, hooks):
     used = set().union(*(referenced(e) for e in expressions))
     assert used and used <= families, used - families
     assert {"status_proxy_outbox_depth", "status_proxy_poll_lag_seconds"} <= used
+    assert "status_proxy_oldest_open_circuit_seconds" in used

@@ -39,7 +39,7 @@ def test_env_example_defaults_are_the_real_defaults():
         elif isinstance(default, int):
             assert int(value) == default, name
         elif isinstance(default, tuple):
-            assert tuple(float(v) for v in value.split(",")) == default, name
+            assert tuple(float(v) for v in value.split(",") if v) == default, name
         elif isinstance(default, str):
             assert value == default, name
         else:

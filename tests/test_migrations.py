@@ -29,7 +29,7 @@ def test_migrations_match_the_models(db_url):
     assert asyncio.run(differences()) == []
 
 
-def test_tasks_registered_before_0007_become_their_keys_videos(db_url):
+def test_tasks_registered_before_0006_become_their_keys_videos(db_url):
     import sqlalchemy as sa
     from alembic import command
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
 
-from service import operator_events, retention
+from service import callbacks, operator_events, retention
 from service.config import Settings
 from service.db import Database
 from service.receiver import Receiver
@@ -205,7 +205,7 @@ def test_origin_keeps_no_path_query_or_user_info():
         "https://user:pw@H.Example.com./": "https://h.example.com:443",
     }
     for url, expected in cases.items():
-        assert operator_events.origin(url) == expected
+        assert callbacks.origin(url) == expected
 
 
 @pytest.mark.parametrize("value", ["ftp://x.example/", "not a url", "http://"])

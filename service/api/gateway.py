@@ -117,9 +117,7 @@ async def _create(request: Request, caller: Caller, path: str) -> Response:
     try:
         wanted = body.wanted.registration
         if wanted is not None:
-            await api_registrations.vet_callback(
-                wanted.callback_url, runtime.settings.callback_allow_private
-            )
+            await api_registrations.vet_callback(wanted.callback_url, runtime.callback_guard)
         if key is not None:
             replay = await _replay(runtime, caller.owner, key, body.fingerprint)
             if replay is not None:

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from service import circuits
 from service.api.deps import RuntimeDep
 from service.models import Event, Task
 
@@ -73,10 +74,13 @@ async def metrics(runtime: RuntimeDep) -> Response:
                 )
             )
         ).one()
+        tripped, tripped_since = await circuits.summary(conn)
     for state in ("watching", "idle", "ended", "given_up"):
         runtime.metrics.tasks.labels(state).set(0)
     for state, count in by_state:
         runtime.metrics.tasks.labels(state).set(count)
     runtime.metrics.outbox_depth.set(depth)
     runtime.metrics.oldest_pending.set(max(0.0, now - oldest) if oldest else 0.0)
+    runtime.metrics.open_circuits.set(tripped)
+    runtime.metrics.oldest_open_circuit.set(max(0.0, now - tripped_since) if tripped_since else 0.0)
     return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")

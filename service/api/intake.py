@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -48,12 +48,10 @@ _KEY = re.compile(r"\[([^\[\]]*)\]")
 @dataclass(slots=True)
 class Wanted:
     """What the consumed fields ask for: a registration of the new task (None without a
-    ``callback_url``), and the custom webhook headers of ``callback_headers``, parsed
-    from any encoding. Registrations take no custom headers yet: ``headers`` is kept
-    here for the registration and not used, and nothing about it is refused."""
+    ``callback_url``), its custom webhook headers taken from ``callback_headers`` in any
+    encoding and checked as a registration's ``headers``."""
 
     registration: RegistrationCreate | None = None
-    headers: dict[str, Any] = field(default_factory=dict)
 
 
 def consumed_name(name: str) -> str | None:
@@ -233,15 +231,16 @@ def wanted_from(values: dict[str, Any]) -> Wanted:
             name = next(iter(values))
             raise ApiError(422, f"{name} needs a callback_url to register the task", name)
         return Wanted()
-    headers = values.pop("callback_headers", {})
-    if "callback_metadata" in values:
-        values["metadata"] = values.pop("callback_metadata")
+    renamed = {"callback_metadata": "metadata", "callback_headers": "headers"}
+    for theirs, ours in renamed.items():
+        if theirs in values:
+            values[ours] = values.pop(theirs)
     try:
         registration = RegistrationCreate(task_id=PLACEHOLDER_TASK, **values)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = str(first["loc"][0]) if first["loc"] else None
-        param = "callback_metadata" if param == "metadata" else param
+        param = {ours: theirs for theirs, ours in renamed.items()}.get(param or "", param)
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ApiError(422, f"{param}: {message}", param) from None
-    return Wanted(registration, headers if isinstance(headers, dict) else {})
+    return Wanted(registration)

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, status
 
-from service import delivery, ids, recovery
+from service import delivery, ids, recovery, webhook_secrets
 from service.api.deps import Caller, CallerDep
 from service.api.errors import ApiError, responses
 from service.api.registrations import vet_callback
@@ -17,9 +17,13 @@ router = APIRouter(tags=["receivers"])
 TEST_EVENT = "webhook.test"
 
 
-async def signing_secret(caller: Caller) -> str:
-    """The secret that signs the caller's webhooks."""
-    return caller.runtime.secret
+async def signing_secrets(caller: Caller) -> tuple[str, ...]:
+    """What signs the caller's webhooks now, newest first: its key's own secrets, or the
+    open API's secret."""
+    runtime = caller.runtime
+    async with runtime.db.write() as conn:  # a key's first secret is made on first need
+        found = await webhook_secrets.for_owners(conn, [caller.owner], runtime.secret, time.time())
+    return found[caller.owner]
 
 
 def test_body(event_id: str, now: float) -> bytes:
@@ -35,17 +39,17 @@ async def webhook_test(body: WebhookTest, caller: CallerDep) -> WebhookTestResul
     """Send one signed ``webhook.test`` event to a URL now, under the callback rules, and
     answer what the receiver did (``status_code`` null when it did not answer)."""
     settings = caller.runtime.settings
-    await vet_callback(body.callback_url, settings.callback_allow_private)
+    await vet_callback(body.callback_url, caller.runtime.callback_guard)
     event_id = ids.new_id("evt")
     answer = await delivery.send(
         caller.runtime.delivery_client,
         body.callback_url,
         event_id,
         test_body(event_id, time.time()),
-        await signing_secret(caller),
+        await signing_secrets(caller),
         settings.delivery_timeout,
         headers=body.headers,
-        allow_private=settings.callback_allow_private,
+        guard=caller.runtime.callback_guard,
     )
     return WebhookTestResult(
         event_id=event_id,

@@ -66,7 +66,7 @@ async def create_registration(
     body: RegistrationCreate, caller: CallerDep, response: Response
 ) -> RegistrationPublic:
     """Watch a task and deliver its terminal event to the callback URL."""
-    await vet_callback(body.callback_url, caller.runtime.settings.callback_allow_private)
+    await vet_callback(body.callback_url, caller.runtime.callback_guard)
     try:
         created = await registrations.create(
             caller.runtime.db,
@@ -83,10 +83,10 @@ async def create_registration(
     return created.registration
 
 
-async def vet_callback(url: str, allow_private: bool) -> None:
+async def vet_callback(url: str, guard: callbacks.Guard) -> None:
     """422 for a callback URL that may not be used (checked again at delivery time)."""
     try:
-        await callbacks.check(url, allow_private)
+        await callbacks.check(url, guard)
     except callbacks.CallbackRejected as exc:
         raise ApiError(422, str(exc), "callback_url") from None
 
