@@ -22,7 +22,9 @@ SNAPSHOT = {"id": "video_bench", "object": "video", "status": "in_progress", "pr
 def sample_body() -> str:
     """A webhook body of the size status-proxy sends."""
     data = compact_json({**SNAPSHOT, "status": "completed", "video_url": "https://cdn.example/v"})
-    return outbox.body("evt_bench", "video.completed", time.time(), "reg_bench", {}, data)
+    return outbox.body(
+        "evt_bench", "video.completed", time.time(), "reg_bench", {}, data, SNAPSHOT["id"]
+    )
 
 
 def _task(task_id: str, now: float, **values: Any) -> dict[str, Any]:
@@ -109,7 +111,9 @@ async def pending_webhooks(database_url: str, count: int, callback: str) -> None
         event_id = ids.new_id("evt")
         events.append({
             "id": event_id, "registration_id": reg["id"], "type": "video.completed",
-            "body": outbox.body(event_id, "video.completed", now, reg["id"], {}, data),
+            "body": outbox.body(
+                event_id, "video.completed", now, reg["id"], {}, data, reg["task_id"]
+            ),
             "state": "pending", "attempts": 0, "lane": outbox.FIRST, "next_attempt_at": now,
             "lease_until": None, "created_at": now,
         })  # fmt: skip
