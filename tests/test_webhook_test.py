@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.harness import SECRET, free_port
 from tests.rogue import Rogue
@@ -104,6 +104,20 @@ def test_webhook_test_follows_the_callback_rules(make_service, hooks):
         {"callback_url": "https://example.com/x", "headers": {"X-A": 1}},
         {"callback_url": "https://example.com/x", "headers": ["X-A"]},
         {"callback_url": "https://example.com/x", "headers": {f"X-{i}": "v" for i in range(11)}},
+        # Names that belong to the request itself or to the signature, as on registrations.
+        *(
+            {"callback_url": "https://example.com/x", "headers": {name: "x"}}
+            for name in (
+                "Host",
+                "Content-Length",
+                "Content-Type",
+                "Transfer-Encoding",
+                "Connection",
+                "Upgrade",
+                "Webhook-Signature",
+                "webhook-id",
+            )
+        ),
     ],
 )
 def test_webhook_test_refuses_bad_bodies(service, body):
@@ -118,10 +132,14 @@ def test_webhook_test_needs_a_key_and_never_echoes_header_values(make_service, h
     assert httpx.post(f"{service.url}/v1/webhook_test", json=body).status_code == 401
     with as_key(service, KEYS[1]) as client:
         answer = client.post("/v1/webhook_test", json=body)
+        own = client.get("/v1/webhook_secret").json()["secret"]
     assert answer.status_code == 200 and "rcv-secret" not in answer.text
     [delivery] = hooks.at("/k")
     assert delivery.headers["authorization"] == "Bearer rcv-secret"
-    Webhook(SECRET).verify(delivery.body, delivery.headers)
+    # Signed with the calling key's own secret, as its real webhooks are; never another's.
+    Webhook(own).verify(delivery.body, delivery.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(delivery.body, delivery.headers)
     bad = {"callback_url": f"{hooks.url}/k", "headers": {"X-A": "tok\x01en-123"}}
     with as_key(service, KEYS[1]) as client:
         refused = client.post("/v1/webhook_test", json=bad)
