@@ -198,7 +198,10 @@ class OwnedVideo(SQLModel, table=True):
     read, list, download, remix and delete under ``/v1/videos``."""
 
     __tablename__ = "owned_videos"
-    __table_args__ = (sa.Index("ix_owned_videos_listing", "owner", "created_at", "task_id"),)
+    __table_args__ = (
+        sa.Index("ix_owned_videos_listing", "owner", "created_at", "task_id"),
+        sa.Index("ix_owned_videos_task", "task_id"),
+    )
 
     owner: str = Col(primary_key=True, max_length=64)
     task_id: str = Col(primary_key=True, max_length=200)
@@ -208,6 +211,9 @@ class OwnedVideo(SQLModel, table=True):
     created_at: float
     updated_at: float
     deleted_at: float | None = None  # deleted upstream through status-proxy
+    # Created through status-proxy by this key (POST /v1/videos, a remix), not merely
+    # registered: no other key may register it, so none can read or delete it.
+    created: bool = Col(default=False, sa_column_kwargs={"server_default": sa.false()})
 
 
 class DashboardSession(SQLModel, table=True):

@@ -39,10 +39,12 @@ class Listed:
     video: dict[str, Any]
 
 
-def claim_values(owner: str, task_id: str, now: float, video: str | None = None) -> dict[str, Any]:
+def claim_values(
+    owner: str, task_id: str, now: float, video: str | None = None, created: bool = False
+) -> dict[str, Any]:
     return {
         "owner": owner, "task_id": task_id, "video": video, "created_at": now,
-        "updated_at": now, "deleted_at": None,
+        "updated_at": now, "deleted_at": None, "created": created,
     }  # fmt: skip
 
 
@@ -54,7 +56,18 @@ async def claim_in(conn: Any, is_sqlite: bool, values: dict[str, Any]) -> None:
 async def claim(db: Database, owner: str, task_id: str, now: float, video: str | None) -> None:
     """Record that ``owner`` created ``task_id`` (``video``: the create answer)."""
     async with db.write() as conn:
-        await claim_in(conn, db.is_sqlite, claim_values(owner, task_id, now, video))
+        await claim_in(conn, db.is_sqlite, claim_values(owner, task_id, now, video, True))
+
+
+async def created_by_another(conn: Any, owner: str, task_id: str) -> bool:
+    """Whether another key created ``task_id`` through status-proxy (then it is theirs
+    alone: registering it must not make it ``owner``'s video)."""
+    found = await conn.execute(
+        sa.select(owned.c.owner)
+        .where(owned.c.task_id == task_id, owned.c.created, owned.c.owner != owner)
+        .limit(1)
+    )
+    return found.first() is not None
 
 
 async def owns(db: Database, owner: str, task_id: str) -> bool:

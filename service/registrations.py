@@ -44,6 +44,10 @@ class NotFound(Exception):
     """No such registration for this key."""
 
 
+class Foreign(Exception):
+    """Another key created this task through status-proxy; it is not this key's to watch."""
+
+
 @dataclass(slots=True)
 class Created:
     registration: RegistrationPublic
@@ -171,7 +175,10 @@ async def _insert(
     interval: float,
 ) -> tuple[str, int, Any]:
     """Insert the registration, and its task unless known; answer its id, the events
-    queued at once (for a task already ended) and the task's state before."""
+    queued at once (for a task already ended) and the task's state before. Raises
+    Foreign for a keyed caller registering a task another key created here."""
+    if owner and await ownership.created_by_another(conn, owner, body.task_id):
+        raise Foreign(body.task_id)
     fresh = {
         "task_id": body.task_id,
         "state": "watching",

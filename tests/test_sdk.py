@@ -139,3 +139,35 @@ def test_each_key_sees_only_its_own_videos(make_service, upstream, hooks):
     assert {item.id for item in alpha.videos.list()} == {created.id, registered}
     with pytest.raises(openai.NotFoundError):
         alpha.videos.retrieve(elsewhere)
+
+
+def test_registering_another_keys_created_video_is_404(make_service, upstream, hooks):
+    """A task id is no key: a video one key created through status-proxy can never be
+    registered by another, so no other key can read, download, remix or delete it."""
+    service = make_service(api_keys=["alpha", "beta"])
+    alpha = sdk(service, "alpha")
+    created = alpha.videos.create(model="sora-2", prompt="alpha's")
+    outside = upstream.add(duration=0.2, queued=0)  # made on the upstream directly
+    with httpx.Client(base_url=service.url, headers={"Authorization": "Bearer beta"}) as beta:
+        taken = beta.post(
+            "/v1/registrations", json={"task_id": created.id, "callback_url": f"{hooks.url}/b"}
+        )
+        assert taken.status_code == 404, taken.text
+        assert taken.json()["error"]["param"] == "task_id"
+        for method, path in (
+            ("GET", f"/v1/videos/{created.id}/content"),
+            ("DELETE", f"/v1/videos/{created.id}"),
+        ):
+            assert beta.request(method, path).status_code == 404
+        # A task made outside status-proxy can be registered, by either key.
+        hook = {"task_id": outside, "callback_url": f"{hooks.url}/b"}
+        assert beta.post("/v1/registrations", json=hook).status_code == 201
+    assert created.id in upstream.sim.tasks  # never deleted
+    assert alpha.videos.retrieve(created.id).id == created.id
+    # The creator registers its own video as often as it likes.
+    mine = alpha.post(
+        "/registrations",
+        body={"task_id": created.id, "callback_url": f"{hooks.url}/a"},
+        cast_to=dict,
+    )
+    assert mine["task_id"] == created.id

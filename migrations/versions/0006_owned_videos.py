@@ -26,12 +26,14 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("updated_at", sa.Float(), nullable=False),
         sa.Column("deleted_at", sa.Float(), nullable=True),
+        sa.Column("created", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("owner", "task_id"),
     )
     with op.batch_alter_table("owned_videos", schema=None) as batch_op:
         batch_op.create_index(
             "ix_owned_videos_listing", ["owner", "created_at", "task_id"], unique=False
         )
+        batch_op.create_index("ix_owned_videos_task", ["task_id"], unique=False)
     # Every task a key registered before this revision is that key's video.
     op.execute(
         "INSERT INTO owned_videos (owner, task_id, created_at, updated_at) "
@@ -42,5 +44,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("owned_videos", schema=None) as batch_op:
+        batch_op.drop_index("ix_owned_videos_task")
         batch_op.drop_index("ix_owned_videos_listing")
     op.drop_table("owned_videos")

@@ -227,6 +227,9 @@ async def _register(runtime: Runtime, owner: str, answer: Answer, wanted: intake
         )
     except registrations.Conflict as exc:
         return _added(answer, video, "registration_error", _error("conflict", str(exc)))
+    except registrations.Foreign:
+        message = "another key created a task with this id"
+        return _added(answer, video, "registration_error", _error("conflict", message))
     except UNAVAILABLE as exc:
         # The upstream made (and charges for) the task: hand back its id rather than
         # lose it; the client can register it once the database is back.

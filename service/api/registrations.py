@@ -77,6 +77,9 @@ async def create_registration(
         )
     except registrations.Conflict as exc:
         raise ApiError(409, str(exc), exc.param) from None
+    except registrations.Foreign:
+        # As for every /v1/videos route: another key's video does not exist for this one.
+        raise ApiError(404, "you have no video with this id", "task_id") from None
     if not created.created:
         response.status_code = status.HTTP_200_OK
     wake_workers(caller.runtime, created)
