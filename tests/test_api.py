@@ -251,3 +251,20 @@ def test_api_keys_protect_and_scope(make_service, hooks):
     [[row]] = sql(service.settings.database_url, "SELECT * FROM registrations")
     assert row.owner == hashlib.sha256(b"key-alpha").hexdigest()
     assert not any("key-alpha" in str(value) for value in row)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/registrations?task_id=a%00b",
+        "/v1/videos?after=a%00b",
+        "/v1/registrations/reg_%00",
+        "/v1/videos/video_%00",
+        "/dashboard/registrations/reg_%00",
+    ],
+)
+def test_nul_in_a_path_or_query_is_422_on_every_database(service, path):
+    """PostgreSQL refuses NUL in text: before, such a read looked like a database outage."""
+    answer = service.client.get(path)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] and "NUL" in answer.json()["error"]["message"]

@@ -173,3 +173,11 @@ def test_an_answer_is_still_an_answer():
         assert response.status_code < 500
     finally:
         thread.stop()
+
+
+def test_a_delete_refused_for_our_upstream_key_says_whose_key(make_service):
+    service = make_service(upstream_api_key="sk-not-the-simulators")
+    answer = service.client.delete("/v1/videos/video_x")
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["error"]["code"] == "upstream_key_refused"
+    assert "sk-not-the-simulators" not in answer.text

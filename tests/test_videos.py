@@ -44,7 +44,8 @@ def test_bad_task_id_is_422_and_never_reaches_the_upstream(service, upstream):
     for bad in ("a..b", "-x", "a%20b", "%2e%2e", "a%00b", "%E2%80%AEx", "a%5Cb"):
         response = service.client.get(f"/v1/videos/{bad}")
         assert response.status_code == 422, bad
-        assert response.json()["error"]["param"] == "task_id"
+        # NUL is refused before routing, for every path (no column can hold it).
+        assert response.json()["error"]["param"] == (None if "%00" in bad else "task_id")
     for escape in ("../../admin", "x/../../v1/other", "x%2F..%2F..%2Fadmin", "x/content/../.."):
         # (httpx resolves dot segments: some of these become GET /v1/videos, the list)
         response = service.client.get(f"/v1/videos/{escape}")
@@ -95,3 +96,23 @@ def test_a_deleted_video_is_gone_on_an_open_api_too(service, upstream):
     # The upstream's own answer to a delete passes through: here it no longer knows it.
     again = service.client.delete(f"/v1/videos/{upstream.add(duration=60)}x")
     assert again.status_code == 404 and again.json()["error"]["message"] == "Video not found"
+
+
+def test_content_of_a_watched_task_the_upstream_does_not_know_is_404(service, upstream, hooks):
+    """Registered, polled, never seen upstream: an unknown task (404), not an unready one."""
+    service.register("video_nowhere", f"{hooks.url}/h")
+    eventually(lambda: upstream.polls("video_nowhere") >= 1)
+    answer = eventually(
+        lambda: (
+            (r := service.client.get("/v1/videos/video_nowhere/content")).status_code == 404 and r
+        )
+    )
+    assert answer.json()["error"]["param"] == "task_id"
+    # A task the upstream shows, still running, is the usual 409.
+    task = upstream.add(duration=60)
+    service.register(task, f"{hooks.url}/h")
+    eventually(lambda: upstream.polls(task) >= 1)
+    running = eventually(
+        lambda: (r := service.client.get(f"/v1/videos/{task}/content")).status_code == 409 and r
+    )
+    assert running.json()["error"]["param"] == "task_id"

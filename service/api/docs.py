@@ -36,6 +36,8 @@ def install(app: FastAPI) -> None:
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS}/favicon-32x32.png",
             oauth2_redirect_url=f"{PATH}/oauth2-redirect",
+            # Swagger UI's default sends the spec's URL to an outside validator (a badge).
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
     @app.get(f"{PATH}/oauth2-redirect", include_in_schema=False)

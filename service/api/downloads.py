@@ -35,7 +35,10 @@ _PASSED_ON = (
     "content-type", "content-length", "content-range", "accept-ranges", "content-encoding",
     "etag", "last-modified",
 )  # fmt: skip
-TASK_STATE_SQL = "SELECT state, outcome, raw_status FROM tasks WHERE task_id = :task_id"
+TASK_STATE_SQL = (
+    "SELECT state, outcome, raw_status, not_found_since, snapshot FROM tasks "
+    "WHERE task_id = :task_id"
+)
 
 
 _VARIANT = Query(description="Which asset: the video (default), a thumbnail or a spritesheet")
@@ -145,9 +148,12 @@ def _refusal(status: int, message: str, headers: dict[str, str]) -> ApiError:
 async def _completed_or_409(runtime: Runtime, task_id: str) -> None:
     row = await runtime.db.lookup(TASK_STATE_SQL, {"task_id": task_id})
     if row is not None:
-        state, outcome, raw_status = row
+        state, outcome, raw_status, not_found_since, snapshot = row
         if outcome == "completed":
             return
+        if snapshot is None and not_found_since is not None and state == "watching":
+            # Watched, but the upstream has never shown it: unknown there, for now.
+            raise ApiError(404, "the upstream has no such task", "task_id")
         now = "failed" if outcome == "failed" or state == "given_up" else raw_status or "not done"
         raise ApiError(409, f"the video is not ready: the task is {now}", "task_id")
     fetch = await videos.fetch_through(runtime, task_id)  # not tracked: ask once

@@ -1,4 +1,5 @@
-"""Request body limits, enforced while the body is read."""
+"""Request limits: bodies, enforced while they are read, and NUL characters, which no
+database column can hold (PostgreSQL refuses them in text), refused in any path or query."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"].lower():
+            message = "the path and query may not contain NUL characters"
+            await envelope(422, message)(scope, receive, send)
             return
         limit = self.limit_for(scope)
         declared = dict(scope["headers"]).get(b"content-length")

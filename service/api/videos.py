@@ -155,6 +155,8 @@ async def delete_video(task_id: TaskId, caller: CallerDep) -> Response:
         if failure is None:
             raise
         raise failure from None
+    if answer.status_code == 401:  # our upstream key, not the client's: say whose
+        raise errors.upstream_refused_key(401)
     if 200 <= answer.status_code < 300:
         now = time.time()
         cancelled = await registrations.cancel_task(runtime.db, caller.owner, task_id, now)
