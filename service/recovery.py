@@ -96,8 +96,11 @@ def _requeue(registration_ids: list[str], now: float) -> sa.Update:
             events.c.type.in_(TERMINAL_EVENTS),
             events.c.state == "dead",
         )
+        # The retry window starts afresh too: an event recovered while its receiver's
+        # circuit is still open waits for the probe instead of dying at once.
         .values(
-            state="pending", attempts=0, lane=outbox.FIRST, next_attempt_at=now, lease_until=None
-        )
+            state="pending", attempts=0, lane=outbox.FIRST, next_attempt_at=now,
+            lease_until=None, first_attempt_at=now,
+        )  # fmt: skip
     )
     return statement

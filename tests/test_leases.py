@@ -131,8 +131,12 @@ def test_two_workers_and_a_lease_that_runs_out_mid_attempt(db_url, upstream, hoo
 
     async def body(first: Runtime, second: Runtime) -> None:
         settings = first.settings
-        a = Deliverer(settings, first.db, first.delivery_client, SECRET, Metrics())
-        b = Deliverer(settings, second.db, second.delivery_client, SECRET, Metrics())
+        a = Deliverer(
+            settings, first.db, first.delivery_client, SECRET, Metrics(), first.callback_guard
+        )
+        b = Deliverer(
+            settings, second.db, second.delivery_client, SECRET, Metrics(), second.callback_guard
+        )
         a.lease = 0.5  # runs out while its receiver is still answering
         reg_id = await new_event(first, f"{hooks.url}/slow", time.time())
         assert await a.turn() == 1

@@ -37,7 +37,9 @@ def _dead_and_gone(service, upstream, hooks, client=None):
     return regs
 
 
-def test_recover_resends_dead_terminal_events_with_fresh_retries(service, upstream, hooks):
+def test_recover_resends_dead_terminal_events_with_fresh_retries(make_service, upstream, hooks):
+    # The receiver's circuit opens on the way (5 failures in a row): short cool-downs.
+    service = make_service(circuit_cooldown=0.2, circuit_cooldown_max=0.2)
     started = time.time()
     regs = _dead_and_gone(service, upstream, hooks)
     assert len(hooks.at("/down")) == 4 and len(hooks.at("/gone")) == 1
@@ -123,3 +125,20 @@ def test_recover_refuses_bad_windows(service, body):
     )
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["code"] == "invalid_request"
+
+
+def test_recover_while_the_circuit_is_still_open_waits_for_the_probe(make_service, upstream, hooks):
+    """Recovered events get a fresh retry window: an origin whose circuit is still open
+    makes them wait for its probe, never die again at once."""
+    service = make_service(delivery_retry_schedule=(0.1, 0.1, 0.1, 0.1, 0.1), circuit_cooldown=1.0)
+    hooks.receiver.plan("/down", 500)
+    task = upstream.add(duration=0.1, queued=0)
+    reg = service.register(task, f"{hooks.url}/down").json()["id"]
+    eventually(lambda: service.registration(reg)["state"] == "failed")
+    before = len(service.attempts(reg))
+    hooks.receiver.plan("/down", 200)
+    answer = service.client.post("/v1/deliveries/recover", json={"since": 0})
+    assert answer.json()["recovered"] == 1
+    eventually(lambda: service.registration(reg)["state"] == "delivered", timeout=20)
+    after = service.attempts(reg)[before:]
+    assert [a["status_code"] for a in after] == [200], after
