@@ -99,8 +99,12 @@ def _requeue(registration_ids: list[str], now: float) -> sa.Update:
         # The retry window starts afresh too: an event recovered while its receiver's
         # circuit is still open waits for the probe instead of dying at once.
         .values(
-            state="pending", attempts=0, lane=outbox.FIRST, next_attempt_at=now,
-            lease_until=None, first_attempt_at=now,
-        )  # fmt: skip
+            state="pending",
+            attempts=0,
+            lane=outbox.FIRST,
+            next_attempt_at=now,
+            lease_until=None,
+            first_attempt_at=now,
+        )
     )
     return statement

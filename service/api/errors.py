@@ -100,6 +100,17 @@ def envelope(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# Routes that forward to the upstream pass its errors through, status and body as it gave
+# them: any 4xx or 5xx may be the upstream's object rather than status-proxy's envelope.
+PASSED_THROUGH: dict[int | str, dict[str, Any]] = {
+    kind: {
+        "description": "status-proxy's error, or the upstream's own, status and body as given",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    for kind in ("4XX", "5XX")
+}
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI documentation of the error answers a route can give."""
     return {status: {"model": ErrorBody, "description": CODES[status]} for status in statuses}

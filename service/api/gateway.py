@@ -22,7 +22,13 @@ from service import idempotency, ownership, registrations
 from service.api import intake, videos
 from service.api import registrations as api_registrations
 from service.api.deps import Caller, CallerDep
-from service.api.errors import ApiError, responses, upstream_failure, upstream_refused_key
+from service.api.errors import (
+    PASSED_THROUGH,
+    ApiError,
+    responses,
+    upstream_failure,
+    upstream_refused_key,
+)
 from service.api.videos import TaskId
 from service.db import UNAVAILABLE
 from service.models import EVENT_ORDER, valid_task_id
@@ -84,7 +90,7 @@ _CREATED: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }
-_ERRORS = responses(400, 401, 409, 413, 415, 422, 502, 503, 504)
+_ERRORS = PASSED_THROUGH | responses(401, 413, 415)
 
 
 @router.post("", response_class=Response, responses=_CREATED | _ERRORS, openapi_extra=_CREATE_BODY)
@@ -97,7 +103,7 @@ async def create_video(request: Request, caller: CallerDep) -> Response:
 @router.post(
     "/{task_id}/remix",
     response_class=Response,
-    responses=_CREATED | _ERRORS | responses(404),
+    responses=_CREATED | _ERRORS,
     openapi_extra=_CREATE_BODY,
 )
 async def remix_video(task_id: TaskId, request: Request, caller: CallerDep) -> Response:

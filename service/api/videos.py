@@ -138,7 +138,7 @@ async def list_videos(
 @router.delete(
     "/{task_id}",
     response_class=Response,
-    responses=_UPSTREAM_ANSWER | responses(401, 404, 422, 502, 503, 504),
+    responses=_UPSTREAM_ANSWER | errors.PASSED_THROUGH | responses(401),
 )
 async def delete_video(task_id: TaskId, caller: CallerDep) -> Response:
     """Delete the video upstream and answer as the upstream did; when it accepts (2xx),
