@@ -216,11 +216,11 @@ async def last_hour(db: Database, owner: str, now: float, tries: int) -> list[ch
     a minute showed stays as it was when an event is later recovered."""
     starts = chart.window(now)
     bucket = _minute_of(db, attempts.c.created_at, starts[0]).label("bucket")
-    accepted = sa.and_(attempts.c.status_code >= 200, attempts.c.status_code < 300)
-    dead = sa.and_(
-        ~accepted,
-        sa.or_(attempts.c.status_code == 410, attempts.c.attempt >= tries),
-    )
+    # An attempt that was never sent (no status: refused, timed out, or waiting past its
+    # retry window behind an open circuit) is no answer: 0, so it is never NULL-ignored.
+    code = sa.func.coalesce(attempts.c.status_code, 0)
+    accepted = sa.and_(code >= 200, code < 300)
+    dead = sa.and_(~accepted, sa.or_(code == 410, attempts.c.attempt >= tries))
     latency = attempts.c.created_at + attempts.c.duration_ms / 1000.0 - events.c.created_at
     query = (
         sa.select(
