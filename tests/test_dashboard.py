@@ -293,3 +293,22 @@ def test_recover_since_from_the_dashboard(keyed, upstream, hooks):
             assert re.search(r'id="recovered">1 delivery queued again', shown)
         eventually(lambda: mine.get(f"/v1/registrations/{reg}").json()["state"] == "delivered")
     assert httpx.post(f"{keyed.url}/dashboard/recover", data={"hours": "1"}).status_code == 401
+
+
+def test_open_circuits_show_to_the_key_whose_receiver_it_is(make_service, upstream, hooks):
+    service = make_service(api_keys=KEYS, circuit_cooldown=60.0)
+    hooks.receiver.plan("/down", 500)
+    with httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=15
+    ) as mine:
+        for _ in range(5):
+            task = upstream.add(duration=0.1, queued=0)
+            hook = {"task_id": task, "callback_url": f"{hooks.url}/down"}
+            assert mine.post("/v1/registrations", json=hook).status_code == 201
+    origin = f"http://127.0.0.1:{httpx.URL(hooks.url).port}"
+    page = eventually(
+        lambda: (text := dashboard_as(service.url, KEYS[0])) and 'id="circuits"' in text and text
+    )
+    assert re.search(rf'<td class="origin">{re.escape(origin)}</td>', page)
+    # Another client's receivers are not the other key's to see.
+    assert 'id="circuits"' not in dashboard_as(service.url, KEYS[1])

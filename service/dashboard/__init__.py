@@ -155,7 +155,9 @@ async def _panels(request: Request, owner: str, recovered: int | None) -> dict[s
     runtime: Runtime = request.app.state.runtime
     tries = len(runtime.settings.delivery_retry_schedule) + 1
     minutes = await data.last_hour(runtime.db, owner, time.time(), tries)
+    keyed = bool(runtime.settings.api_keys)
     return {
+        "circuits": await data.open_circuits(runtime.db, owner, keyed),
         "chart": chart.build(minutes),
         "geometry": chart.FRAME,
         "recover_windows": RECOVER_WINDOWS,

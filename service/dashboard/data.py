@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from service import callbacks, circuits
 from service.dashboard import chart
 from service.db import Database
 from service.models import Attempt, Event, Registration, Task
@@ -250,3 +251,29 @@ async def last_hour(db: Database, owner: str, now: float, tries: int) -> list[ch
         latency = None if row.latency is None else max(0.0, float(row.latency))
         minutes.append(chart.Minute(start, good, int(row.total) - good - gone, gone, latency))
     return minutes
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCircuit:
+    """A receiver origin whose webhooks wait for a probe (unix seconds)."""
+
+    origin: str
+    opened_at: float
+    probe_at: float
+
+
+async def open_circuits(db: Database, owner: str, keyed: bool) -> list[OpenCircuit]:
+    """Open circuits, longest open first. With API keys, only the origins of the key's
+    own callbacks: another client's receivers are not this key's to see."""
+    async with db.read() as conn:
+        found = await circuits.opened(conn)
+        if found and keyed:
+            urls = await conn.execute(
+                sa.select(registrations.c.callback_url)
+                .where(registrations.c.owner == owner)
+                .distinct()
+                .limit(10_000)
+            )
+            mine = {callbacks.origin(url) for (url,) in urls}
+            found = [row for row in found if row[0] in mine]
+    return [OpenCircuit(*row) for row in found]
