@@ -62,7 +62,25 @@ def parse(url: str) -> SplitResult:
         raise CallbackRejected("callback_url has an invalid port")
     if not _host_encodes(url):
         raise CallbackRejected("callback_url has a host name that cannot be looked up")
+    if _odd_ipv4(parts.hostname):
+        # 127.1, 2130706433, 0x7f.1: the resolver reads them as addresses, the HTTP client
+        # refuses to send to them; refused here rather than failing every attempt later.
+        raise CallbackRejected("callback_url must write an IPv4 address as four decimal numbers")
     return parts
+
+
+def _odd_ipv4(host: str) -> bool:
+    """Whether ``host`` is an IPv4 address in a spelling other than dotted decimal."""
+    try:
+        ipaddress.IPv4Address(host)
+        return False
+    except ValueError:
+        pass
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
 
 
 def _host_encodes(url: str) -> bool:

@@ -111,3 +111,19 @@ def test_a_name_must_resolve_inside_the_networks_only():
     asyncio.run(callbacks.check("http://127.0.0.1:9/h", guard("127.0.0.0/8")))
     with pytest.raises(callbacks.CallbackRejected):
         asyncio.run(callbacks.check("http://127.0.0.1:9/h", guard("127.0.0.2/32")))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.1/", "http://2130706433/", "http://0x7f.0.0.1/", "http://134744072/x",
+     "http://8.8.2056/x", "http://0x08080808/"],
+)  # fmt: skip
+def test_ipv4_spelled_otherwise_than_dotted_decimal_is_refused_even_when_allowed(url):
+    """The resolver reads these as addresses, the HTTP client refuses to send to them:
+    registered, they could never be delivered."""
+    with pytest.raises(callbacks.CallbackRejected, match="four decimal numbers"):
+        asyncio.run(callbacks.check(url, callbacks.Guard(allow_private=True)))
+
+
+def test_dotted_decimal_ipv4_is_taken_when_allowed():
+    asyncio.run(callbacks.check("http://8.8.8.8/x", callbacks.Guard(allow_private=True)))
