@@ -377,7 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             return run(_work(settings))
         if args.command == "migrate":
-            return asyncio.run(_migrate(settings))
+            try:
+                return asyncio.run(_migrate(settings))
+            except UNAVAILABLE as exc:  # the type only: driver messages may carry the URL
+                print(f"status-proxy: the database cannot be reached ({type(exc).__name__})",
+                      file=sys.stderr)  # fmt: skip
+                return 1
         if args.command == "secret":
             return asyncio.run(_secret(settings, args.api_key))
         if args.command == "simulate-upstream":

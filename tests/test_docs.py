@@ -114,3 +114,16 @@ def test_an_empty_value_is_unset(monkeypatch):
 def test_env_stays_out_of_git_and_the_image():
     for ignore in (".gitignore", ".dockerignore"):
         assert ".env" in (ROOT / ignore).read_text().splitlines(), ignore
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("log_level", "LOUD"), ("upstream_base_url", "notaurl"), ("upstream_base_url", "ftp://x")],
+)
+def test_settings_that_cannot_work_are_refused_at_start(name, value):
+    with pytest.raises(ValueError, match=name):
+        Settings(_env_file=None, **{name: value})
+
+
+def test_log_levels_are_read_in_any_case():
+    assert Settings(_env_file=None, log_level="debug").log_level == "DEBUG"

@@ -217,6 +217,14 @@ def test_secret_on_a_database_the_service_never_used(tmp_path, db_url):
     assert b"Traceback" not in empty.stderr
 
 
+def test_migrate_without_a_database_says_so_in_one_line(tmp_path):
+    closed = "postgresql://postgres:pw-not-shown@127.0.0.1:1/nothing"
+    answer = run(["migrate"], tmp_path, bare_env(STATUS_PROXY_DATABASE_URL=closed))
+    assert answer.returncode == 1, answer.stderr
+    assert b"cannot be reached" in answer.stderr and b"Traceback" not in answer.stderr
+    assert b"pw-not-shown" not in answer.stderr + answer.stdout
+
+
 def test_help_names_every_setting_and_default_and_there_is_a_version():
     version = run(["--version"], None, bare_env())
     assert version.returncode == 0 and version.stdout.decode().startswith("status-proxy ")
