@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from service.db import UNAVAILABLE
 from service.models import ErrorBody
-from service.upstream import TRANSPORT_ERRORS, Fetch
+from service.upstream import TRANSPORT_ERRORS, Answer, BodyTooLarge, Fetch
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,24 @@ def upstream_failure(exc: BaseException) -> ApiError | None:
     if isinstance(exc, TRANSPORT_ERRORS):
         return ApiError(502, f"the upstream connection failed: {type(exc).__name__}: {exc}")
     return None
+
+
+async def forwarded(request: Awaitable[Answer]) -> Answer:
+    """The upstream's answer to a forwarded request, as the client gets it: a 401 is our
+    upstream key refused (502, saying so), an answer too large or a failed request is the
+    matching 502 or 504; any other answer passes through."""
+    try:
+        answer = await request
+    except BodyTooLarge:
+        raise ApiError(502, "the upstream's answer is too large") from None
+    except Exception as exc:
+        failure = upstream_failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
+    if answer.status_code == 401:  # our upstream key, not the client's: say whose
+        raise upstream_refused_key(401)
+    return answer
 
 
 def upstream_refused_key(status: int) -> ApiError:

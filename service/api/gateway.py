@@ -19,21 +19,15 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service import idempotency, ownership, registrations
-from service.api import intake, videos
+from service.api import errors, intake, videos
 from service.api import registrations as api_registrations
 from service.api.deps import Caller, CallerDep
-from service.api.errors import (
-    PASSED_THROUGH,
-    ApiError,
-    responses,
-    upstream_failure,
-    upstream_refused_key,
-)
+from service.api.errors import PASSED_THROUGH, ApiError, responses
 from service.api.videos import TaskId
 from service.db import UNAVAILABLE
 from service.models import EVENT_ORDER, valid_task_id
 from service.runtime import Runtime
-from service.upstream import Answer, BodyTooLarge, video_path
+from service.upstream import Answer, video_path
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
@@ -176,18 +170,8 @@ async def _remember(
 
 
 async def _forward(runtime: Runtime, body: intake.Body, path: str) -> Answer:
-    try:
-        answer = await runtime.upstream.create(body.upload(), body.content_type, body.length, path)
-        if answer.status_code == 401:  # our upstream key, not the client's: say whose
-            raise upstream_refused_key(401)
-        return answer
-    except BodyTooLarge:
-        raise ApiError(502, "the upstream's answer is too large") from None
-    except Exception as exc:
-        failure = upstream_failure(exc)
-        if failure is None:
-            raise
-        raise failure from None
+    upload = runtime.upstream.create(body.upload(), body.content_type, body.length, path)
+    return await errors.forwarded(upload)
 
 
 def _task_id(video: Any) -> str | None:

@@ -17,10 +17,10 @@ from fastapi import APIRouter, Path, Query, Response
 from service import ownership, registrations, snapshot
 from service.api import errors
 from service.api.deps import Caller, CallerDep
-from service.api.errors import ApiError, responses, upstream_failure
+from service.api.errors import ApiError, responses
 from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, Page, valid_task_id
 from service.runtime import Runtime
-from service.upstream import BodyTooLarge, Fetch
+from service.upstream import Fetch
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
@@ -146,17 +146,7 @@ async def delete_video(task_id: TaskId, caller: CallerDep) -> Response:
     checked_task_id(task_id)
     await visible(caller, task_id)
     runtime = caller.runtime
-    try:
-        answer = await runtime.upstream.delete(task_id)
-    except BodyTooLarge:
-        raise ApiError(502, "the upstream's answer is too large") from None
-    except Exception as exc:
-        failure = upstream_failure(exc)
-        if failure is None:
-            raise
-        raise failure from None
-    if answer.status_code == 401:  # our upstream key, not the client's: say whose
-        raise errors.upstream_refused_key(401)
+    answer = await errors.forwarded(runtime.upstream.delete(task_id))
     if 200 <= answer.status_code < 300:
         now = time.time()
         cancelled = await registrations.cancel_task(runtime.db, caller.owner, task_id, now)
