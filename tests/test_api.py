@@ -3,6 +3,7 @@
 import hashlib
 import socket
 
+import httpx
 import pytest
 
 from tests.harness import eventually, sql
@@ -268,3 +269,24 @@ def test_nul_in_a_path_or_query_is_422_on_every_database(service, path):
     answer = service.client.get(path)
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["code"] and "NUL" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/registrations", "/v1/webhook_secret/rotate"])
+def test_the_key_is_checked_before_a_body_that_cannot_be_read(make_service, path):
+    """FastAPI decodes a JSON body before the route's dependencies: the key still comes first."""
+    service = make_service(api_keys=["right-key"])
+    garbage = {"content": b"{not json", "headers": {"Content-Type": "application/json"}}
+    for auth in ({}, {"Authorization": "Bearer wrong-key"}):
+        answer = httpx.post(
+            f"{service.url}{path}",
+            content=garbage["content"],
+            headers={**garbage["headers"], **auth},
+        )
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error"]["code"]
+    mine = httpx.post(
+        f"{service.url}{path}",
+        content=garbage["content"],
+        headers={**garbage["headers"], "Authorization": "Bearer right-key"},
+    )
+    assert mine.status_code == 400, mine.text

@@ -95,6 +95,20 @@ def _empty(request: Request) -> bool:
     return "transfer-encoding" not in headers and headers.get("content-length", "0") == "0"
 
 
+async def refusal(request: Request) -> ApiError | None:
+    """The 401 for a /v1 request without a valid key, or None. For answers made before
+    the route's dependencies run (a body FastAPI could not decode): the key comes first,
+    so a stranger never learns how its body was read."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None or not request.url.path.startswith("/v1/"):
+        return None
+    try:
+        _authenticate(runtime, await _bearer(request))
+    except ApiError as exc:
+        return exc
+    return None
+
+
 def _authenticate(runtime: Runtime, credentials: HTTPAuthorizationCredentials | None) -> str:
     digests: list[bytes] = runtime.key_digests
     if not digests:

@@ -147,8 +147,19 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{loc}: {message}" if loc else message
 
 
-async def _validation(_: Request, exc: Exception) -> JSONResponse:
+async def _before_routing(request: Request) -> JSONResponse | None:
+    """FastAPI reads a body before the route's dependencies, the key check among them:
+    answer a caller without a valid key 401 first, as every /v1 route does."""
+    from service.api import deps  # deps raises this module's ApiError: imported late
+
+    refused = await deps.refusal(request)
+    return None if refused is None else envelope(refused.status, refused.message)
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if (refused := await _before_routing(request)) is not None:
+        return refused
     errors = list(exc.errors())
     if any(error.get("type") == "json_invalid" for error in errors):
         return envelope(400, "the body is not valid JSON")
@@ -164,6 +175,8 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 400:
+        if (refused := await _before_routing(request)) is not None:
+            return refused
         message = "the body could not be read as UTF-8 JSON"
     response = envelope(exc.status_code, message)
     response.headers.update(exc.headers or {})
