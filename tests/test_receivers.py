@@ -247,10 +247,13 @@ def metric(service, name):
 
 
 def all_delivered(service, regs, rogue):
-    """Wait for every registration to be delivered; on a timeout, show what waits."""
+    """Wait for every registration to be delivered (no time is asserted: a loaded CI
+    machine drains hundreds slowly); on a timeout, show what waits."""
+    deadline = time.monotonic() + 150
     try:
         for reg in regs:
-            eventually(lambda r=reg: service.registration(r)["state"] == "delivered", timeout=60)
+            left = max(1.0, deadline - time.monotonic())
+            eventually(lambda r=reg: service.registration(r)["state"] == "delivered", left)
     except AssertionError:
         print("now", time.time(), "requests", dict(rogue.requests))
         waiting = "SELECT seq, state, attempts, next_attempt_at, lease_until, first_attempt_at "
@@ -260,6 +263,7 @@ def all_delivered(service, regs, rogue):
         raise
 
 
+@pytest.mark.timeout(300)
 def test_a_dead_origin_costs_a_handful_of_requests_and_holds_nobody_up(
     make_service, upstream, hooks, rogue
 ):
@@ -352,6 +356,7 @@ def test_streaks_count_failures_after_the_last_success():
     assert streaks == {"a": (True, 1, False), "b": (False, 2, True), "c": (True, 0, False)}
 
 
+@pytest.mark.timeout(300)
 def test_replicas_share_one_circuit(make_service, upstream, rogue):
     """Two processes on one database: one probe per cool-down between them."""
     settings = {
