@@ -178,7 +178,7 @@ async def _insert(
     queued at once (for a task already ended) and the task's state before. Raises
     Foreign for a keyed caller registering a task another key created here."""
     if owner and await ownership.created_by_another(conn, owner, body.task_id):
-        raise Foreign(body.task_id)
+        raise Foreign("another key created a task with this id")
     fresh = {
         "task_id": body.task_id,
         "state": "watching",

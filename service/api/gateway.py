@@ -202,7 +202,7 @@ async def _register(runtime: Runtime, owner: str, answer: Answer, wanted: intake
             "the upstream's answer has no task id status-proxy can register "
             "(1-200 characters of A-Z a-z 0-9 _ - . :); no webhook will follow"
         )
-        return _added(answer, video, "registration_error", _error("invalid_task_id", message))
+        return _not_registered(answer, video, "invalid_task_id", message)
     try:
         now = time.time()
         await ownership.claim(runtime.db, owner, task_id, now, json.dumps(video))
@@ -215,11 +215,8 @@ async def _register(runtime: Runtime, owner: str, answer: Answer, wanted: intake
             now,
             runtime.settings.poll_interval_min,
         )
-    except registrations.Conflict as exc:
-        return _added(answer, video, "registration_error", _error("conflict", str(exc)))
-    except registrations.Foreign:
-        message = "another key created a task with this id"
-        return _added(answer, video, "registration_error", _error("conflict", message))
+    except (registrations.Conflict, registrations.Foreign) as exc:
+        return _not_registered(answer, video, "conflict", str(exc))
     except UNAVAILABLE as exc:
         # The upstream made (and charges for) the task: hand back its id rather than
         # lose it; the client can register it once the database is back.
@@ -230,13 +227,14 @@ async def _register(runtime: Runtime, owner: str, answer: Answer, wanted: intake
             "the task was created but could not be registered: the database is unavailable; "
             "register it with POST /v1/registrations"
         )
-        return _added(answer, video, "registration_error", _error("database_unavailable", message))
+        return _not_registered(answer, video, "database_unavailable", message)
     api_registrations.wake_workers(runtime, created)
     return _added(answer, video, "registration", created.registration.model_dump(mode="json"))
 
 
-def _error(code: str, message: str) -> dict[str, str]:
-    return {"code": code, "message": message}
+def _not_registered(answer: Answer, video: Any, code: str, message: str) -> Answer:
+    """The upstream's answer with ``registration_error``: the task exists, unwatched."""
+    return _added(answer, video, "registration_error", {"code": code, "message": message})
 
 
 def _added(answer: Answer, video: Any, name: str, value: Any) -> Answer:
