@@ -1,0 +1,74 @@
+"""Provider families: how each kind of upstream is asked for a task's status, and how
+its answers read. One module per family; none of them touches the database.
+
+A family answers the same questions for every provider:
+
+- ``status_path(task_id)``: the path, under the upstream's base URL, that reads one task
+  (the id is one percent-encoded segment and can never change the path);
+- ``headers()``: the headers the provider requires beside ``Authorization: Bearer``
+  (Runway's ``X-Runway-Version``);
+- ``classify(status_code, headers, body, task_id)``: a ``Fetch`` whose outcome says what
+  the answer means (a task object, "no such task", a rate limit with its wait, a refused
+  key, a passing or a lasting error);
+- ``read(task)``: the ``Reading`` of a task object (status word and kind, progress
+  0 to 100, video link, error);
+- ``openai_routes``: whether the provider takes OpenAI's video routes (create, remix,
+  delete, content) so that status-proxy's gateway routes can forward to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import httpx
+
+from service.status import Kind, Reading
+from service.upstream import Fetch
+
+
+class Family(Protocol):
+    """How one kind of provider is polled and read."""
+
+    name: str
+    openai_routes: bool
+
+    def status_path(self, task_id: str) -> str: ...
+
+    def headers(self) -> Mapping[str, str]: ...
+
+    def classify(
+        self, status_code: int, headers: httpx.Headers, body: bytes, task_id: str
+    ) -> Fetch: ...
+
+    def read(self, task: dict[str, Any]) -> Reading: ...
+
+
+def result(family: Family, task: dict[str, Any] | None) -> dict[str, Any]:
+    """The webhook's ``result``: status-proxy's reading of ``data``, the same shape for
+    every family (``progress`` 0 to 100, 100 once completed)."""
+    if task is None:
+        return {"status": Kind.IN_PROGRESS.value, "progress": 0, "video_url": None, "error": None}
+    reading = family.read(task)
+    progress = 100 if reading.kind is Kind.COMPLETED else reading.progress or 0
+    return {
+        "status": reading.kind.value,
+        "progress": progress,
+        "video_url": reading.video_url,
+        "error": reading.error,
+    }
+
+
+def family(name: str) -> Family:
+    """The family of that name; raises KeyError for one that does not exist."""
+    return FAMILIES[name]
+
+
+def _families() -> dict[str, Family]:
+    from service.upstreams import openai_video
+
+    found: list[Family] = [openai_video.FAMILY]
+    return {item.name: item for item in found}
+
+
+FAMILIES: dict[str, Family] = _families()
