@@ -278,6 +278,7 @@ async def apply(
             await conn.execute(
                 sa.select(table.c.task_id, table.c.lease_until)
                 .where(table.c.task_id.in_([task.task_id for task, _ in batch]))
+                .order_by(table.c.task_id)  # rows are locked in key order, as everywhere
                 .with_for_update()  # no other worker takes them over before we commit
             )
         ).all()

@@ -48,6 +48,10 @@ class Foreign(Exception):
     """Another key created this task through status-proxy; it is not this key's to watch."""
 
 
+class Vanished(Exception):
+    """The task row was purged while this registration waited for it."""
+
+
 @dataclass(slots=True)
 class Created:
     registration: RegistrationPublic
@@ -86,7 +90,14 @@ _ACTIVE_TWIN = _select().where(
     registrations.c.dedupe_key == sa.bindparam("key"), registrations.c.state == "active"
 )
 _TASK_COLUMNS = (task_table.c.state, task_table.c.outcome, task_table.c.snapshot)
-_TASK_STATE = sa.select(*_TASK_COLUMNS).where(task_table.c.task_id == sa.bindparam("task_id"))
+# Locked: a registration and the task's end (or its last cancellation) are ordered by
+# the task row, so a registration is never left active beside an ended or idle task that
+# nobody will emit for or poll (PostgreSQL; SQLite has one writer at a time anyway).
+_TASK_STATE = (
+    sa.select(*_TASK_COLUMNS)
+    .where(task_table.c.task_id == sa.bindparam("task_id"))
+    .with_for_update()
+)
 _NEW_TASK = {  # by "is SQLite": INSERT … ON CONFLICT DO NOTHING in each dialect
     True: sqlite.insert(task_table).on_conflict_do_nothing(),
     False: postgresql.insert(task_table).on_conflict_do_nothing(),
@@ -148,8 +159,8 @@ async def create(
                     task=_snapshot(task.snapshot),
                 )
                 return Created(public, True, emitted)
-        except IntegrityError:
-            continue  # a concurrent twin won the unique index; read it on the next pass
+        except (IntegrityError, Vanished):
+            continue  # a concurrent twin won the unique index, or the task row went: again
     raise Conflict("the registration is being created concurrently; retry")
 
 
@@ -196,7 +207,9 @@ async def _insert(
     else:
         await conn.execute(_NEW_TASK[db.is_sqlite], fresh)
     if task is None:  # the task was known already
-        task = (await conn.execute(_TASK_STATE, {"task_id": body.task_id})).one()
+        task = (await conn.execute(_TASK_STATE, {"task_id": body.task_id})).first()
+        if task is None:  # retention purged it while we waited for its row
+            raise Vanished
     if task.state in ("idle", "given_up"):
         # Nobody was watching it, or we gave it up: watch it afresh.
         await conn.execute(
@@ -321,6 +334,7 @@ async def _cancel_active(
 ) -> None:
     """Cancel active registrations: their pending events are dropped, and their tasks
     stop being polled when nobody else needs them."""
+    await lock_tasks(conn, task_ids)  # first, as every writer does: no deadlock
     await conn.execute(
         registrations.update()
         .where(registrations.c.id.in_(registration_ids))
@@ -335,6 +349,17 @@ async def _cancel_active(
         .values(state="dropped")
     )
     await _idle_if_unwatched(conn, task_ids, now)
+
+
+async def lock_tasks(conn: AsyncConnection, task_ids: Sequence[str]) -> None:
+    """Lock task rows, in key order, before reading who watches them: a registration
+    made meanwhile then either sees the task's new state or is seen by this transaction."""
+    await conn.execute(
+        sa.select(task_table.c.task_id)
+        .where(task_table.c.task_id.in_(sorted(set(task_ids))))
+        .order_by(task_table.c.task_id)
+        .with_for_update()
+    )
 
 
 async def _idle_if_unwatched(conn: AsyncConnection, task_ids: Sequence[str], now: float) -> None:
@@ -439,7 +464,10 @@ def overdue_tasks(now: float, timeout: float, limit: int) -> sa.Select[Any]:
 async def give_up_overdue(db: Database, now: float, timeout: float, limit: int = 200) -> int:
     """Fail tasks that have been watched longer than TASK_TIMEOUT, oldest first."""
     async with db.write() as conn:
-        rows = (await conn.execute(overdue_tasks(now, timeout, limit))).all()
+        # Locked, skipping tasks a poller or a registration holds: they are looked at
+        # again on the next sweep, and none ends twice.
+        overdue = overdue_tasks(now, timeout, limit).with_for_update(skip_locked=True)
+        rows = (await conn.execute(overdue)).all()
         if not rows:
             return 0
         await conn.execute(

@@ -45,9 +45,10 @@ async def purge_batch(db: Database, now: float, retention: float) -> int:
             await conn.execute(registrations.delete().where(registrations.c.id.in_(expired)))
         unneeded = await _first_column(
             conn,
-            sa.select(tasks.c.task_id).where(
-                tasks.c.state.in_(UNWATCHED), tasks.c.ended_at < cutoff, ~referred.exists()
-            ),
+            sa.select(tasks.c.task_id)
+            .where(tasks.c.state.in_(UNWATCHED), tasks.c.ended_at < cutoff, ~referred.exists())
+            # A task being registered right now holds its row: it stays.
+            .with_for_update(skip_locked=True),
         )
         if unneeded:
             await conn.execute(tasks.delete().where(tasks.c.task_id.in_(unneeded)))

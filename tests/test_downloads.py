@@ -4,6 +4,8 @@ and 404 "Task not found", and its own URL guard answers 403."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -49,6 +51,9 @@ def new_api():
                 chunk = video_bytes(offset, min(CHUNK, size - offset))
                 sent["bytes"] += len(chunk)
                 yield chunk
+                # Sends to a client that left are no-ops that never suspend: give the
+                # server's disconnect watcher a turn, or a busy loop "sends" the whole file.
+                await asyncio.sleep(0)
 
         return StreamingResponse(whole(), 200, {"Content-Length": str(size)}, "video/mp4")
 

@@ -256,6 +256,8 @@ def all_delivered(service, regs, rogue):
             eventually(lambda r=reg: service.registration(r)["state"] == "delivered", left)
     except AssertionError:
         print("now", time.time(), "requests", dict(rogue.requests))
+        print("stuck", service.registration(reg), service.attempts(reg))
+        print(sql(service.settings.database_url, f"SELECT * FROM events WHERE registration_id = '{reg}'"))
         waiting = "SELECT seq, state, attempts, next_attempt_at, lease_until, first_attempt_at "
         waiting += "FROM events WHERE state <> 'delivered' ORDER BY seq"
         for rows in sql(service.settings.database_url, waiting, "SELECT * FROM circuits"):
