@@ -175,6 +175,30 @@ async def _read_limited(response: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
+def error_words(body: Any) -> tuple[str, str]:
+    """The ``code`` and ``message`` of an error answer, at the top level (new-api's own
+    errors) or under ``error`` (OpenAI's shape); empty when there are none."""
+    if not isinstance(body, dict):
+        return "", ""
+    error = body.get("error")
+    inner = error if isinstance(error, dict) else {}
+    top = body.get("code")
+    code = top if isinstance(top, str) and top else inner.get("code")
+    message = body.get("message") if isinstance(body.get("message"), str) else None
+    if message is None:
+        message = inner.get("message") if isinstance(inner.get("message"), str) else error
+    return _short(code), _short(message)
+
+
+def _short(value: Any) -> str:
+    return value[:500] if isinstance(value, str) else ""
+
+
+def task_object(body: Any, task_id: str) -> dict[str, Any] | None:
+    """The body, when it is a provider's task object of this task (``status.is_task_of``)."""
+    return body if status.is_task_of(body, task_id) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     """What differs between providers' answers to a status request; ``classify_with``
@@ -182,13 +206,15 @@ class Rules:
     with ``Retry-After``, 5xx).
 
     ``task`` gives the task object of this task inside a 200 body (unwrapped), or None
-    when the body is something else; ``words`` the ``code`` and ``message`` of an error
-    body; ``not_found`` and ``lasting`` say, from the status and that code, that the
-    task does not exist (for now) or that the error will be answered again and again;
-    ``wait`` reads a 429 body's own hint, in seconds, when there is no ``Retry-After``."""
+    when the body is something else (by default: the body itself when it is an object
+    with a status and, if it has an ``id``, this task's); ``words`` the ``code`` and
+    ``message`` of an error body; ``not_found`` and ``lasting`` say, from the status
+    and that code, that the task does not exist (for now) or that the error will be
+    answered again and again; ``wait`` reads a 429 body's own hint, in seconds, when
+    there is no ``Retry-After``."""
 
-    task: Callable[[Any, str], dict[str, Any] | None]
-    words: Callable[[Any], tuple[str, str]] = lambda body: error_words(body)
+    task: Callable[[Any, str], dict[str, Any] | None] = task_object
+    words: Callable[[Any], tuple[str, str]] = error_words
     not_found: Callable[[int, str], bool] = lambda status_code, code: status_code == 404
     lasting: Callable[[int, str], bool] = lambda status_code, code: False
     wait: Callable[[Any], float | None] = lambda body: None
@@ -259,22 +285,3 @@ def _classify_200(rules: Rules, body: bytes, parsed: snapshot.Parsed | None, tas
         return Fetch("error", 200, body, detail=detail, code=code, message=message)
     text = parsed.text if task is value else snapshot.dumps(task)
     return Fetch("ok", 200, body, video=task, text=text)
-
-
-def error_words(body: Any) -> tuple[str, str]:
-    """The ``code`` and ``message`` of an error answer, at the top level (new-api's own
-    errors) or under ``error`` (OpenAI's shape); empty when there are none."""
-    if not isinstance(body, dict):
-        return "", ""
-    error = body.get("error")
-    inner = error if isinstance(error, dict) else {}
-    top = body.get("code")
-    code = top if isinstance(top, str) and top else inner.get("code")
-    message = body.get("message") if isinstance(body.get("message"), str) else None
-    if message is None:
-        message = inner.get("message") if isinstance(inner.get("message"), str) else error
-    return _short(code), _short(message)
-
-
-def _short(value: Any) -> str:
-    return value[:500] if isinstance(value, str) else ""
