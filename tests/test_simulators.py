@@ -1,11 +1,13 @@
 """Each family's simulator answers as its provider documents, checked by the family's own
 classify and read (a round trip over HTTP on 127.0.0.1)."""
 
+from types import SimpleNamespace
+
 import httpx
 import pytest
 
 from service import upstreams
-from tests.harness import UPSTREAM_KEY, eventually
+from tests.harness import UPSTREAM_KEY, eventually, free_port
 
 PROVIDERS = ["new-api-task", "ark", "runway", "replicate"]
 
@@ -153,3 +155,28 @@ def test_admin_routes_drive_every_family_alike(simulate, name):
     assert ask(up, task)[0].outcome == "unauthorized"
     stats = httpx.get(f"{up.url}/_sim/stats").json()
     assert stats["polls"][task] == 3 and stats["requests"] >= 3
+
+
+def test_the_command_plays_a_family(tmp_path):
+    from tests.test_operator import bare_env
+    from tests.test_process import COMMAND, Proc
+
+    port = free_port()
+    command = [COMMAND, "simulate-upstream", "--family", "runway", "--port", str(port)]
+    proc = Proc([*command, "--api-key", UPSTREAM_KEY], bare_env(), port, cwd=tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        made = eventually(lambda: _posted(f"{url}/_sim/tasks", {"duration": 30}))
+        up = SimpleNamespace(url=url, family="runway")
+        fetch, answer = ask(up, made["id"])
+        assert fetch.outcome == "ok" and answer.json()["status"] in ("PENDING", "RUNNING")
+        assert ask(up, "no-such-task")[0].outcome == "not_found"
+    finally:
+        assert proc.stop() == 0
+
+
+def _posted(url, body):
+    try:
+        return httpx.post(url, json=body, timeout=1).json()
+    except httpx.HTTPError:
+        return None

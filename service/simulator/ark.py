@@ -83,6 +83,3 @@ class Ark(Stage):
     def forbidden(self) -> Response:
         message = "The request failed because you do not have access to the requested resource."
         return error(403, "Forbidden", "AccessDenied", message)
-
-    def task_error(self, task: SimTask) -> Response:
-        return self.forbidden() if task.error == "hidden" else self.unavailable()

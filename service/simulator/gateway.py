@@ -139,6 +139,11 @@ class Simulator(Stage):
         link = "" if task.no_video else f"{base_url}v1/videos/{task.id}/content"
         return new_api.wrapped(task.id, phase, int(task.created), int(seen), link)
 
+    def task_error(self, task: SimTask) -> Response:
+        assert task.error is not None
+        status_code, body = new_api.TASK_ERRORS[task.error]
+        return JSONResponse(body, status_code=status_code)
+
     def refused(self) -> Response:
         if self.profile == "new-api":
             return JSONResponse(new_api.INVALID_TOKEN, status_code=401)

@@ -92,6 +92,3 @@ class Replicate(Stage):
 
     def forbidden(self) -> Response:
         return problem(403, "You do not have permission to perform this action.", "Forbidden")
-
-    def task_error(self, task: SimTask) -> Response:
-        return self.forbidden() if task.error == "hidden" else self.unavailable()

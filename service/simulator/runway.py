@@ -73,6 +73,3 @@ class Runway(Stage):
 
     def forbidden(self) -> Response:
         return error(403, "This API key cannot read this task.")
-
-    def task_error(self, task: SimTask) -> Response:
-        return self.forbidden() if task.error == "hidden" else self.unavailable()

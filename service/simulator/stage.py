@@ -136,10 +136,9 @@ class Stage:
         return JSONResponse(new_api.MODEL_LIMIT, status_code=403)
 
     def task_error(self, task: SimTask) -> Response:
-        """The error a task was set to answer instead of itself."""
-        assert task.error is not None
-        status_code, body = new_api.TASK_ERRORS[task.error]
-        return JSONResponse(body, status_code=status_code)
+        """The error a task was set to answer instead of itself: ``hidden`` is the 403 of
+        a key that may not see it, any other a passing 503."""
+        return self.forbidden() if task.error == "hidden" else self.unavailable()
 
     def routes(self, app: FastAPI) -> None:
         """The provider's own routes: its status route."""

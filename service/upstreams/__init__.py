@@ -14,6 +14,13 @@ A family answers the same questions for every provider:
   0 to 100, video link, error);
 - ``openai_routes``: whether the provider takes OpenAI's video routes (create, remix,
   delete, content) so that status-proxy's gateway routes can forward to it.
+
+The families: ``openai-video`` (OpenAI-style gateways: octopusx, new-api), ``new-api-task``
+(new-api's own task route), ``ark`` (Volcengine Ark), ``runway`` and ``replicate``. Each
+is a ``Dialect`` (service/upstreams/dialect.py) that states only what sets it apart; the
+classification they share is service/upstream.py's ``classify_with``, and the reading
+parts service/status.py's ``reading``. Each module's docstring names the documents it
+follows; service/simulator/ plays each of them.
 """
 
 from __future__ import annotations
