@@ -26,8 +26,9 @@ from service.db import UNAVAILABLE, Database
 from service.runtime import Runtime, key_digest, load_secret, stored_secret
 
 log = logging.getLogger(__name__)
-# The simulator's profiles, named here so that `--help` does not import the simulator.
+# The simulator's profiles and families, named here so that `--help` does not import it.
 PROFILES = ("octopusx", "new-api")
+FAMILIES = ("openai-video", "new-api-task", "ark", "runway", "replicate")
 T = TypeVar("T")
 
 
@@ -204,7 +205,8 @@ def _found_none(why: str) -> int:
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from service import simulator
 
-    app = simulator.Simulator(
+    app = simulator.for_family(
+        args.family,
         api_key=args.api_key,
         duration=args.duration,
         fail_rate=args.fail_rate,
@@ -316,13 +318,23 @@ def parser() -> argparse.ArgumentParser:
     sim = command(
         "simulate-upstream",
         "serve a simulated video upstream",
-        "Serves an OpenAI-style video upstream for local trials: POST /v1/videos creates "
-        "a task that is queued for 0.5 s, then in progress for --duration seconds.",
+        "Serves a simulated upstream for local trials. The openai-video family (an "
+        "OpenAI-style gateway): POST /v1/videos creates a task that is queued for 0.5 s, "
+        "then in progress for --duration seconds. Every family plays its provider's status "
+        "route, words and errors; POST /_sim/tasks adds a task, POST /_sim/faults injects "
+        "rate limits and errors.",
     )
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sim.add_argument("--port", type=int, default=9090, help="port to listen on")
     sim.add_argument(
         "--api-key", default=None, help="the Bearer key it demands (unset: any key or none)"
+    )
+    sim.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="openai-video",
+        help="which provider it plays: an OpenAI-style gateway (see --profile), new-api's "
+        "task route, Volcengine Ark, Runway or Replicate",
     )
     sim.add_argument("--duration", type=float, default=20.0, help="seconds a task runs")
     sim.add_argument("--fail-rate", type=float, default=0.0, help="share of tasks that fail")
@@ -330,8 +342,9 @@ def parser() -> argparse.ArgumentParser:
         "--profile",
         choices=PROFILES,
         default="octopusx",
-        help="octopusx (video_url, live progress) or new-api (vanilla new-api: metadata.url, "
-        "'unknown' until its first refresh, coarse progress, /content ignores Range)",
+        help="openai-video family: octopusx (video_url, live progress) or new-api (vanilla "
+        "new-api: metadata.url, 'unknown' until its first refresh, coarse progress, /content "
+        "ignores Range)",
     )
     sim.add_argument(
         "--refresh",

@@ -1,10 +1,14 @@
-"""How an OpenAI-style video answer reads, whatever the gateway's dialect (pure).
+"""How a task answer reads: status word, progress, video link and error (pure).
 
-Follows what real gateways send (../shared/UPSTREAM.md): octopusx's customised new-api
+``read`` is the OpenAI-style video object, whatever the gateway's dialect, following
+what real gateways send (../shared/UPSTREAM.md): octopusx's customised new-api
 (``video_url`` at the top level, empty placeholders while running), vanilla new-api
 (the link in ``metadata.url``, ``unknown`` before its first refresh, Sora's stored error
 body), the flat task view of its release candidates (``SUCCESS``, ``"100%"``,
 ``fail_reason``) and the ``{"code":"success","data":{…}}`` wrapper of its task routes.
+
+``reading`` and the helpers below it are the parts every provider family
+(service/upstreams/) builds its own reading from.
 """
 
 from __future__ import annotations
@@ -35,6 +39,23 @@ IN_PROGRESS = frozenset(
         "running", "unknown", "starting", "throttled",
     }
 )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Words:
+    """Status words, lower case, and what each says about its task. A word in none of
+    the sets is in progress (and logged once)."""
+
+    completed: frozenset[str]
+    failed: frozenset[str]
+    in_progress: frozenset[str]
+
+    def failing_also(self, *words: str) -> Words:
+        """These words, with more that fail a task (a provider's own terminal words)."""
+        return Words(self.completed, self.failed | set(words), self.in_progress)
+
+
+WORDS = Words(COMPLETED, FAILED, IN_PROGRESS)
 
 # Where gateways put the video link, in order of preference: octopusx and OpenAI-style
 # forks at the top level; new-api's Doubao, Kling, Vidu, Jimeng, Hailuo and Ali in
@@ -107,29 +128,54 @@ def is_video_of(body: Any, task_id: str) -> bool:
     return task_id in (body.get("id"), body.get("task_id"))
 
 
+def is_task_of(body: Any, task_id: str, key: str = "id") -> bool:
+    """Whether a 200 body is a provider's task object of this task: an object with a
+    status whose ``key`` field, when it has one, is this task's id."""
+    if not isinstance(body, dict) or absent(body.get("status")):
+        return False
+    return key not in body or body[key] == task_id
+
+
 def read(video: dict[str, Any]) -> Reading:
     """Normalise an upstream video object (unwrapped, and known to be of this task)."""
-    status = video.get("status")
+    return reading(
+        video.get("status"),
+        WORDS,
+        progress=percent(video.get("progress")),
+        link=find_link(video),
+        error=error_of(video),
+    )
+
+
+def reading(
+    status: Any,
+    words: Words,
+    progress: int | None,
+    link: tuple[str | None, bool],
+    error: dict[str, str] | None,
+) -> Reading:
+    """A ``Reading`` from a provider's status word and what was found beside it:
+    ``progress`` 0 to 100, ``link`` as ``find_link`` gives it, ``error`` as
+    ``{"code", "message"}`` (kept only when the task failed)."""
     # Printable characters only: the word is stored in a column, and PostgreSQL refuses NUL.
     raw = "".join(ch for ch in str(status) if ch.isprintable()).strip() or None
     if absent(status):
         raw = None
     word = raw.lower() if raw else ""
-    error = _error(video)
     kind = Kind.IN_PROGRESS
-    if word in COMPLETED:
+    if word in words.completed:
         kind = Kind.COMPLETED
-    elif word in FAILED or (not word and error is not None):
+    elif word in words.failed or (not word and error is not None):
         # An error beside a status that is not a failure word (new-api's Ali family
         # while throttled) does not end the task; with no status at all it does (Sora).
         kind = Kind.FAILED
-    elif word and word not in IN_PROGRESS:
+    elif word and word not in words.in_progress:
         _log_unknown(raw or word)
-    url, pending = find_link(video)
+    url, pending = link
     return Reading(
         kind=kind,
         raw_status=raw[:64] if raw else None,
-        progress=_progress(video.get("progress")),
+        progress=progress,
         video_url=url,
         link_pending=pending,
         error=error if kind is Kind.FAILED else None,
@@ -137,11 +183,15 @@ def read(video: dict[str, Any]) -> Reading:
 
 
 def result(video: dict[str, Any] | None) -> dict[str, Any]:
+    """The webhook's ``result`` of an OpenAI-style video object (see ``shape``)."""
+    return shape(read(video) if video is not None else None)
+
+
+def shape(reading: Reading | None) -> dict[str, Any]:
     """The webhook's ``result``: status-proxy's reading of ``data``, the same shape for
-    every family (``progress`` 0 to 100, 100 once completed)."""
-    if video is None:
+    every family (``progress`` 0 to 100, 100 once completed). None: nothing read yet."""
+    if reading is None:
         return {"status": Kind.IN_PROGRESS.value, "progress": 0, "video_url": None, "error": None}
-    reading = read(video)
     progress = 100 if reading.kind is Kind.COMPLETED else reading.progress or 0
     return {
         "status": reading.kind.value,
@@ -151,11 +201,13 @@ def result(video: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def find_link(video: dict[str, Any]) -> tuple[str | None, bool]:
-    """The video link wherever the upstream put it, and whether a link field is there
-    but still empty."""
+def find_link(
+    video: dict[str, Any], paths: tuple[tuple[str, ...], ...] = LINK_PATHS
+) -> tuple[str | None, bool]:
+    """The video link at the first of ``paths`` that holds one, and whether a link field
+    is there but still empty."""
     pending = False
-    for path in LINK_PATHS:
+    for path in paths:
         found, value = _dig(video, path)
         if not found:
             continue
@@ -176,21 +228,28 @@ def _dig(video: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
 
 
 def _link(value: Any) -> str | None:
-    """A link from a string, or from the first of a list of them (Replicate, Runway)."""
+    """A link from a string, from the first of a list of them (Runway, Replicate), or
+    from the first web address among an object's values (Replicate's named outputs)."""
     if isinstance(value, list):
         value = next((item for item in value if isinstance(item, str) and item.strip()), None)
+    elif isinstance(value, dict):
+        value = next((item for item in value.values() if _web(item)), None)
     if isinstance(value, str) and value.strip():
         return value.strip()
     return None
 
 
-def _error(video: dict[str, Any]) -> dict[str, str] | None:
+def _web(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().startswith(("https://", "http://"))
+
+
+def error_of(video: dict[str, Any]) -> dict[str, str] | None:
     """``{"code", "message"}`` from an ``error`` object or string, or a ``fail_reason``."""
     error = video.get("error")
     if isinstance(error, dict) and not absent(error):
         return {
-            "code": _text(error.get("code") or error.get("type")),
-            "message": _text(error.get("message")),
+            "code": text(error.get("code") or error.get("type")),
+            "message": text(error.get("message")),
         }
     if isinstance(error, str) and error.strip():
         return {"code": "", "message": error.strip()[:1000]}
@@ -200,11 +259,13 @@ def _error(video: dict[str, Any]) -> dict[str, str] | None:
     return None
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A field as error text: "" for None, otherwise its string, at most 1000 characters."""
     return "" if value is None else str(value)[:1000]
 
 
-def _progress(value: Any) -> int | None:
+def percent(value: Any) -> int | None:
+    """Progress 0 to 100 from a number or a ``"50%"`` string; None when it is neither."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):

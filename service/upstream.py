@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -175,43 +175,6 @@ async def _read_limited(response: httpx.Response) -> bytes:
     return b"".join(chunks)
 
 
-def classify(status_code: int, headers: httpx.Headers, body: bytes, task_id: str) -> Fetch:
-    """Turn a status code and body into an outcome (UPSTREAM.md, "Errors on GET")."""
-    parsed = snapshot.parse(body)
-    value = parsed.value if parsed is not None else None
-    if status_code == 200:
-        return _classify_200(body, parsed, task_id)
-    code, message = error_words(value)
-    if status_code == 404 or (status_code == 400 and code == "task_not_exist"):
-        return Fetch("not_found", status_code, body, detail="upstream has no such task")
-    if status_code == 429:
-        after = retry.parse_retry_after(headers.get("retry-after"), time.time())
-        detail = "upstream rate limit"
-        return Fetch("rate_limited", status_code, body, retry_after=after, detail=detail)
-    if status_code == 401:
-        return Fetch("unauthorized", status_code, body, detail="upstream refused our key (401)")
-    words = f" {code}" if code else ""
-    if status_code == 403:
-        detail = f"upstream answered 403{words} for this task"
-        return Fetch("forbidden", status_code, body, detail=detail, code=code, message=message)
-    outcome: Outcome = "lasting" if status_code == 501 or code in LASTING_CODES else "error"
-    detail = f"upstream answered {status_code}{words}"
-    return Fetch(outcome, status_code, body, detail=detail, code=code, message=message)
-
-
-def _classify_200(body: bytes, parsed: snapshot.Parsed | None, task_id: str) -> Fetch:
-    """A 200 is a video only when it is an object of this task; anything else (an error
-    envelope, an HTML page, [] or null) is a passing upstream error, like a 5xx."""
-    value = parsed.value if parsed is not None else None
-    video = status.unwrap(value)
-    if parsed is None or not status.is_video_of(video, task_id):
-        code, message = error_words(value)
-        detail = "upstream answered 200 without a video object of this task"
-        return Fetch("error", 200, body, detail=detail, code=code, message=message)
-    text = parsed.text if video is value else snapshot.dumps(video)
-    return Fetch("ok", 200, body, video=video, text=text)
-
-
 def error_words(body: Any) -> tuple[str, str]:
     """The ``code`` and ``message`` of an error answer, at the top level (new-api's own
     errors) or under ``error`` (OpenAI's shape); empty when there are none."""
@@ -229,3 +192,96 @@ def error_words(body: Any) -> tuple[str, str]:
 
 def _short(value: Any) -> str:
     return value[:500] if isinstance(value, str) else ""
+
+
+def task_object(body: Any, task_id: str) -> dict[str, Any] | None:
+    """The body, when it is a provider's task object of this task (``status.is_task_of``)."""
+    return body if status.is_task_of(body, task_id) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What differs between providers' answers to a status request; ``classify_with``
+    does the rest the same way for all (the size limit, lenient JSON, 401, 403, 429
+    with ``Retry-After``, 5xx).
+
+    ``task`` gives the task object of this task inside a 200 body (unwrapped), or None
+    when the body is something else (by default: the body itself when it is an object
+    with a status and, if it has an ``id``, this task's); ``words`` the ``code`` and
+    ``message`` of an error body; ``not_found`` and ``lasting`` say, from the status
+    and that code, that the task does not exist (for now) or that the error will be
+    answered again and again; ``wait`` reads a 429 body's own hint, in seconds, when
+    there is no ``Retry-After``."""
+
+    task: Callable[[Any, str], dict[str, Any] | None] = task_object
+    words: Callable[[Any], tuple[str, str]] = error_words
+    not_found: Callable[[int, str], bool] = lambda status_code, code: status_code == 404
+    lasting: Callable[[int, str], bool] = lambda status_code, code: False
+    wait: Callable[[Any], float | None] = lambda body: None
+
+
+def gateway_not_found(status_code: int, code: str) -> bool:
+    """new-api's "no such task": 400 ``task_not_exist`` (404 from proxies and forks)."""
+    return status_code == 404 or (status_code == 400 and code == "task_not_exist")
+
+
+def gateway_lasting(status_code: int, code: str) -> bool:
+    """new-api's errors that asking again will not change (LASTING_CODES, any 501)."""
+    return status_code == 501 or code in LASTING_CODES
+
+
+def _video_of(body: Any, task_id: str) -> dict[str, Any] | None:
+    video = status.unwrap(body)
+    return video if status.is_video_of(video, task_id) else None
+
+
+# OpenAI's video routes as new-api gateways answer them (UPSTREAM.md, "Errors on GET").
+OPENAI_VIDEO = Rules(task=_video_of, not_found=gateway_not_found, lasting=gateway_lasting)
+
+
+def classify(status_code: int, headers: httpx.Headers, body: bytes, task_id: str) -> Fetch:
+    """Turn a status code and body into an outcome (UPSTREAM.md, "Errors on GET")."""
+    return classify_with(OPENAI_VIDEO, status_code, headers, body, task_id)
+
+
+def classify_with(
+    rules: Rules, status_code: int, headers: httpx.Headers, body: bytes, task_id: str
+) -> Fetch:
+    """Turn a status code and body into an outcome, by a provider's ``rules``."""
+    if len(body) > MAX_BODY:
+        return Fetch("error", status_code, detail="upstream answer too large")
+    parsed = snapshot.parse(body)
+    value = parsed.value if parsed is not None else None
+    if status_code == 200:
+        return _classify_200(rules, body, parsed, task_id)
+    code, message = rules.words(value)
+    if rules.not_found(status_code, code):
+        return Fetch("not_found", status_code, body, detail="upstream has no such task")
+    if status_code == 429:
+        after = retry.parse_retry_after(headers.get("retry-after"), time.time())
+        if after is None:
+            after = rules.wait(value)
+        detail = "upstream rate limit"
+        return Fetch("rate_limited", status_code, body, retry_after=after, detail=detail)
+    if status_code == 401:
+        return Fetch("unauthorized", status_code, body, detail="upstream refused our key (401)")
+    words = f" {code}" if code else ""
+    if status_code == 403:
+        detail = f"upstream answered 403{words} for this task"
+        return Fetch("forbidden", status_code, body, detail=detail, code=code, message=message)
+    outcome: Outcome = "lasting" if rules.lasting(status_code, code) else "error"
+    detail = f"upstream answered {status_code}{words}"
+    return Fetch(outcome, status_code, body, detail=detail, code=code, message=message)
+
+
+def _classify_200(rules: Rules, body: bytes, parsed: snapshot.Parsed | None, task_id: str) -> Fetch:
+    """A 200 is a task only when it is an object of this task; anything else (an error
+    envelope, an HTML page, [] or null) is a passing upstream error, like a 5xx."""
+    value = parsed.value if parsed is not None else None
+    task = rules.task(value, task_id) if parsed is not None else None
+    if parsed is None or task is None:
+        code, message = rules.words(value)
+        detail = "upstream answered 200 without a video object of this task"
+        return Fetch("error", 200, body, detail=detail, code=code, message=message)
+    text = parsed.text if task is value else snapshot.dumps(task)
+    return Fetch("ok", 200, body, video=task, text=text)

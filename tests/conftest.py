@@ -13,10 +13,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
+from service import simulator
 from service.config import Settings
 from service.main import create_app
 from service.receiver import Receiver
-from service.simulator import Simulator, TaskSpec
+from service.simulator import Simulator, Stage, TaskSpec
 from tests.harness import SECRET, UPSTREAM_KEY, ServerThread, Service
 
 # The PostgreSQL half of the suite creates a database per test (and drops it after) on
@@ -145,9 +146,12 @@ def browser_page():
 
 
 class Upstream:
-    def __init__(self, simulator: Simulator, thread: ServerThread) -> None:
+    def __init__(
+        self, simulator: Stage, thread: ServerThread, family: str = "openai-video"
+    ) -> None:
         self.sim = simulator
         self.url = thread.url
+        self.family = family
 
     def add(self, **spec: Any) -> str:
         return self.sim.add(TaskSpec(**spec)).id
@@ -162,6 +166,27 @@ def upstream() -> Iterator[Upstream]:
     thread = ServerThread(simulator.create_app()).start()
     yield Upstream(simulator, thread)
     thread.stop()
+
+
+@pytest.fixture
+def simulate() -> Iterator[Callable[..., Upstream]]:
+    """Start simulators of provider families on 127.0.0.1, stopped after the test:
+    ``simulate("runway")`` demands UPSTREAM_KEY and runs tasks for 1 s unless told
+    otherwise (``api_key``, ``duration``, ``refresh`` for new-api-task, ``profile``)."""
+    threads: list[ServerThread] = []
+
+    def start(family: str, **options: Any) -> Upstream:
+        options.setdefault("api_key", UPSTREAM_KEY)
+        options.setdefault("duration", 1.0)
+        options.setdefault("refresh", 0.2)
+        sim = simulator.for_family(family, **options)
+        thread = ServerThread(sim.create_app()).start()
+        threads.append(thread)
+        return Upstream(sim, thread, family)
+
+    yield start
+    for thread in threads:
+        thread.stop()
 
 
 class Hooks:

@@ -14,6 +14,13 @@ A family answers the same questions for every provider:
   0 to 100, video link, error);
 - ``openai_routes``: whether the provider takes OpenAI's video routes (create, remix,
   delete, content) so that status-proxy's gateway routes can forward to it.
+
+The families: ``openai-video`` (OpenAI-style gateways: octopusx, new-api), ``new-api-task``
+(new-api's own task route), ``ark`` (Volcengine Ark), ``runway`` and ``replicate``. Each
+is a ``Dialect`` (service/upstreams/dialect.py) that states only what sets it apart; the
+classification they share is service/upstream.py's ``classify_with``, and the reading
+parts service/status.py's ``reading``. Each module's docstring names the documents it
+follows; service/simulator/ plays each of them.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from service.status import Kind, Reading
+from service import status
+from service.status import Reading
 from service.upstream import Fetch
 
 
@@ -46,17 +54,10 @@ class Family(Protocol):
 
 def result(family: Family, task: dict[str, Any] | None) -> dict[str, Any]:
     """The webhook's ``result``: status-proxy's reading of ``data``, the same shape for
-    every family (``progress`` 0 to 100, 100 once completed)."""
-    if task is None:
-        return {"status": Kind.IN_PROGRESS.value, "progress": 0, "video_url": None, "error": None}
-    reading = family.read(task)
-    progress = 100 if reading.kind is Kind.COMPLETED else reading.progress or 0
-    return {
-        "status": reading.kind.value,
-        "progress": progress,
-        "video_url": reading.video_url,
-        "error": reading.error,
-    }
+    every family: ``{"status": "completed" | "failed" | "in_progress", "progress": 0 to
+    100 (100 once completed), "video_url": str | None, "error": {"code", "message"} |
+    None}``."""
+    return status.shape(family.read(task) if task is not None else None)
 
 
 def family(name: str) -> Family:
@@ -65,9 +66,11 @@ def family(name: str) -> Family:
 
 
 def _families() -> dict[str, Family]:
-    from service.upstreams import openai_video
+    from service.upstreams import ark, new_api_task, openai_video, replicate, runway
 
-    found: list[Family] = [openai_video.FAMILY]
+    found: list[Family] = [
+        openai_video.FAMILY, new_api_task.FAMILY, ark.FAMILY, runway.FAMILY, replicate.FAMILY,
+    ]  # fmt: skip
     return {item.name: item for item in found}
 
 

@@ -3,39 +3,19 @@
 
 Follows ../shared/UPSTREAM.md (read from new-api's source: relay/channel/task/*,
 controller/video_proxy.go) and OpenAI's video object (openai-python ``types/video.py``).
+Its answers, errors and readings are service/upstream.py's ``classify`` and
+service/status.py's ``read``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-import httpx
-
 from service import status, upstream
-from service.status import Reading
-from service.upstream import Fetch
+from service.upstreams.dialect import Dialect
 
-
-class OpenAIVideo:
-    """OpenAI's video routes, as new-api gateways answer them."""
-
-    name = "openai-video"
-    openai_routes = True
-
-    def status_path(self, task_id: str) -> str:
-        return upstream.video_path(task_id)
-
-    def headers(self) -> Mapping[str, str]:
-        return {}
-
-    def classify(
-        self, status_code: int, headers: httpx.Headers, body: bytes, task_id: str
-    ) -> Fetch:
-        return upstream.classify(status_code, headers, body, task_id)
-
-    def read(self, task: dict[str, Any]) -> Reading:
-        return status.read(task)
-
-
-FAMILY = OpenAIVideo()
+FAMILY = Dialect(
+    name="openai-video",
+    route="/v1/videos/{id}",
+    rules=upstream.OPENAI_VIDEO,
+    reader=status.read,
+    openai_routes=True,
+)

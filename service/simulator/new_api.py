@@ -20,6 +20,7 @@ always answers).
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Literal
 
 Family = Literal["doubao", "sora", "ali"]
@@ -42,6 +43,11 @@ TASK_WORDS = {
     "timed_out": "FAILURE",
 }
 FAILURE_REASON = "the provider refused the prompt"
+# The provider's own word for each phase, as new-api keeps its last answer (Doubao: Ark).
+ARK_WORDS = {
+    "unknown": "queued", "queued": "queued", "in_progress": "running", "completed": "succeeded",
+    "failed": "failed", "timed_out": "running",
+}  # fmt: skip
 
 # --- errors, as new-api answers them ---------------------------------------------------
 
@@ -178,14 +184,19 @@ def flat(task_id: str, phase: str, created: int, updated: int) -> dict[str, Any]
 
 
 def wrapped(task_id: str, phase: str, created: int, updated: int, link: str) -> dict[str, Any]:
-    """``GET /v1/video/generations/{id}``: the task view inside new-api's wrapper."""
+    """``GET /v1/video/generations/{id}``: new-api's task row (dto/task.go ``TaskDto``)
+    inside its wrapper; ``result_url`` is left out while empty (``omitempty``) and
+    ``data`` holds the provider's own last answer."""
     data = flat(task_id, phase, created, updated)
+    finished = data.pop("finished_at")
     data.update(
-        result_url=link if phase == "completed" else "",
-        submit_time=created,
-        start_time=created if phase != "unknown" else 0,
-        finish_time=data.pop("finished_at"),
-    )
+        id=zlib.crc32(task_id.encode()) % 100000, updated_at=updated, user_id=1, group="default",
+        channel_id=1, quota=0, action="generate", submit_time=created,
+        start_time=created if phase != "unknown" else 0, finish_time=finished,
+        properties={}, data={"id": task_id, "status": ARK_WORDS[phase]},
+    )  # fmt: skip
+    if phase == "completed" and link:
+        data["result_url"] = link
     return {"code": "success", "message": "", "data": data}
 
 
