@@ -18,7 +18,7 @@ from service.config import Settings
 from service.main import create_app
 from service.receiver import Receiver
 from service.simulator import Simulator, Stage, TaskSpec
-from tests.harness import SECRET, UPSTREAM_KEY, ServerThread, Service
+from tests.harness import SECRET, UPSTREAM_KEY, ServerThread, Service, join_servers
 
 # The PostgreSQL half of the suite creates a database per test (and drops it after) on
 # the server this URL names, as the role it names: that role needs CREATEDB, not superuser.
@@ -100,7 +100,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     try:
         yield url
     finally:
+        join_servers()  # the services using it stop before it goes
         drop_postgres(url)
+
+
+@pytest.fixture(autouse=True)
+def _stop_servers() -> Iterator[None]:
+    """Servers a test started stop together at its end, not one after another."""
+    yield
+    join_servers()
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -165,7 +173,7 @@ def upstream() -> Iterator[Upstream]:
     simulator = Simulator(api_key=UPSTREAM_KEY, duration=1.0)
     thread = ServerThread(simulator.create_app()).start()
     yield Upstream(simulator, thread)
-    thread.stop()
+    thread.stop_soon()
 
 
 @pytest.fixture
@@ -186,7 +194,7 @@ def simulate() -> Iterator[Callable[..., Upstream]]:
 
     yield start
     for thread in threads:
-        thread.stop()
+        thread.stop_soon()
 
 
 class Hooks:
@@ -203,7 +211,7 @@ def hooks() -> Iterator[Hooks]:
     receiver = Receiver(secret=SECRET)
     thread = ServerThread(receiver.create_app()).start()
     yield Hooks(receiver, thread)
-    thread.stop()
+    thread.stop_soon()
 
 
 def test_settings(db_url: str, upstream_url: str, **overrides: Any) -> Settings:
@@ -245,7 +253,8 @@ def make_service(db_url: str, upstream: Upstream) -> Iterator[Callable[..., Serv
 
     yield make
     for service in running:
-        service.stop()
+        service.client.close()
+        service.thread.stop_soon()
 
 
 @pytest.fixture

@@ -257,7 +257,12 @@ def all_delivered(service, regs, rogue):
     except AssertionError:
         print("now", time.time(), "requests", dict(rogue.requests))
         print("stuck", service.registration(reg), service.attempts(reg))
-        print(sql(service.settings.database_url, f"SELECT * FROM events WHERE registration_id = '{reg}'"))
+        print(
+            sql(
+                service.settings.database_url,
+                f"SELECT * FROM events WHERE registration_id = '{reg}'",
+            )
+        )
         waiting = "SELECT seq, state, attempts, next_attempt_at, lease_until, first_attempt_at "
         waiting += "FROM events WHERE state <> 'delivered' ORDER BY seq"
         for rows in sql(service.settings.database_url, waiting, "SELECT * FROM circuits"):
