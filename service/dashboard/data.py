@@ -104,7 +104,6 @@ async def counters(db: Database, owner: str, now: float) -> Counters:
             .distinct()
             .subquery()
         )
-        .where(_mine(owner), registrations.c.state == "active", tasks.c.state == "watching")
     )
     pending = (
         sa.select(sa.func.count())
