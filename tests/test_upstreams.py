@@ -4,17 +4,21 @@ upstream has its own rate limit, 429 pause and key state; webhooks name their up
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from service import upstreams
+from service.config import UpstreamEntry
 from service.simulator import Simulator
 from service.upstreams import openai_video
 from tests.conftest import Upstream
-from tests.harness import ServerThread, eventually, metric
+from tests.harness import SECRET, ServerThread, eventually, metric
 
 OTHER_KEY = "sk-other-account-71c2"
 SAME = "video_same-id-on-both"
@@ -231,3 +235,44 @@ def test_keys_see_only_their_own_task_on_each_upstream(make_service, upstream, o
         assert [v["id"] for v in bob.get("/v1/videos").json()["data"]] == [SAME]
     finally:
         bob.close()
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_section() -> str:
+    return README.read_text().split("## Watching several upstreams", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_configuration_is_well_formed():
+    block = re.search(r"STATUS_PROXY_UPSTREAMS='(.*?)'", readme_section(), flags=re.DOTALL)
+    assert block is not None
+    entries = json.loads(block[1])
+    assert set(entries) == {"octopus-b", "ark", "runway"}
+    for name, entry in entries.items():
+        assert re.fullmatch(r"[a-z0-9-]{1,32}", name)
+        assert set(entry) <= set(UpstreamEntry.model_fields), name
+        assert {"base_url", "api_key", "family"} <= set(entry), name
+    assert entries["runway"]["poll_interval_min"] >= 5  # what Runway asks
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_readme_handler_serves_every_upstream(make_service, upstream, other, capsys):
+    [handler] = re.findall(r"```python\n(.*?)```", readme_section(), flags=re.DOTALL)
+    namespace: dict[str, Any] = {}
+    exec(handler.replace('"whsec_…"', repr(SECRET)), namespace)  # our README, as written
+    hooks = ServerThread(namespace["app"]).start()
+    try:
+        service = with_other(make_service, other)
+        upstream.add(id=SAME, duration=0.3, queued=0)
+        other.add(id=SAME, duration=0.3, queued=0, outcome="failed")
+        regs = [
+            service.register(SAME, f"{hooks.url}/hooks/video", upstream=name).json()["id"]
+            for name in ("default", "other")
+        ]
+        eventually(lambda: all(service.registration(r)["state"] == "delivered" for r in regs))
+    finally:
+        hooks.stop()
+    printed = capsys.readouterr().out
+    assert f"default/{SAME} is ready: http" in printed
+    assert f"other/{SAME} failed: the model gave up" in printed
