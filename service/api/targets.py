@@ -19,17 +19,20 @@ from service import ownership
 from service.api.deps import Caller
 from service.api.errors import ApiError
 from service.config import DEFAULT_UPSTREAM
-from service.models import valid_task_id
+from service.models import UPSTREAM_REGEX, valid_task_id
 from service.runtime import Runtime
 from service.upstream import Upstream
 
 UpstreamQuery = Annotated[
     str | None,
     Query(
-        max_length=64,
+        pattern=UPSTREAM_REGEX,
         description="The upstream of the task; without it, the caller's task of this id "
         "(the default upstream's when the caller has that id on several)",
     ),
+]
+UpstreamFilter = Annotated[
+    str | None, Query(pattern=UPSTREAM_REGEX, description="Only the registrations of this upstream")
 ]
 
 

@@ -95,15 +95,12 @@ def _mine(owner: str) -> Any:
 
 async def counters(db: Database, owner: str, now: float) -> Counters:
     joined = registrations.join(tasks, _TASK_OF)
-    active = (
-        sa.select(sa.func.count())
-        .select_from(
-            sa.select(registrations.c.upstream, registrations.c.task_id)
-            .select_from(joined)
-            .where(_mine(owner), registrations.c.state == "active", tasks.c.state == "watching")
-            .distinct()
-            .subquery()
-        )
+    active = sa.select(sa.func.count()).select_from(
+        sa.select(registrations.c.upstream, registrations.c.task_id)
+        .select_from(joined)
+        .where(_mine(owner), registrations.c.state == "active", tasks.c.state == "watching")
+        .distinct()
+        .subquery()
     )
     pending = (
         sa.select(sa.func.count())
