@@ -9,23 +9,146 @@ empty to mean "the default".
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service import signing
+from service import signing, upstreams
 
 ENV_FILE = ".env"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 
 
+DEFAULT_UPSTREAM = "default"
+DEFAULT_FAMILY = "openai-video"  # the family of the upstream named "default"
+UPSTREAM_NAME = re.compile(r"[a-z0-9-]{1,32}")
+UPSTREAMS_VARIABLE = "STATUS_PROXY_UPSTREAMS"
+
+
 def _split(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """One upstream, every value resolved (durations in seconds, ``rate_limit`` requests
+    per second, 0 for no limit). ``family`` names a module of ``service.upstreams``."""
+
+    name: str
+    base_url: str
+    api_key: SecretStr | None
+    family: str
+    rate_limit: float
+    max_concurrency: int
+    timeout: float
+    poll_interval_min: float
+    poll_interval_max: float
+
+
+def _absolute_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL such as https://octopusx.ai")
+    return value.rstrip("/")
+
+
+class UpstreamEntry(BaseModel):
+    """One upstream of ``STATUS_PROXY_UPSTREAMS``; unset values take the global settings."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    base_url: str
+    api_key: SecretStr = Field(min_length=1)
+    family: str
+    rate_limit: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_concurrency: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+    poll_interval_min: float | None = Field(None, gt=0, allow_inf_nan=False)
+    poll_interval_max: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return _absolute_http_url(value)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, value: str) -> str:
+        if value not in upstreams.FAMILIES:
+            raise ValueError(f"must be one of {', '.join(sorted(upstreams.FAMILIES))}")
+        return value
+
+
+def parse_upstreams(value: object) -> dict[str, UpstreamEntry]:
+    """``STATUS_PROXY_UPSTREAMS`` read and checked; a ValueError names the setting, the
+    upstream and the field, and never quotes a value (it may hold a key)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}  # set but empty: not set
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"{UPSTREAMS_VARIABLE} is not JSON (line {getattr(exc, 'lineno', '?')}, "
+                f"column {getattr(exc, 'colno', '?')}); it must be an object such as "
+                '{"acme": {"base_url": "https://…", "api_key": "…", "family": "openai-video"}}'
+            ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{UPSTREAMS_VARIABLE} must be a JSON object keyed by upstream name")
+    found: dict[str, UpstreamEntry] = {}
+    for name, entry in value.items():
+        checked = _upstream_name(name)
+        found[checked] = _entry(checked, entry)
+    return found
+
+
+def _upstream_name(name: object) -> str:
+    if name == DEFAULT_UPSTREAM:
+        raise ValueError(
+            f"{UPSTREAMS_VARIABLE}: 'default' is the upstream of the STATUS_PROXY_UPSTREAM_* "
+            "settings and cannot be redefined here; give this one another name"
+        )
+    if not isinstance(name, str) or not UPSTREAM_NAME.fullmatch(name):
+        raise ValueError(
+            f"{UPSTREAMS_VARIABLE}: upstream names are 1-32 characters of a-z 0-9 and -; "
+            f"{str(name)[:40]!r} is not one"
+        )
+    return name
+
+
+def _entry(name: str, entry: object) -> UpstreamEntry:
+    if isinstance(entry, UpstreamEntry):
+        return entry
+    if not isinstance(entry, dict):
+        raise ValueError(f"{UPSTREAMS_VARIABLE}: upstream {name!r} must be a JSON object")
+    try:
+        return UpstreamEntry.model_validate(entry)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'entry'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise ValueError(f"{UPSTREAMS_VARIABLE}: upstream {name!r}: {problems}") from None
 
 
 class Settings(BaseSettings):
@@ -80,6 +203,9 @@ class Settings(BaseSettings):
     # upstream key); the operator's own setting, so the callback guard does not apply.
     # Its path or query may carry a token (chat webhooks do): kept secret like a key.
     operator_webhook_url: SecretStr | None = None
+    # More upstreams by name, next to "default" (the UPSTREAM_* settings above): a JSON
+    # object of UpstreamEntry (the contract's "Upstreams").
+    upstreams: Annotated[dict[str, UpstreamEntry], NoDecode] = Field(default_factory=dict)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -121,10 +247,7 @@ class Settings(BaseSettings):
     @field_validator("upstream_base_url")
     @classmethod
     def _absolute_http(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL such as https://octopusx.ai")
-        return value.rstrip("/")
+        return _absolute_http_url(value)
 
     @field_validator("log_level")
     @classmethod
@@ -164,11 +287,66 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _upstreams(cls, value: object) -> object:
+        return parse_upstreams(value)
+
     @model_validator(mode="after")
     def _interval_order(self) -> Settings:
         if self.poll_interval_max < self.poll_interval_min:
             raise ValueError("POLL_INTERVAL_MAX must be at least POLL_INTERVAL_MIN")
+        for name, config in self.upstream_configs().items():
+            if config.poll_interval_max < config.poll_interval_min:
+                raise ValueError(
+                    f"{UPSTREAMS_VARIABLE}: upstream {name!r}: poll_interval_max must be at "
+                    "least poll_interval_min (unset ones take the global settings)"
+                )
         return self
+
+    def upstream_configs(self) -> dict[str, UpstreamConfig]:
+        """Every upstream by name, ``default`` first; unset values take the global ones."""
+        found = {
+            DEFAULT_UPSTREAM: UpstreamConfig(
+                name=DEFAULT_UPSTREAM,
+                base_url=self.upstream_base_url,
+                api_key=self.upstream_api_key,
+                family=DEFAULT_FAMILY,
+                rate_limit=self.upstream_rate_limit,
+                max_concurrency=self.upstream_max_concurrency,
+                timeout=self.upstream_timeout,
+                poll_interval_min=self.poll_interval_min,
+                poll_interval_max=self.poll_interval_max,
+            )
+        }
+        for name, entry in self.upstreams.items():
+            found[name] = UpstreamConfig(
+                name=name,
+                base_url=entry.base_url,
+                api_key=entry.api_key,
+                family=entry.family,
+                rate_limit=_given(entry.rate_limit, self.upstream_rate_limit),
+                max_concurrency=_given(entry.max_concurrency, self.upstream_max_concurrency),
+                timeout=_given(entry.timeout, self.upstream_timeout),
+                poll_interval_min=_given(entry.poll_interval_min, self.poll_interval_min),
+                poll_interval_max=_given(entry.poll_interval_max, self.poll_interval_max),
+            )
+        return found
+
+    def scoped(self, config: UpstreamConfig) -> Settings:
+        """These settings as one upstream's poller sees them: its own address, key, rate
+        limit, concurrency, timeout and poll intervals in place of the global ones."""
+        return self.model_copy(
+            update={
+                "upstream_base_url": config.base_url,
+                "upstream_api_key": config.api_key,
+                "upstream_rate_limit": config.rate_limit,
+                "upstream_max_concurrency": config.max_concurrency,
+                "upstream_timeout": config.timeout,
+                "poll_interval_min": config.poll_interval_min,
+                "poll_interval_max": config.poll_interval_max,
+            }
+        )
 
     @property
     def async_database_url(self) -> str:

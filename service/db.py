@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,24 @@ def _unindexed(element: unindexed, compiler: Any, **kw: Any) -> str:
 @compiles(unindexed, "sqlite")
 def _unindexed_sqlite(element: unindexed, compiler: Any, **kw: Any) -> str:
     return "+" + str(compiler.process(element.clauses, **kw))
+
+
+def by_task(
+    upstream: sa.ColumnElement[Any], task_id: sa.ColumnElement[Any], keys: Iterable[tuple[str, str]]
+) -> sa.ColumnElement[bool]:
+    """Rows of these tasks, by (upstream, task id): ``task_id IN (…)`` per upstream, which
+    the indexes that lead with ``task_id`` serve (a row-value IN would not, on SQLite)."""
+    grouped: dict[str, list[str]] = {}
+    for name, task in keys:
+        grouped.setdefault(name, []).append(task)
+    if not grouped:
+        return sa.false()
+    return sa.or_(
+        *(
+            sa.and_(task_id.in_(sorted(set(tasks))), upstream == name)
+            for name, tasks in grouped.items()
+        )
+    )
 
 
 def migrations_dir() -> Path:

@@ -9,18 +9,20 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
-CONTEXT = ("request_id", "task_id", "registration_id", "event_id")
+CONTEXT = ("request_id", "upstream", "task_id", "registration_id", "event_id")
 EXTRA = ("method", "path", "status", "duration_ms")
 
 # The ids of what is being worked on (an HTTP request, a poll, a delivery), for every
 # line logged while working on it. Each job runs in its own asyncio task, so a value
 # set there stays with that job.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+upstream: ContextVar[str | None] = ContextVar("upstream", default=None)
 task_id: ContextVar[str | None] = ContextVar("task_id", default=None)
 registration_id: ContextVar[str | None] = ContextVar("registration_id", default=None)
 event_id: ContextVar[str | None] = ContextVar("event_id", default=None)
 _VARS = {
     "request_id": request_id,
+    "upstream": upstream,
     "task_id": task_id,
     "registration_id": registration_id,
     "event_id": event_id,

@@ -15,8 +15,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.upstream_requests = Counter(
             "status_proxy_upstream_requests",
-            "Upstream status requests by outcome",
-            ["outcome"],
+            "Upstream status requests by upstream and outcome",
+            ["upstream", "outcome"],
             registry=self.registry,
         )
         self.poll_lag = Histogram(
@@ -26,7 +26,10 @@ class Metrics:
             registry=self.registry,
         )
         self.tasks = Gauge(
-            "status_proxy_tasks", "Tasks tracked, by state", ["state"], registry=self.registry
+            "status_proxy_tasks",
+            "Tasks tracked, by upstream and state",
+            ["upstream", "state"],
+            registry=self.registry,
         )
         self.deliveries = Counter(
             "status_proxy_deliveries",

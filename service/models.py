@@ -23,6 +23,8 @@ RegistrationState = Literal["active", "delivered", "failed", "ended", "cancelled
 TASK_ID_REGEX = r"^[A-Za-z0-9](?:[A-Za-z0-9_:-]|\.[A-Za-z0-9_:-])*\.?$"
 TASK_ID_PATTERN = re.compile(TASK_ID_REGEX)
 TASK_ID_LIMIT = 200
+DEFAULT_UPSTREAM = "default"
+UPSTREAM_REGEX = r"^[a-z0-9-]{1,32}$"
 METADATA_LIMIT = 4096
 CALLBACK_URL_LIMIT = 2048
 
@@ -35,11 +37,14 @@ class Task(SQLModel, table=True):
 
     __tablename__ = "tasks"
     __table_args__ = (
-        sa.Index("ix_tasks_due", "state", "next_poll_at"),
+        # Each upstream's poller leases its own due tasks.
+        sa.Index("ix_tasks_due", "upstream", "state", "next_poll_at"),
         sa.Index("ix_tasks_watch_started", "state", "watch_started_at"),
         sa.Index("ix_tasks_ended", "state", "ended_at"),
     )
 
+    # A task is its upstream (a configured name) plus the id that upstream gave it.
+    upstream: str = Col(primary_key=True, max_length=32)
     task_id: str = Col(primary_key=True, max_length=200)
     # watching: polled; idle: nobody needs it; ended: upstream terminal; given_up: by us
     state: str = Col(max_length=16)
@@ -66,7 +71,7 @@ class Registration(SQLModel, table=True):
     __tablename__ = "registrations"
     __table_args__ = (
         sa.Index("ix_registrations_owner", "owner", "id"),
-        sa.Index("ix_registrations_task", "task_id", "state"),
+        sa.Index("ix_registrations_task", "task_id", "upstream", "state"),
         sa.Index("ix_registrations_updated", "state", "updated_at"),
         sa.Index(
             "ux_registrations_active",
@@ -79,6 +84,7 @@ class Registration(SQLModel, table=True):
 
     id: str = Col(primary_key=True, max_length=40)
     owner: str = Col(max_length=64)
+    upstream: str = Col(max_length=32)
     task_id: str = Col(max_length=200)
     callback_url: str = Col(sa_column=Column(sa.Text, nullable=False))
     events: list[str] = Col(sa_column=Column(sa.JSON, nullable=False))
@@ -199,11 +205,12 @@ class OwnedVideo(SQLModel, table=True):
 
     __tablename__ = "owned_videos"
     __table_args__ = (
-        sa.Index("ix_owned_videos_listing", "owner", "created_at", "task_id"),
-        sa.Index("ix_owned_videos_task", "task_id"),
+        sa.Index("ix_owned_videos_listing", "owner", "created_at", "task_id", "upstream"),
+        sa.Index("ix_owned_videos_task", "task_id", "upstream"),
     )
 
     owner: str = Col(primary_key=True, max_length=64)
+    upstream: str = Col(primary_key=True, max_length=32)
     task_id: str = Col(primary_key=True, max_length=200)
     # The latest video object seen outside polling (the create answer, a fetch-through),
     # for listing a task status-proxy does not poll.
@@ -283,6 +290,11 @@ class RegistrationCreate(BaseModel):
         description="Custom headers sent with each webhook (at most 10; never logged)",
         examples=[{"Authorization": "Bearer receiver-token"}],
     )
+    upstream: str = Field(
+        DEFAULT_UPSTREAM,
+        description="The name of the upstream that knows the task (configured by the operator)",
+        json_schema_extra={"pattern": UPSTREAM_REGEX},
+    )
 
     @field_validator("task_id")
     @classmethod
@@ -322,6 +334,7 @@ class RegistrationPublic(BaseModel):
     object: Literal["registration"] = "registration"
     id: str
     task_id: str
+    upstream: str
     callback_url: str
     events: list[EventType]
     metadata: dict[str, Any]

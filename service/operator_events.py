@@ -57,6 +57,7 @@ def deliveries_failed(results: list[outbox.Result]) -> list[tuple[Kind, dict[str
             data = {
                 "registration_id": r.event.registration_id,
                 "task_id": r.event.task_id,
+                "upstream": r.event.upstream,
                 "event_id": r.event.id,
                 "event_type": r.event.type,
                 "reason": "gone" if r.gone else "retries_exhausted",

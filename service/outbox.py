@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -10,17 +10,24 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import ids, snapshot, status
-from service.db import unindexed
+from service import ids, snapshot, upstreams
+from service.db import by_task, unindexed
 from service.models import TERMINAL_EVENTS, Attempt, Event, Registration, compact_json
+from service.upstreams import Family, openai_video
 
 events = Event.__table__  # type: ignore[attr-defined]
 registrations = Registration.__table__  # type: ignore[attr-defined]
 attempts = Attempt.__table__  # type: ignore[attr-defined]
 
 FIRST, RETRY = 0, 1
-# The one upstream there is until several can be named (the contract's "default").
 DEFAULT_UPSTREAM = "default"
+TaskKey = tuple[str, str]  # (upstream, task_id): what identifies a task
+
+
+def family_of(families: Mapping[str, Family], upstream: str) -> Family:
+    """The family of a named upstream; openai-video for a name no longer configured
+    (its tasks are only ever given up, and their data is what was last seen)."""
+    return families.get(upstream) or openai_video.FAMILY
 
 
 def body(
@@ -31,9 +38,12 @@ def body(
     metadata: Any,
     data: str,
     task_id: str,
+    upstream: str = DEFAULT_UPSTREAM,
+    family: Family = openai_video.FAMILY,
 ) -> str:
-    """The webhook body: ``result`` is status-proxy's reading of ``data``, and ``data``
-    is spliced in as the upstream sent it (clean UTF-8 JSON whatever bytes came in)."""
+    """The webhook body: ``result`` is the upstream family's reading of ``data``, the same
+    shape for every family, and ``data`` is spliced in as the upstream sent it (clean
+    UTF-8 JSON whatever bytes came in)."""
     stamp = datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     parsed = snapshot.parse(data)
     video = parsed.value if parsed is not None and isinstance(parsed.value, dict) else None
@@ -44,23 +54,33 @@ def body(
             "timestamp": stamp,
             "registration_id": registration_id,
             "task_id": task_id,
-            "upstream": DEFAULT_UPSTREAM,
+            "upstream": upstream,
             "metadata": metadata,
-            "result": status.result(video),
+            "result": upstreams.result(family, video),
         }
     )
     return head[:-1] + ',"data":' + (parsed.text if parsed is not None else "null") + "}"
 
 
 def _row(
-    registration_id: str, metadata: Any, event_type: str, data: str, now: float, task_id: str
+    registration_id: str,
+    metadata: Any,
+    event_type: str,
+    data: str,
+    now: float,
+    key: TaskKey,
+    family: Family,
 ) -> dict[str, Any]:
     event_id = ids.new_id("evt")
+    upstream, task_id = key
+    text = body(
+        event_id, event_type, now, registration_id, metadata, data, task_id, upstream, family
+    )
     return {
         "id": event_id,
         "registration_id": registration_id,
         "type": event_type,
-        "body": body(event_id, event_type, now, registration_id, metadata, data, task_id),
+        "body": text,
         "state": "pending",
         "attempts": 0,
         "lane": FIRST,
@@ -92,9 +112,15 @@ def drop_progress(registration_ids: Sequence[str], now: float) -> sa.Update:
     return statement
 
 
-async def emit_terminal(conn: AsyncConnection, ends: dict[str, tuple[str, str]], now: float) -> int:
-    """Give every active registration of the tasks that ended (task id -> event type and
-    data) its terminal event, or end it; one query and one insert for the whole batch."""
+async def emit_terminal(
+    conn: AsyncConnection,
+    ends: dict[TaskKey, tuple[str, str]],
+    now: float,
+    families: Mapping[str, Family],
+) -> int:
+    """Give every active registration of the tasks that ended ((upstream, task id) ->
+    event type and data) its terminal event, or end it; one query and one insert for the
+    whole batch. ``families`` maps upstream names to the family that reads their data."""
     if not ends:
         return 0
     has_terminal = (
@@ -111,9 +137,10 @@ async def emit_terminal(conn: AsyncConnection, ends: dict[str, tuple[str, str]],
                 registrations.c.id,
                 registrations.c.events,
                 registrations.c.metadata,
+                registrations.c.upstream,
                 registrations.c.task_id,
             ).where(
-                registrations.c.task_id.in_(list(ends)),
+                by_task(registrations.c.upstream, registrations.c.task_id, ends),
                 registrations.c.state == "active",
                 ~has_terminal,
             )
@@ -121,7 +148,10 @@ async def emit_terminal(conn: AsyncConnection, ends: dict[str, tuple[str, str]],
     ).all()
     return await _emit_terminal_rows(
         conn,
-        [(reg_id, wanted, meta, *ends[task_id], task_id) for reg_id, wanted, meta, task_id in rows],
+        [
+            (reg_id, wanted, meta, *ends[(up, task_id)], (up, task_id), family_of(families, up))
+            for reg_id, wanted, meta, up, task_id in rows
+        ],
         now,
     )
 
@@ -135,19 +165,21 @@ async def emit_for_registration(
     data: str,
     now: float,
     task_id: str,
+    upstream: str = DEFAULT_UPSTREAM,
+    family: Family = openai_video.FAMILY,
 ) -> int:
     """A registration that arrives after its task ended gets the terminal event at once."""
-    return await _emit_terminal_rows(
-        conn, [(registration_id, list(wanted), metadata, event_type, data, task_id)], now
-    )
+    row = (registration_id, list(wanted), metadata, event_type, data, (upstream, task_id), family)
+    return await _emit_terminal_rows(conn, [row], now)
 
 
 async def _emit_terminal_rows(conn: AsyncConnection, rows: Iterable[Any], now: float) -> int:
-    """Rows of (registration id, events wanted, metadata, event type, data, task id)."""
+    """Rows of (registration id, events wanted, metadata, event type, data, task key,
+    family)."""
     new_rows, ended = [], []
-    for registration_id, wanted, metadata, event_type, data, task_id in rows:
+    for registration_id, wanted, metadata, event_type, data, key, family in rows:
         if event_type in wanted:
-            new_rows.append(_row(registration_id, metadata, event_type, data, now, task_id))
+            new_rows.append(_row(registration_id, metadata, event_type, data, now, key, family))
         else:
             ended.append(registration_id)
     # A progress event not yet accepted when the terminal one is ready is dropped.
@@ -159,26 +191,32 @@ async def _emit_terminal_rows(conn: AsyncConnection, rows: Iterable[Any], now: f
     return len(new_rows)
 
 
-async def emit_progress(conn: AsyncConnection, snapshots: dict[str, str], now: float) -> int:
-    """Queue ``video.progress`` for registrations that asked, coalescing what is pending."""
+async def emit_progress(
+    conn: AsyncConnection, snapshots: dict[TaskKey, str], now: float, family: Family
+) -> int:
+    """Queue ``video.progress`` for registrations that asked, coalescing what is pending;
+    ``snapshots`` are tasks of upstreams of one ``family``."""
     if not snapshots:
         return 0
     rows = (
         await conn.execute(
             sa.select(
                 registrations.c.id,
+                registrations.c.upstream,
                 registrations.c.task_id,
                 registrations.c.events,
                 registrations.c.metadata,
             ).where(
-                registrations.c.task_id.in_(list(snapshots)),
+                by_task(registrations.c.upstream, registrations.c.task_id, snapshots),
                 registrations.c.state == "active",
             )
         )
     ).all()
     new_rows = [
-        _row(reg_id, metadata, "video.progress", snapshots[task_id], now, task_id)
-        for reg_id, task_id, wanted, metadata in rows
+        _row(
+            reg_id, metadata, "video.progress", snapshots[(up, task_id)], now, (up, task_id), family
+        )
+        for reg_id, up, task_id, wanted, metadata in rows
         if "video.progress" in wanted
     ]
     await _drop_pending_progress(conn, [row["registration_id"] for row in new_rows], now)
@@ -201,6 +239,7 @@ class Claimed:
     lease_until: float
     callback_url: str = ""
     task_id: str = ""
+    upstream: str = DEFAULT_UPSTREAM
     lane: int = FIRST
     owner: str = ""  # the registration's key owner: whose secrets sign it
     secrets: tuple[str, ...] = ()  # what signs this attempt, newest first
@@ -281,6 +320,7 @@ async def claim(
                     registrations.c.id,
                     registrations.c.callback_url,
                     registrations.c.task_id,
+                    registrations.c.upstream,
                     registrations.c.owner,
                     registrations.c.headers,
                 ).where(registrations.c.id.in_({event.registration_id for event in claimed}))
@@ -289,6 +329,7 @@ async def claim(
         for event in claimed:
             target = targets[event.registration_id]
             event.callback_url, event.task_id = target.callback_url, target.task_id
+            event.upstream = target.upstream
             event.owner = target.owner
             event.headers = target.headers or {}
     claimed.sort(key=lambda event: event.seq)

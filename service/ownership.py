@@ -24,7 +24,17 @@ _CLAIM = {  # by "is SQLite": a second claim of the same video keeps the first
     True: sqlite.insert(owned).on_conflict_do_nothing(),
     False: postgresql.insert(owned).on_conflict_do_nothing(),
 }
-OWNED_SQL = "SELECT deleted_at FROM owned_videos WHERE owner = :owner AND task_id = :task_id"
+OWNED_SQL = (
+    "SELECT deleted_at FROM owned_videos "
+    "WHERE owner = :owner AND upstream = :upstream AND task_id = :task_id"
+)
+# The upstreams on which a key has a video of this id, the default upstream's first,
+# then the oldest: what a {task_id} route without ?upstream= means.
+UPSTREAMS_SQL = (
+    "SELECT upstream FROM owned_videos WHERE owner = :owner AND task_id = :task_id "
+    "AND deleted_at IS NULL "
+    "ORDER BY CASE WHEN upstream = 'default' THEN 0 ELSE 1 END, created_at, upstream LIMIT 1"
+)
 
 
 class UnknownCursor(Exception):
@@ -37,14 +47,20 @@ class Listed:
 
     task_id: str
     video: dict[str, Any]
+    upstream: str = "default"
 
 
 def claim_values(
-    owner: str, task_id: str, now: float, video: str | None = None, created: bool = False
+    owner: str,
+    upstream: str,
+    task_id: str,
+    now: float,
+    video: str | None = None,
+    created: bool = False,
 ) -> dict[str, Any]:
     return {
-        "owner": owner, "task_id": task_id, "video": video, "created_at": now,
-        "updated_at": now, "deleted_at": None, "created": created,
+        "owner": owner, "upstream": upstream, "task_id": task_id, "video": video,
+        "created_at": now, "updated_at": now, "deleted_at": None, "created": created,
     }  # fmt: skip
 
 
@@ -53,52 +69,73 @@ async def claim_in(conn: Any, is_sqlite: bool, values: dict[str, Any]) -> None:
     await conn.execute(_CLAIM[is_sqlite], values)
 
 
-async def claim(db: Database, owner: str, task_id: str, now: float, video: str | None) -> None:
-    """Record that ``owner`` created ``task_id`` (``video``: the create answer)."""
+async def claim(
+    db: Database, owner: str, upstream: str, task_id: str, now: float, video: str | None
+) -> None:
+    """Record that ``owner`` created the task (``video``: the create answer)."""
     async with db.write() as conn:
-        await claim_in(conn, db.is_sqlite, claim_values(owner, task_id, now, video, True))
+        values = claim_values(owner, upstream, task_id, now, video, True)
+        await claim_in(conn, db.is_sqlite, values)
 
 
-async def created_by_another(conn: Any, owner: str, task_id: str) -> bool:
-    """Whether another key created ``task_id`` through status-proxy (then it is theirs
+async def created_by_another(conn: Any, owner: str, upstream: str, task_id: str) -> bool:
+    """Whether another key created the task through status-proxy (then it is theirs
     alone: registering it must not make it ``owner``'s video)."""
     found = await conn.execute(
         sa.select(owned.c.owner)
-        .where(owned.c.task_id == task_id, owned.c.created, owned.c.owner != owner)
+        .where(
+            owned.c.task_id == task_id,
+            owned.c.upstream == upstream,
+            owned.c.created,
+            owned.c.owner != owner,
+        )
         .limit(1)
     )
     return found.first() is not None
 
 
-async def owns(db: Database, owner: str, task_id: str) -> bool:
+async def upstream_of(db: Database, owner: str, task_id: str) -> str | None:
+    """The upstream of ``owner``'s video of this id (the default upstream's when it has
+    one there too, else the oldest), or None when it has none."""
+    row = await db.lookup(UPSTREAMS_SQL, {"owner": owner, "task_id": task_id})
+    return None if row is None else str(row[0])
+
+
+async def owns(db: Database, owner: str, upstream: str, task_id: str) -> bool:
     """Whether ``owner`` created or registered the task and has not deleted it."""
-    row = await db.lookup(OWNED_SQL, {"owner": owner, "task_id": task_id})
+    row = await db.lookup(OWNED_SQL, {"owner": owner, "upstream": upstream, "task_id": task_id})
     return row is not None and row[0] is None
 
 
-async def deleted(db: Database, owner: str, task_id: str) -> bool:
+async def deleted(db: Database, owner: str, upstream: str, task_id: str) -> bool:
     """Whether ``owner`` deleted the task through status-proxy."""
-    row = await db.lookup(OWNED_SQL, {"owner": owner, "task_id": task_id})
+    row = await db.lookup(OWNED_SQL, {"owner": owner, "upstream": upstream, "task_id": task_id})
     return row is not None and row[0] is not None
 
 
-async def seen(db: Database, owner: str, task_id: str, video: bytes, now: float) -> None:
+def _the(owner: str, upstream: str, task_id: str) -> sa.ColumnElement[bool]:
+    return sa.and_(owned.c.owner == owner, owned.c.upstream == upstream, owned.c.task_id == task_id)
+
+
+async def seen(
+    db: Database, owner: str, upstream: str, task_id: str, video: bytes, now: float
+) -> None:
     """Keep the object a fetch-through just read, for the list of a task not polled."""
     async with db.write() as conn:
         await conn.execute(
             owned.update()
-            .where(owned.c.owner == owner, owned.c.task_id == task_id)
+            .where(_the(owner, upstream, task_id))
             .values(video=video.decode("utf-8", "replace"), updated_at=now)
         )
 
 
-async def forget(db: Database, owner: str, task_id: str, now: float) -> None:
+async def forget(db: Database, owner: str, upstream: str, task_id: str, now: float) -> None:
     """The video was deleted upstream: it leaves the list, and its routes answer 404.
     The row stays, so a list page that ended on it can still be followed."""
     async with db.write() as conn:
         await conn.execute(
             owned.update()
-            .where(owned.c.owner == owner, owned.c.task_id == task_id)
+            .where(_the(owner, upstream, task_id))
             .values(deleted_at=now, updated_at=now)
         )
 
@@ -106,19 +143,28 @@ async def forget(db: Database, owner: str, task_id: str, now: float) -> None:
 async def page(
     db: Database, owner: str, limit: int, after: str | None, newest_first: bool = True
 ) -> tuple[list[Listed], bool]:
-    """One page of the owner's videos, newest first (or oldest first); ``after`` is the
-    last id of the previous page. Raises UnknownCursor when ``after`` is not theirs."""
-    key = (owned.c.created_at, owned.c.task_id)
+    """One page of the owner's videos of every upstream, newest first (or oldest first);
+    ``after`` is the last id of the previous page. Raises UnknownCursor when ``after`` is
+    not theirs. When the key has that id on several upstreams, the page goes on after the
+    first of them in this order: at worst one video is shown twice, never one skipped."""
+    key = (owned.c.created_at, owned.c.task_id, owned.c.upstream)
+    polled = sa.and_(
+        task_table.c.task_id == owned.c.task_id, task_table.c.upstream == owned.c.upstream
+    )
     query = (
-        sa.select(owned.c.task_id, owned.c.video, task_table.c.snapshot)
-        .select_from(owned.outerjoin(task_table, task_table.c.task_id == owned.c.task_id))
+        sa.select(owned.c.upstream, owned.c.task_id, owned.c.video, task_table.c.snapshot)
+        .select_from(owned.outerjoin(task_table, polled))
         .where(owned.c.owner == owner, owned.c.deleted_at.is_(None))
     )
+    first = [column.desc() if newest_first else column.asc() for column in key]
     async with db.read() as conn:
         if after is not None:
             cursor = (
                 await conn.execute(
-                    sa.select(*key).where(owned.c.owner == owner, owned.c.task_id == after)
+                    sa.select(*key)
+                    .where(owned.c.owner == owner, owned.c.task_id == after)
+                    .order_by(*first)
+                    .limit(1)
                 )
             ).first()
             if cursor is None:
@@ -127,9 +173,11 @@ async def page(
             query = query.where(
                 position < tuple(cursor) if newest_first else position > tuple(cursor)
             )
-        order = [column.desc() if newest_first else column.asc() for column in key]
-        rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).all()
-    items = [Listed(row.task_id, _latest(row.task_id, row.snapshot, row.video)) for row in rows]
+        rows = (await conn.execute(query.order_by(*first).limit(limit + 1))).all()
+    items = [
+        Listed(row.task_id, _latest(row.task_id, row.snapshot, row.video), row.upstream)
+        for row in rows
+    ]
     return items[:limit], len(items) > limit
 
 

@@ -1,24 +1,29 @@
-"""The poller: leases due tasks, asks the upstream once per task, writes what it learnt."""
+"""The poller: leases due tasks, asks the upstream once per task, writes what it learnt.
+
+There is one poller per named upstream, each with its own rate limit, concurrency, 429
+pause, key state and health, so that one upstream's trouble never slows another's
+tasks; each leases only its own upstream's tasks."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import operator_events, outbox, registrations, retention, tasks
-from service.config import Settings
-from service.db import Database
+from service.config import DEFAULT_UPSTREAM, Settings
+from service.db import Database, by_task
 from service.metrics import Metrics
 from service.models import Task
 from service.pipeline import Pipeline
 from service.ratelimit import RateLimiter
 from service.upstream import Fetch, Upstream
 from service.upstream_health import UpstreamHealth
+from service.upstreams import Family
 
 log = logging.getLogger(__name__)
 table = Task.__table__  # type: ignore[attr-defined]
@@ -35,9 +40,10 @@ FORBIDDEN_STREAK = 3
 
 
 class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
-    """One upstream request per due task, within the global rate and concurrency limits."""
-
-    name = "poller"
+    """One request per due task of one upstream, within that upstream's rate and
+    concurrency limits. ``settings`` are that upstream's (``Settings.scoped``);
+    ``families`` (upstream name -> family) reads the tasks the timeout sweep gives up,
+    which only the poller with ``housekeeping`` runs, for every upstream."""
 
     def __init__(
         self,
@@ -46,13 +52,18 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         upstream: Upstream,
         metrics: Metrics,
         on_events: Callable[[], None],
+        families: Mapping[str, Family] | None = None,
+        housekeeping: bool = True,
     ) -> None:
+        self.name = worker_name(upstream.name)
         # Waking at half the shortest interval keeps a task's lag under half its interval.
         idle = min(IDLE_WAIT, settings.poll_interval_min / 2)
         super().__init__(db, metrics, idle, drain_timeout=settings.upstream_timeout + 5)
         self.settings = settings
         self.upstream = upstream
         self.on_events = on_events
+        self.families = dict(families or {upstream.name: upstream.family})
+        self.does_housekeeping = housekeeping
         self.limiter = RateLimiter(settings.upstream_rate_limit)
         # A poll cannot outlive its timeout; the margin covers writing its answer.
         self.lease = settings.upstream_timeout + 5
@@ -90,6 +101,8 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         return wait
 
     async def housekeeping(self, now: float) -> None:
+        if not self.does_housekeeping:
+            return
         # Each step is due again at its next interval whether it worked or not: a step
         # that keeps failing costs one log line per interval, never the polls between.
         if now >= self._next_purge:
@@ -106,21 +119,26 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
             log.info("retention: purged %d rows older than %gs", removed, self.settings.retention)
 
     async def _sweep(self, now: float) -> None:
-        if await registrations.give_up_overdue(self.db, now, self.settings.task_timeout):
+        timeout = self.settings.task_timeout
+        if await registrations.give_up_overdue(self.db, now, timeout, self.families):
             self.on_events()
 
     async def claim(self, conn: AsyncConnection, now: float, limit: int) -> list[tasks.Claimed]:
-        return await claim(conn, now, limit, self.lease)
+        return await claim(conn, now, limit, self.lease, self.upstream.name)
 
     async def release(self, conn: AsyncConnection, jobs: list[tasks.Claimed]) -> None:
         await conn.execute(
             table.update()
             .where(
+                table.c.upstream == sa.bindparam("k_upstream"),
                 table.c.task_id == sa.bindparam("k_task"),
                 table.c.lease_until == sa.bindparam("k_lease"),
             )
             .values(lease_until=None),
-            [{"k_task": job.task_id, "k_lease": job.lease_until} for job in jobs],
+            [
+                {"k_upstream": job.upstream, "k_task": job.task_id, "k_lease": job.lease_until}
+                for job in jobs
+            ],
         )
 
     def started(self, job: tasks.Claimed, now: float) -> None:
@@ -130,11 +148,11 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
         self.limiter.take()
 
     def ids(self, job: tasks.Claimed) -> dict[str, str]:
-        return {"task_id": job.task_id}
+        return {"upstream": job.upstream, "task_id": job.task_id}
 
     def hidden(self) -> list[str]:
-        key = self.settings.upstream_api_key
-        return [] if key is None else [key.get_secret_value()]
+        key = self.upstream.secret()
+        return [] if key is None else [key]
 
     def job_of(self, outcome: tuple[tasks.Claimed, Fetch]) -> tasks.Claimed:
         return outcome[0]
@@ -145,7 +163,7 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
 
     async def work(self, job: tasks.Claimed) -> tuple[tasks.Claimed, Fetch]:
         fetch = self._judge(job.task_id, await self.upstream.fetch(job.task_id))
-        self.metrics.upstream_requests.labels(fetch.outcome).inc()
+        self.metrics.upstream_requests.labels(self.upstream.name, fetch.outcome).inc()
         log.debug("poll %s", fetch.outcome)
         self._note(fetch)
         return job, fetch
@@ -155,7 +173,7 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
     ) -> int:
         self._key_changes_written = len(self._key_changes)
         await operator_events.emit(conn, self.settings, self._key_changes, now)
-        return await apply(conn, outcomes, now, self.settings)
+        return await apply(conn, outcomes, now, self.settings, self.upstream.family)
 
     def committed(self, queued: int) -> None:
         del self._key_changes[: self._key_changes_written]
@@ -181,7 +199,10 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
             streak = self.limiter.streak
             pause = self.limiter.rate_limited(fetch.retry_after)
             if self.limiter.streak != streak:  # a new pause, not its echo from requests in flight
-                log.warning("upstream rate limit (429): pausing all polls for %.1fs", pause)
+                log.warning(
+                    "upstream %s rate limit (429): pausing all its polls for %.1fs",
+                    self.upstream.name, pause,
+                )  # fmt: skip
             return
         if fetch.outcome == "forbidden":  # answered, about one task: the upstream is fine
             self.limiter.succeeded()
@@ -194,28 +215,37 @@ class Poller(Pipeline[tasks.Claimed, tuple[tasks.Claimed, Fetch]]):
             self.auth_problem = fetch.detail
             if time.monotonic() - self._auth_logged >= AUTH_LOG_EVERY:
                 self._auth_logged = time.monotonic()
-                log.error("%s: polling paused until the key works", fetch.detail)
+                log.error(
+                    "upstream %s: %s: polling paused until the key works",
+                    self.upstream.name, fetch.detail,
+                )  # fmt: skip
         elif fetch.outcome in ("ok", "not_found"):
             self.limiter.succeeded()
             if self.auth_problem is not None:
-                log.info("upstream accepts our key again: polling resumes")
+                log.info("upstream %s accepts our key again: polling resumes", self.upstream.name)
                 self.auth_problem = None
                 self._key_change(operator_events.Kind.KEY_ACCEPTED, fetch)
 
     def _key_change(self, kind: operator_events.Kind, fetch: Fetch) -> None:
         """Note an operator event; written with the batch this answer is recorded in."""
-        data: dict[str, object] = {"upstream": "default", "status_code": fetch.status_code}
+        data: dict[str, object] = {"upstream": self.upstream.name, "status_code": fetch.status_code}
         if kind == operator_events.Kind.KEY_REFUSED:
             data["message"] = fetch.detail  # says which status, never the key
         self._key_changes.append((kind, data))
 
 
-def due_tasks(now: float, limit: int) -> sa.Select[tuple[str]]:
-    """The most overdue tasks first: a fair rotation when the budget is short, with
-    never-polled tasks (due at 0) ahead of all. Served by ix_tasks_due, never a scan."""
+def worker_name(upstream: str) -> str:
+    """The poller's name in logs, metrics and /readyz: ``poller``, or ``poller:NAME``."""
+    return "poller" if upstream == DEFAULT_UPSTREAM else f"poller:{upstream}"
+
+
+def due_tasks(now: float, limit: int, upstream: str = DEFAULT_UPSTREAM) -> sa.Select[tuple[str]]:
+    """One upstream's most overdue tasks first: a fair rotation when the budget is short,
+    with never-polled tasks (due at 0) ahead of all. Served by ix_tasks_due, never a scan."""
     return (
         sa.select(table.c.task_id)
         .where(
+            table.c.upstream == upstream,
             table.c.state == "watching",
             table.c.next_poll_at <= now,
             sa.or_(table.c.lease_until.is_(None), table.c.lease_until < now),
@@ -225,16 +255,23 @@ def due_tasks(now: float, limit: int) -> sa.Select[tuple[str]]:
     )
 
 
-async def claim(conn: AsyncConnection, now: float, limit: int, lease: float) -> list[tasks.Claimed]:
-    """Lease up to ``limit`` due tasks."""
-    due = due_tasks(now, limit).with_for_update(skip_locked=True)
+async def claim(
+    conn: AsyncConnection,
+    now: float,
+    limit: int,
+    lease: float,
+    upstream: str = DEFAULT_UPSTREAM,
+) -> list[tasks.Claimed]:
+    """Lease up to ``limit`` due tasks of one upstream."""
+    due = due_tasks(now, limit, upstream).with_for_update(skip_locked=True)
     lease_until = now + lease
     rows = (
         await conn.execute(
             table.update()
-            .where(table.c.task_id.in_(due.scalar_subquery()))
+            .where(table.c.upstream == upstream, table.c.task_id.in_(due.scalar_subquery()))
             .values(lease_until=lease_until)
             .returning(
+                table.c.upstream,
                 table.c.task_id,
                 table.c.interval,
                 table.c.raw_status,
@@ -250,6 +287,7 @@ async def claim(conn: AsyncConnection, now: float, limit: int, lease: float) -> 
     ).all()
     return [
         tasks.Claimed(
+            upstream=row.upstream,
             task_id=row.task_id,
             lease_until=lease_until,
             interval=row.interval,
@@ -271,59 +309,70 @@ async def apply(
     batch: list[tuple[tasks.Claimed, Fetch]],
     now: float,
     settings: Settings,
+    family: Family | None = None,
 ) -> int:
-    """Write a batch of poll answers and the events they cause, in one transaction."""
-    leases: dict[str, float | None] = dict(
-        (
-            await conn.execute(
-                sa.select(table.c.task_id, table.c.lease_until)
-                .where(table.c.task_id.in_([task.task_id for task, _ in batch]))
-                .order_by(table.c.task_id)  # rows are locked in key order, as everywhere
-                .with_for_update()  # no other worker takes them over before we commit
-            )
-        ).all()
-    )
+    """Write a batch of poll answers of one upstream (read in its ``family``; its
+    settings) and the events they cause, in one transaction."""
+    if not batch:
+        return 0
+    upstream = batch[0][0].upstream
+    family = family or outbox.family_of({}, upstream)
+    keys = [task.key for task, _ in batch]
+    leases: dict[tuple[str, str], float | None] = {
+        (row.upstream, row.task_id): row.lease_until
+        for row in await conn.execute(
+            sa.select(table.c.upstream, table.c.task_id, table.c.lease_until)
+            .where(by_task(table.c.upstream, table.c.task_id, keys))
+            .order_by(table.c.upstream, table.c.task_id)  # rows locked in key order, as everywhere
+            .with_for_update()  # no other worker takes them over before we commit
+        )
+    }
     # Only the holder of the lease may write: an expired lease means another worker
     # owns the task now, and its answer counts instead.
-    batch = [(task, fetch) for task, fetch in batch if leases.get(task.task_id) == task.lease_until]
+    batch = [(task, fetch) for task, fetch in batch if leases.get(task.key) == task.lease_until]
     shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
-    ending: list[tuple[str, tasks.Decision]] = []
-    progressed: dict[str, str] = {}
+    ending: list[tuple[tasks.Claimed, tasks.Decision]] = []
+    progressed: dict[tuple[str, str], str] = {}
     for task, fetch in batch:
-        decision = tasks.decide(task, fetch, now, settings)
+        decision = tasks.decide(task, fetch, now, settings, family)
         if decision.event is not None:
-            ending.append((task.task_id, decision))
+            ending.append((task, decision))
         elif decision.progressed and decision.snapshot is not None:
-            progressed[task.task_id] = decision.snapshot
+            progressed[task.key] = decision.snapshot
         values = {f"v_{key}": value for key, value in decision.values.items()}
-        values.update(k_task_id=task.task_id, k_lease=task.lease_until)
+        values.update(k_upstream=task.upstream, k_task_id=task.task_id, k_lease=task.lease_until)
         shapes.setdefault(tuple(sorted(decision.values)), []).append(values)
     for columns, rows in shapes.items():
         await conn.execute(
             table.update()
             .where(
+                table.c.upstream == sa.bindparam("k_upstream"),
                 table.c.task_id == sa.bindparam("k_task_id"),
                 table.c.lease_until == sa.bindparam("k_lease"),
             )
             .values({column: sa.bindparam(f"v_{column}") for column in columns}),
             rows,
         )
-    emitted = await outbox.emit_progress(conn, progressed, now)
-    given_up = [task_id for task_id, decision in ending if decision.give_up is not None]
-    snapshots: dict[str, str | None] = {}
+    emitted = await outbox.emit_progress(conn, progressed, now, family)
+    given_up = [task.key for task, decision in ending if decision.give_up is not None]
+    snapshots: dict[tuple[str, str], str | None] = {}
     if given_up:  # their webhook carries the last snapshot we kept
-        query = sa.select(table.c.task_id, table.c.snapshot).where(table.c.task_id.in_(given_up))
-        snapshots = dict((await conn.execute(query)).all())
-    ends: dict[str, tuple[str, str]] = {}
-    for task_id, decision in ending:
+        query = sa.select(table.c.upstream, table.c.task_id, table.c.snapshot).where(
+            by_task(table.c.upstream, table.c.task_id, given_up)
+        )
+        snapshots = {(row.upstream, row.task_id): row.snapshot for row in await conn.execute(query)}
+    ends: dict[tuple[str, str], tuple[str, str]] = {}
+    for task, decision in ending:
         data = decision.snapshot
+        ids = {"task_id": task.task_id, "upstream": task.upstream}
         if decision.give_up is not None:
             data = tasks.given_up_data(
-                task_id, snapshots.get(task_id), decision.give_up, decision.error
+                task.task_id, snapshots.get(task.key), decision.give_up, decision.error
             )
-            log.warning("task given up: %s", decision.give_up, extra={"task_id": task_id})
+            log.warning("task given up: %s", decision.give_up, extra=ids)
         else:
-            log.info("task ended: %s", decision.event, extra={"task_id": task_id})
+            log.info("task ended: %s", decision.event, extra=ids)
         assert decision.event is not None and data is not None
-        ends[task_id] = (decision.event, data)
-    return emitted + await outbox.emit_terminal(conn, ends, now)
+        ends[task.key] = (decision.event, data)
+    families = {upstream: family}
+    return emitted + await outbox.emit_terminal(conn, ends, now, families)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import headers, ids, outbox, ownership, snapshot, tasks
-from service.db import Database
+from service.db import Database, by_task
 from service.models import (
+    DEFAULT_UPSTREAM,
     TERMINAL_EVENTS,
     Attempt,
     AttemptPublic,
@@ -25,6 +26,7 @@ from service.models import (
     RegistrationPublic,
     Task,
 )
+from service.upstreams import Family, openai_video
 
 registrations = Registration.__table__  # type: ignore[attr-defined]
 task_table = Task.__table__  # type: ignore[attr-defined]
@@ -59,14 +61,19 @@ class Created:
     events: int  # outbox rows written, so the delivery worker can be woken
 
 
-def dedupe_key(owner: str, task_id: str, callback_url: str) -> str:
-    """One active registration per key, task and URL."""
-    raw = json.dumps([owner, task_id, callback_url]).encode()
-    return hashlib.sha256(raw).hexdigest()
+def dedupe_key(owner: str, upstream: str, task_id: str, callback_url: str) -> str:
+    """One active registration per key, task (upstream and id) and URL. The default
+    upstream's keep the form they had before there were several upstreams, so that the
+    active registrations written then are still found."""
+    parts = [owner, task_id, callback_url]
+    if upstream != DEFAULT_UPSTREAM:
+        parts.insert(1, upstream)
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 _COLUMNS = (
     registrations.c.id,
+    registrations.c.upstream,
     registrations.c.task_id,
     registrations.c.callback_url,
     registrations.c.events,
@@ -78,10 +85,14 @@ _COLUMNS = (
 )
 
 
+_TASK_OF = sa.and_(
+    task_table.c.task_id == registrations.c.task_id,
+    task_table.c.upstream == registrations.c.upstream,
+)
+
+
 def _select() -> sa.Select[Any]:
-    return sa.select(*_COLUMNS).select_from(
-        registrations.outerjoin(task_table, task_table.c.task_id == registrations.c.task_id)
-    )
+    return sa.select(*_COLUMNS).select_from(registrations.outerjoin(task_table, _TASK_OF))
 
 
 # Built once: a statement made per request costs more to build and key for the cache
@@ -95,7 +106,10 @@ _TASK_COLUMNS = (task_table.c.state, task_table.c.outcome, task_table.c.snapshot
 # nobody will emit for or poll (PostgreSQL; SQLite has one writer at a time anyway).
 _TASK_STATE = (
     sa.select(*_TASK_COLUMNS)
-    .where(task_table.c.task_id == sa.bindparam("task_id"))
+    .where(
+        task_table.c.upstream == sa.bindparam("upstream"),
+        task_table.c.task_id == sa.bindparam("task_id"),
+    )
     .with_for_update()
 )
 _NEW_TASK = {  # by "is SQLite": INSERT … ON CONFLICT DO NOTHING in each dialect
@@ -117,6 +131,7 @@ def _public(row: Any) -> RegistrationPublic:
     return RegistrationPublic(
         id=row.id,
         task_id=row.task_id,
+        upstream=row.upstream,
         callback_url=row.callback_url,
         events=row.events,
         metadata=row.metadata,
@@ -128,10 +143,17 @@ def _public(row: Any) -> RegistrationPublic:
 
 
 async def create(
-    db: Database, owner: str, body: RegistrationCreate, now: float, interval: float
+    db: Database,
+    owner: str,
+    body: RegistrationCreate,
+    now: float,
+    interval: float,
+    family: Family = openai_video.FAMILY,
 ) -> Created:
-    """Register a task; answers the existing registration when it is the same request."""
-    key = dedupe_key(owner, body.task_id, body.callback_url)
+    """Register a task of the upstream ``body.upstream`` (whose family reads it, and whose
+    poll interval it starts at); answers the existing registration when it is the same
+    request."""
+    key = dedupe_key(owner, body.upstream, body.task_id, body.callback_url)
     for _ in range(3):
         try:
             async with db.write() as conn:
@@ -139,7 +161,7 @@ async def create(
                 if existing is not None:
                     return Created(_same_or_conflict(existing, body), False, 0)
                 registration_id, emitted, task = await _insert(
-                    db, conn, owner, key, body, now, interval
+                    db, conn, owner, key, body, now, interval, family
                 )
                 await db.notify(conn, "events" if emitted else "tasks")
                 if task.state == "ended":  # rare: the insert may have ended it already
@@ -150,6 +172,7 @@ async def create(
                 public = RegistrationPublic(
                     id=registration_id,
                     task_id=body.task_id,
+                    upstream=body.upstream,
                     callback_url=body.callback_url,
                     events=list(body.events),
                     metadata=body.metadata,
@@ -184,14 +207,17 @@ async def _insert(
     body: RegistrationCreate,
     now: float,
     interval: float,
+    family: Family,
 ) -> tuple[str, int, Any]:
     """Insert the registration, and its task unless known; answer its id, the events
     queued at once (for a task already ended) and the task's state before. Raises
     Foreign for a keyed caller registering a task another key created here."""
-    if owner and await ownership.created_by_another(conn, owner, body.task_id):
+    upstream, task_id = body.upstream, body.task_id
+    if owner and await ownership.created_by_another(conn, owner, upstream, task_id):
         raise Foreign("another key created a task with this id")
     fresh = {
-        "task_id": body.task_id,
+        "upstream": upstream,
+        "task_id": task_id,
         "state": "watching",
         "created_at": now,
         "watch_started_at": now,
@@ -207,14 +233,14 @@ async def _insert(
     else:
         await conn.execute(_NEW_TASK[db.is_sqlite], fresh)
     if task is None:  # the task was known already
-        task = (await conn.execute(_TASK_STATE, {"task_id": body.task_id})).first()
+        task = (await conn.execute(_TASK_STATE, {"upstream": upstream, "task_id": task_id})).first()
         if task is None:  # retention purged it while we waited for its row
             raise Vanished
     if task.state in ("idle", "given_up"):
         # Nobody was watching it, or we gave it up: watch it afresh.
         await conn.execute(
             task_table.update()
-            .where(task_table.c.task_id == body.task_id)
+            .where(task_table.c.upstream == upstream, task_table.c.task_id == task_id)
             .values(
                 state="watching",
                 outcome=None,
@@ -233,7 +259,8 @@ async def _insert(
         {
             "id": registration_id,
             "owner": owner,
-            "task_id": body.task_id,
+            "upstream": upstream,
+            "task_id": task_id,
             "callback_url": body.callback_url,
             "events": list(body.events),
             "metadata": body.metadata,
@@ -245,7 +272,8 @@ async def _insert(
         },
     )
     # A task a key registers is one of its videos (GET /v1/videos and the routes under it).
-    await ownership.claim_in(conn, db.is_sqlite, ownership.claim_values(owner, body.task_id, now))
+    claimed = ownership.claim_values(owner, upstream, task_id, now)
+    await ownership.claim_in(conn, db.is_sqlite, claimed)
     emitted = 0
     if task.state == "ended":
         event_type = "video.completed" if task.outcome == "completed" else "video.failed"
@@ -257,7 +285,9 @@ async def _insert(
             event_type,
             task.snapshot,
             now,
-            body.task_id,
+            task_id,
+            upstream,
+            family,
         )
     return registration_id, emitted, task
 
@@ -283,11 +313,14 @@ async def page(
     after: str | None,
     task_id: str | None,
     state: str | None,
+    upstream: str | None = None,
 ) -> tuple[list[RegistrationPublic], bool]:
     """Newest first; ``after`` is the last id of the previous page."""
     query = _select().where(registrations.c.owner == owner)
     if task_id is not None:
         query = query.where(registrations.c.task_id == task_id)
+    if upstream is not None:
+        query = query.where(registrations.c.upstream == upstream)
     if state is not None:
         query = query.where(registrations.c.state == state)
     if after is not None:
@@ -305,12 +338,12 @@ async def cancel(db: Database, owner: str, registration_id: str, now: float) -> 
         if row.state in ("delivered", "failed", "ended"):
             raise Conflict(f"the registration is already {row.state}")
         if row.state == "active":
-            await _cancel_active(conn, [registration_id], [row.task_id], now)
+            await _cancel_active(conn, [registration_id], [(row.upstream, row.task_id)], now)
         result = (await conn.execute(_select().where(registrations.c.id == registration_id))).one()
     return _public(result)
 
 
-async def cancel_task(db: Database, owner: str, task_id: str, now: float) -> int:
+async def cancel_task(db: Database, owner: str, upstream: str, task_id: str, now: float) -> int:
     """Cancel every active registration ``owner`` has for the task (it was deleted
     upstream); answers how many were cancelled."""
     async with db.write() as conn:
@@ -320,21 +353,25 @@ async def cancel_task(db: Database, owner: str, task_id: str, now: float) -> int
                 sa.select(registrations.c.id).where(
                     registrations.c.owner == owner,
                     registrations.c.task_id == task_id,
+                    registrations.c.upstream == upstream,
                     registrations.c.state == "active",
                 )
             )
         ]
         if ids_:
-            await _cancel_active(conn, ids_, [task_id], now)
+            await _cancel_active(conn, ids_, [(upstream, task_id)], now)
     return len(ids_)
 
 
 async def _cancel_active(
-    conn: AsyncConnection, registration_ids: Sequence[str], task_ids: Sequence[str], now: float
+    conn: AsyncConnection,
+    registration_ids: Sequence[str],
+    task_keys: Sequence[tuple[str, str]],
+    now: float,
 ) -> None:
     """Cancel active registrations: their pending events are dropped, and their tasks
     stop being polled when nobody else needs them."""
-    await lock_tasks(conn, task_ids)  # first, as every writer does: no deadlock
+    await lock_tasks(conn, task_keys)  # first, as every writer does: no deadlock
     await conn.execute(
         registrations.update()
         .where(registrations.c.id.in_(registration_ids))
@@ -348,32 +385,30 @@ async def _cancel_active(
         )
         .values(state="dropped")
     )
-    await _idle_if_unwatched(conn, task_ids, now)
+    await _idle_if_unwatched(conn, task_keys, now)
 
 
-async def lock_tasks(conn: AsyncConnection, task_ids: Sequence[str]) -> None:
+async def lock_tasks(conn: AsyncConnection, task_keys: Sequence[tuple[str, str]]) -> None:
     """Lock task rows, in key order, before reading who watches them: a registration
     made meanwhile then either sees the task's new state or is seen by this transaction."""
     await conn.execute(
         sa.select(task_table.c.task_id)
-        .where(task_table.c.task_id.in_(sorted(set(task_ids))))
-        .order_by(task_table.c.task_id)
+        .where(by_task(task_table.c.upstream, task_table.c.task_id, sorted(set(task_keys))))
+        .order_by(task_table.c.upstream, task_table.c.task_id)
         .with_for_update()
     )
 
 
-async def _idle_if_unwatched(conn: AsyncConnection, task_ids: Sequence[str], now: float) -> None:
-    still_needed = (
-        sa.select(registrations.c.id)
-        .where(registrations.c.task_id == task_table.c.task_id, registrations.c.state == "active")
-        .exists()
-    )
+async def _idle_if_unwatched(
+    conn: AsyncConnection, task_keys: Sequence[tuple[str, str]], now: float
+) -> None:
+    still_needed = sa.select(registrations.c.id).where(_TASK_OF, registrations.c.state == "active")
     await conn.execute(
         task_table.update()
         .where(
-            task_table.c.task_id.in_(task_ids),
+            by_task(task_table.c.upstream, task_table.c.task_id, task_keys),
             task_table.c.state == "watching",
-            ~still_needed,
+            ~still_needed.exists(),
         )
         .values(state="idle", ended_at=now)  # no longer watched since now
     )
@@ -382,9 +417,9 @@ async def _idle_if_unwatched(conn: AsyncConnection, task_ids: Sequence[str], now
 async def _owned(conn: AsyncConnection, owner: str, registration_id: str) -> Any:
     row = (
         await conn.execute(
-            sa.select(registrations.c.state, registrations.c.task_id).where(
-                registrations.c.id == registration_id, registrations.c.owner == owner
-            )
+            sa.select(
+                registrations.c.state, registrations.c.upstream, registrations.c.task_id
+            ).where(registrations.c.id == registration_id, registrations.c.owner == owner)
         )
     ).first()
     if row is None:
@@ -451,7 +486,7 @@ async def deliveries(
 def overdue_tasks(now: float, timeout: float, limit: int) -> sa.Select[Any]:
     """Tasks watched longer than ``timeout``, oldest first; served by ix_tasks_watch_started."""
     return (
-        sa.select(task_table.c.task_id, task_table.c.snapshot)
+        sa.select(task_table.c.upstream, task_table.c.task_id, task_table.c.snapshot)
         .where(
             task_table.c.state == "watching",
             task_table.c.watch_started_at <= now - timeout,
@@ -461,8 +496,15 @@ def overdue_tasks(now: float, timeout: float, limit: int) -> sa.Select[Any]:
     )
 
 
-async def give_up_overdue(db: Database, now: float, timeout: float, limit: int = 200) -> int:
-    """Fail tasks that have been watched longer than TASK_TIMEOUT, oldest first."""
+async def give_up_overdue(
+    db: Database,
+    now: float,
+    timeout: float,
+    families: Mapping[str, Family] | None = None,
+    limit: int = 200,
+) -> int:
+    """Fail tasks of every upstream that have been watched longer than TASK_TIMEOUT,
+    oldest first; ``families`` (upstream name -> family) reads their webhooks' result."""
     async with db.write() as conn:
         # Locked, skipping tasks a poller or a registration holds: they are looked at
         # again on the next sweep, and none ends twice.
@@ -470,22 +512,23 @@ async def give_up_overdue(db: Database, now: float, timeout: float, limit: int =
         rows = (await conn.execute(overdue)).all()
         if not rows:
             return 0
+        keys = [(row.upstream, row.task_id) for row in rows]
         await conn.execute(
             task_table.update()
-            .where(task_table.c.task_id.in_([task_id for task_id, _ in rows]))
+            .where(by_task(task_table.c.upstream, task_table.c.task_id, keys))
             .values(state="given_up", outcome="failed", ended_at=now, lease_until=None)
         )
         ends = {
-            task_id: (
+            (row.upstream, row.task_id): (
                 "video.failed",
-                tasks.given_up_data(task_id, stored, "status_proxy_timeout"),
+                tasks.given_up_data(row.task_id, row.snapshot, "status_proxy_timeout"),
             )
-            for task_id, stored in rows
+            for row in rows
         }
-        for task_id, _ in rows:
+        for row in rows:
             log.warning(
                 "task given up: status_proxy_timeout (not ended within %gs)",
                 timeout,
-                extra={"task_id": task_id},
+                extra={"task_id": row.task_id, "upstream": row.upstream},
             )
-        return await outbox.emit_terminal(conn, ends, now)
+        return await outbox.emit_terminal(conn, ends, now, families or {})

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from service import circuits, idempotency, operator_events, ownership
-from service.db import Database
+from service.db import Database, by_task
 from service.models import Attempt, Event, Registration, Task
 
 registrations = Registration.__table__  # type: ignore[attr-defined]
@@ -31,7 +31,9 @@ async def purge_batch(db: Database, now: float, retention: float) -> int:
         .where(events.c.registration_id == registrations.c.id, events.c.state == "pending")
         .exists()
     )
-    referred = sa.select(registrations.c.id).where(registrations.c.task_id == tasks.c.task_id)
+    referred = sa.select(registrations.c.id).where(
+        registrations.c.task_id == tasks.c.task_id, registrations.c.upstream == tasks.c.upstream
+    )
     async with db.write() as conn:
         expired = await _first_column(
             conn,
@@ -43,15 +45,20 @@ async def purge_batch(db: Database, now: float, retention: float) -> int:
             await conn.execute(attempts.delete().where(attempts.c.registration_id.in_(expired)))
             await conn.execute(events.delete().where(events.c.registration_id.in_(expired)))
             await conn.execute(registrations.delete().where(registrations.c.id.in_(expired)))
-        unneeded = await _first_column(
-            conn,
-            sa.select(tasks.c.task_id)
-            .where(tasks.c.state.in_(UNWATCHED), tasks.c.ended_at < cutoff, ~referred.exists())
-            # A task being registered right now holds its row: it stays.
-            .with_for_update(skip_locked=True),
-        )
+        unneeded = [
+            (row.upstream, row.task_id)
+            for row in await conn.execute(
+                sa.select(tasks.c.upstream, tasks.c.task_id)
+                .where(tasks.c.state.in_(UNWATCHED), tasks.c.ended_at < cutoff, ~referred.exists())
+                .limit(BATCH)
+                # A task being registered right now holds its row: it stays.
+                .with_for_update(skip_locked=True)
+            )
+        ]
         if unneeded:
-            await conn.execute(tasks.delete().where(tasks.c.task_id.in_(unneeded)))
+            await conn.execute(
+                tasks.delete().where(by_task(tasks.c.upstream, tasks.c.task_id, unneeded))
+            )
         forgotten = await _purge_owned(conn, cutoff)
     return len(expired) + len(unneeded) + forgotten
 
@@ -61,18 +68,19 @@ async def _purge_owned(conn: Any, cutoff: float) -> int:
     its list (the upstream's links and files are long gone by then)."""
     owned = ownership.owned
     registered = sa.select(registrations.c.id).where(
-        registrations.c.owner == owned.c.owner, registrations.c.task_id == owned.c.task_id
+        registrations.c.owner == owned.c.owner,
+        registrations.c.task_id == owned.c.task_id,
+        registrations.c.upstream == owned.c.upstream,
     )
     stale = (
-        sa.select(owned.c.owner, owned.c.task_id)
+        sa.select(owned.c.owner, owned.c.upstream, owned.c.task_id)
         .where(owned.c.updated_at < cutoff, ~registered.exists())
         .limit(BATCH)
     )
     keys = [tuple(row) for row in await conn.execute(stale)]
     if keys:
-        await conn.execute(
-            owned.delete().where(sa.tuple_(owned.c.owner, owned.c.task_id).in_(keys))
-        )
+        key = sa.tuple_(owned.c.owner, owned.c.upstream, owned.c.task_id)
+        await conn.execute(owned.delete().where(key.in_(keys)))
     return len(keys)
 
 

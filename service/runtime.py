@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 
 import aiohttp
 import httpx
@@ -11,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import service
-from service import callbacks, notifier, operator_events, signing, transport
-from service.config import Settings
+from service import callbacks, notifier, operator_events, signing, transport, upstreams
+from service.config import DEFAULT_UPSTREAM, Settings, UpstreamConfig
 from service.db import Database
 from service.delivery import Deliverer
 from service.listener import Listener
@@ -21,6 +22,7 @@ from service.models import Setting
 from service.poller import Poller
 from service.supervisor import Supervisor, Worker
 from service.upstream import Upstream
+from service.upstreams import Family
 
 log = logging.getLogger(__name__)
 settings_table = Setting.__table__  # type: ignore[attr-defined]
@@ -45,18 +47,26 @@ class Runtime:
             settings.callback_allow_private, settings.callback_allow_networks
         )
         self.metrics = Metrics()
-        self.upstream_client = httpx.AsyncClient(
-            transport=transport.Transport(
-                limits=httpx.Limits(max_connections=settings.upstream_max_concurrency + 4)
-            ),
-            follow_redirects=False,
-        )
-        self.upstream = Upstream(
-            settings.upstream_base_url,
-            settings.upstream_api_key,
-            self.upstream_client,
-            settings.upstream_timeout,
-        )
+        self.upstream_configs = settings.upstream_configs()
+        # One client per upstream: its own connections, so a slow one holds none of
+        # another's.
+        self.upstream_clients = {
+            name: _upstream_client(config) for name, config in self.upstream_configs.items()
+        }
+        self.upstreams = {
+            name: Upstream(
+                config.base_url,
+                config.api_key,
+                self.upstream_clients[name],
+                config.timeout,
+                upstreams.family(config.family),
+                name,
+            )
+            for name, config in self.upstream_configs.items()
+        }
+        self.families: dict[str, Family] = {
+            name: upstream.family for name, upstream in self.upstreams.items()
+        }
         self.delivery_client = httpx.AsyncClient(
             transport=transport.Transport(
                 client=lambda: _delivery_session(settings, self.callback_guard),
@@ -71,7 +81,7 @@ class Runtime:
             follow_redirects=False,
         )
         self.secret = ""  # the webhook secret, loaded at start
-        self.poller: Poller | None = None
+        self.pollers: dict[str, Poller] = {}
         self.deliverer: Deliverer | None = None
         self.notifier: notifier.Notifier | None = None
         self.supervisor: Supervisor | None = None
@@ -87,32 +97,56 @@ class Runtime:
         self.deliverer = Deliverer(
             self.settings, self.db, self.delivery_client, secret, self.metrics, self.callback_guard
         )
-        self.poller = Poller(
-            self.settings, self.db, self.upstream, self.metrics, self.deliverer.kick
-        )
-        workers: list[Worker] = [self.poller, self.deliverer]
+        for name, upstream in self.upstreams.items():
+            # The first (default) poller also runs the housekeeping of all of them.
+            self.pollers[name] = Poller(
+                self.settings.scoped(self.upstream_configs[name]),
+                self.db,
+                upstream,
+                self.metrics,
+                self.deliverer.kick,
+                self.families,
+                housekeeping=not self.pollers,
+            )
+        workers: list[Worker] = [*self.pollers.values(), self.deliverer]
         if operator_events.enabled(self.settings):
             self.notifier = notifier.Notifier(
                 self.settings, self.db, self.operator_client, secret, self.metrics
             )
             workers.append(self.notifier)
         if not self.db.is_sqlite:
-            wake = {"tasks": self.poller.kick, "events": self.deliverer.kick}
+            wake = {"tasks": self.kick_poller, "events": self.deliverer.kick}
             workers.append(Listener(self.settings, wake))
         self.supervisor = Supervisor(workers, self.metrics)
         self.supervisor.start()
+
+    @property
+    def upstream(self) -> Upstream:
+        """The upstream named ``default``."""
+        return self.upstreams[DEFAULT_UPSTREAM]
+
+    @property
+    def poller(self) -> Poller | None:
+        """The default upstream's poller, when this process polls."""
+        return self.pollers.get(DEFAULT_UPSTREAM)
 
     def _announce(self) -> None:
         """One line that says what this process is, then what an operator must fix."""
         settings = self.settings
         api = "off" if not self.with_api else "open" if not settings.api_keys else "keyed"
         key = "with a key" if settings.upstream_api_key is not None else "WITHOUT a key"
+        others = [
+            f"{name} ({config.family}, {config.base_url})"
+            for name, config in self.upstream_configs.items()
+            if name != DEFAULT_UPSTREAM
+        ]
         log.info(
-            "status-proxy %s starting: database %s, upstream %s (%s), API %s%s, workers %s",
+            "status-proxy %s starting: database %s, upstream %s (%s)%s, API %s%s, workers %s",
             service.__version__,
             safe_database_url(settings.database_url),
             settings.upstream_base_url,
             key,
+            f", upstreams {', '.join(others)}" if others else "",
             api,
             _count_keys(len(settings.api_keys)) if settings.api_keys and self.with_api else "",
             "on" if self.with_workers else "off",
@@ -125,19 +159,25 @@ class Runtime:
                 "and a real gateway refuses them"
             )
 
-    def upstream_view(self) -> dict[str, object]:
-        """What this process knows of the upstream: from its polls, or nothing."""
-        view: dict[str, object] = {"base_url": self.settings.upstream_base_url}
-        if self.poller is None:
+    def upstream_view(self, name: str = DEFAULT_UPSTREAM) -> dict[str, object]:
+        """What this process knows of one upstream: from its polls, or nothing."""
+        config = self.upstream_configs[name]
+        view: dict[str, object] = {"base_url": config.base_url, "family": config.family}
+        poller = self.pollers.get(name)
+        if poller is None:
             return {**view, "state": "not_polled_by_this_process"}
-        view.update(self.poller.health.as_dict())
-        if self.poller.auth_problem:
+        view.update(poller.health.as_dict())
+        if poller.auth_problem:
             view["state"] = "key_refused"
+        elif poller.limiter.paused_until > time.monotonic():
+            view["rate_limited"] = True
         return view
 
-    def kick_poller(self) -> None:
-        if self.poller is not None:
-            self.poller.kick()
+    def kick_poller(self, upstream: str | None = None) -> None:
+        """Have the pollers (or one upstream's) look for due tasks now."""
+        for name, poller in self.pollers.items():
+            if upstream is None or name == upstream:
+                poller.kick()
 
     def kick_delivery(self) -> None:
         if self.deliverer is not None:
@@ -150,10 +190,8 @@ class Runtime:
             found.append("shutting down")
         if self.supervisor is not None:
             found += self.supervisor.problems()
-        if self.poller is not None and self.poller.auth_problem:
-            found.append(f"{self.poller.auth_problem}: polling paused")
-        if self.poller is not None and (unreachable := self.poller.health.problem()):
-            found.append(unreachable)
+        for name, poller in self.pollers.items():
+            found += upstream_problems(name, poller)
         return found
 
     async def stop(self) -> None:
@@ -162,10 +200,30 @@ class Runtime:
             if self.supervisor is not None:
                 await self.supervisor.stop()
         finally:
-            await self.upstream_client.aclose()
+            for client in self.upstream_clients.values():
+                await client.aclose()
             await self.delivery_client.aclose()
             await self.operator_client.aclose()
             await self.db.dispose()
+
+
+def upstream_problems(name: str, poller: Poller) -> list[str]:
+    """Why one upstream's polls do not work (its key refused, no answers), or nothing."""
+    found = []
+    if poller.auth_problem:
+        found.append(f"upstream {name}: {poller.auth_problem}: polling paused")
+    if unreachable := poller.health.problem():
+        found.append(f"upstream {name}: {unreachable}")
+    return found
+
+
+def _upstream_client(config: UpstreamConfig) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=transport.Transport(
+            limits=httpx.Limits(max_connections=config.max_concurrency + 4)
+        ),
+        follow_redirects=False,
+    )
 
 
 def _count_keys(count: int) -> str:

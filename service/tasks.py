@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from service import retry, snapshot, status
-from service.config import Settings
+from service.config import DEFAULT_UPSTREAM, Settings
 from service.upstream import Fetch
+from service.upstreams import Family, openai_video
 
 GIVE_UP_MESSAGES = {
     "status_proxy_timeout": "status-proxy gave up: the task did not end within TASK_TIMEOUT",
@@ -31,6 +32,12 @@ class Claimed:
     empty_completions: int
     watch_started_at: float
     due_at: float
+    upstream: str = DEFAULT_UPSTREAM
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(upstream, task id): what identifies the task."""
+        return self.upstream, self.task_id
 
 
 @dataclass(slots=True)
@@ -57,13 +64,20 @@ def _jittered(interval: float, settings: Settings) -> float:
     return min(settings.poll_interval_max, interval * (1 + 0.1 * retry.jitter_rng.random()))
 
 
-def decide(task: Claimed, fetch: Fetch, now: float, settings: Settings) -> Decision:
-    """The consequence of one upstream answer for one task."""
+def decide(
+    task: Claimed,
+    fetch: Fetch,
+    now: float,
+    settings: Settings,
+    family: Family = openai_video.FAMILY,
+) -> Decision:
+    """The consequence of one upstream answer for one task, read in its upstream's
+    ``family``; ``settings`` are that upstream's (``Settings.scoped``)."""
     common: dict[str, Any] = {"lease_until": None, "polled_at": now}
     if now - task.watch_started_at >= settings.task_timeout:
         return give_up(common, "status_proxy_timeout")
     if fetch.outcome == "ok" and fetch.video is not None:
-        return _decide_ok(task, fetch, now, settings, common)
+        return _decide_ok(task, fetch, now, settings, common, family)
     if fetch.outcome in ("not_found", "forbidden"):
         # A 403 reaching here is one task's (new-api hides tasks of models a key may not
         # use); the poller turns it into "unauthorized" when several tasks answer it.
@@ -102,10 +116,15 @@ def lasting_error(fetch: Fetch) -> dict[str, Any]:
 
 
 def _decide_ok(
-    task: Claimed, fetch: Fetch, now: float, settings: Settings, common: dict[str, Any]
+    task: Claimed,
+    fetch: Fetch,
+    now: float,
+    settings: Settings,
+    common: dict[str, Any],
+    family: Family,
 ) -> Decision:
     assert fetch.video is not None
-    reading = status.read(fetch.video)
+    reading = family.read(fetch.video)
     text = fetch.text
     changed = (reading.raw_status, reading.progress) != (task.raw_status, task.progress)
     values = {

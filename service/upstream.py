@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import aiohttp
@@ -13,6 +13,9 @@ import httpx
 from pydantic import SecretStr
 
 from service import retry, snapshot, status
+
+if TYPE_CHECKING:
+    from service.upstreams import Family
 
 Outcome = Literal[
     "ok",
@@ -67,24 +70,42 @@ def video_path(task_id: str) -> str:
 
 
 class Upstream:
-    """Talks to the upstream; knows nothing about the database."""
+    """Talks to one named upstream, in its family's words; knows nothing about the database.
+
+    Status reads follow the family (its path, its required headers, its reading of the
+    answer); create, remix, delete and content are OpenAI's video routes, which only a
+    family with ``openai_routes`` takes."""
 
     def __init__(
-        self, base_url: str, api_key: SecretStr | None, client: httpx.AsyncClient, timeout: float
+        self,
+        base_url: str,
+        api_key: SecretStr | None,
+        client: httpx.AsyncClient,
+        timeout: float,
+        family: Family | None = None,
+        name: str = "default",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.client = client
         self.timeout = timeout
+        self.family = family if family is not None else _openai_video()
+        self.name = name
 
     def headers(self) -> dict[str, str]:
-        if self._api_key is None:
-            return {}
-        return {"Authorization": f"Bearer {self._api_key.get_secret_value()}"}
+        """The family's required headers, then ours (nothing overrides the key)."""
+        found = dict(self.family.headers())
+        if self._api_key is not None:
+            found["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        return found
+
+    def secret(self) -> str | None:
+        """The key, for masking in stored errors and logs; never sent anywhere else."""
+        return None if self._api_key is None else self._api_key.get_secret_value()
 
     async def fetch(self, task_id: str) -> Fetch:
         """Read one task's status."""
-        url = self.base_url + video_path(task_id)
+        url = self.base_url + self.family.status_path(task_id)
         try:
             async with self.client.stream(
                 "GET", url, headers=self.headers(), timeout=self.timeout
@@ -98,7 +119,7 @@ class Upstream:
             return Fetch("error", detail=f"upstream connection failed: {type(exc).__name__}: {exc}")
         except BodyTooLarge:
             return Fetch("error", detail="upstream answer too large")
-        return classify(response.status_code, response.headers, body, task_id)
+        return self.family.classify(response.status_code, response.headers, body, task_id)
 
     async def create(
         self,
@@ -144,6 +165,13 @@ class Upstream:
             params=params, timeout=self.timeout,
         )  # fmt: skip
         return await self.client.send(request, stream=True)
+
+
+def _openai_video() -> Family:
+    # Imported here: the families build on this module's Fetch.
+    from service.upstreams import openai_video
+
+    return openai_video.FAMILY
 
 
 @dataclass(frozen=True, slots=True)

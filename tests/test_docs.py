@@ -29,7 +29,7 @@ def test_env_example_defaults_are_the_real_defaults():
     for name in Settings.model_fields:
         value = values[f"STATUS_PROXY_{name.upper()}"]
         default = getattr(settings, name)
-        if default is None or default == []:
+        if default is None or default == [] or default == {}:
             assert value == "", name
             continue
         if isinstance(default, float):
@@ -118,7 +118,12 @@ def test_env_stays_out_of_git_and_the_image():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("log_level", "LOUD"), ("upstream_base_url", "notaurl"), ("upstream_base_url", "ftp://x")],
+    [
+        ("log_level", "LOUD"),
+        ("upstream_base_url", "notaurl"),
+        ("upstream_base_url", "ftp://x"),
+        ("upstreams", "{not json"),
+    ],
 )
 def test_settings_that_cannot_work_are_refused_at_start(name, value):
     with pytest.raises(ValueError, match=name):

@@ -73,3 +73,89 @@ def test_tasks_registered_before_0006_become_their_keys_videos(db_url):
         ("k1", "video_b", 103.0),
         ("k2", "video_a", 102.0),
     ]
+
+
+def test_data_of_0009_lands_on_the_default_upstream(db_url):
+    """Rows written as revision 0009 wrote them belong to the upstream named default, and
+    afterwards the same task id on another upstream is another task."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    from service.db import alembic_config
+
+    def upgrade_to(sync_conn, revision):
+        config = alembic_config()
+        config.attributes["connection"] = sync_conn
+        command.upgrade(config, revision)
+
+    task = (
+        "INSERT INTO tasks (task_id, state, raw_status, snapshot, created_at, watch_started_at,"
+        " next_poll_at, interval, errors, empty_completions) VALUES (:task, 'watching',"
+        " 'queued', '{\"id\":\"video_a\"}', 1.0, 1.0, 0.0, 5.0, 0, 0)"
+    )
+    registration = (
+        "INSERT INTO registrations (id, owner, task_id, callback_url, events, metadata, headers,"
+        " state, dedupe_key, created_at, updated_at) VALUES (:id, 'k1', :task,"
+        " 'https://example.com/h', '[\"video.completed\"]', '{}', '{}', 'active', :id, 1.0, 1.0)"
+    )
+    owned = (
+        "INSERT INTO owned_videos (owner, upstream, task_id, created_at, updated_at, created)"
+        " VALUES ('k1', :upstream, :task, 2.0, 2.0, false)"
+    )
+
+    async def run():
+        db = Database(Settings(database_url=db_url))
+        try:
+            async with db.engine.begin() as conn:
+                await conn.run_sync(upgrade_to, "0009")
+                await conn.execute(sa.text(task), {"task": "video_a"})
+                await conn.execute(sa.text(registration), {"id": "reg_1", "task": "video_a"})
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO owned_videos (owner, task_id, created_at, updated_at,"
+                        " created) VALUES ('k1', 'video_a', 2.0, 2.0, false)"
+                    )
+                )
+            await db.migrate()
+            async with db.engine.begin() as conn:
+                found = [
+                    tuple(row)
+                    for statement in (
+                        "SELECT upstream, task_id, state FROM tasks",
+                        "SELECT upstream, task_id, id FROM registrations",
+                        "SELECT upstream, task_id, owner FROM owned_videos",
+                    )
+                    for row in await conn.execute(sa.text(statement))
+                ]
+                # The new keys: the same id on another upstream is another row.
+                await conn.execute(
+                    sa.text(
+                        task.replace("(task_id,", "(upstream, task_id,").replace(
+                            "(:task,", "('other', :task,"
+                        )
+                    ),
+                    {"task": "video_a"},
+                )
+                await conn.execute(sa.text(owned), {"upstream": "other", "task": "video_a"})
+                counts = [
+                    (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()
+                    for table in ("tasks", "owned_videos")
+                ]
+                try:
+                    await conn.execute(sa.text(owned), {"upstream": "other", "task": "video_a"})
+                except sa.exc.IntegrityError:
+                    duplicate_refused = True
+                else:
+                    duplicate_refused = False
+            return found, counts, duplicate_refused
+        finally:
+            await db.dispose()
+
+    found, counts, duplicate_refused = asyncio.run(run())
+    assert found == [
+        ("default", "video_a", "watching"),
+        ("default", "video_a", "reg_1"),
+        ("default", "video_a", "k1"),
+    ]
+    assert counts == [2, 2]
+    assert duplicate_refused

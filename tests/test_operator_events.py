@@ -42,8 +42,8 @@ def watch(service, task_id: str) -> None:
     """A task to poll, written as a registration would (no callback is needed here)."""
     sql(
         service.settings.database_url,
-        "INSERT INTO tasks (task_id, state, created_at, watch_started_at, next_poll_at, "
-        f"interval, errors, empty_completions) VALUES ('{task_id}', 'watching', 0, "
+        "INSERT INTO tasks (upstream, task_id, state, created_at, watch_started_at, "
+        f"next_poll_at, interval, errors, empty_completions) VALUES ('default', '{task_id}', 'watching', 0, "
         f"{time.time()}, 0, 0.2, 0, 0)",
     )
 

@@ -17,6 +17,7 @@ from service import outbox, poller, registrations
 from service.models import RegistrationCreate
 from service.runtime import Runtime
 from service.upstream import Fetch
+from service.upstreams import openai_video
 from tests.conftest import drop_postgres, postgres_url
 from tests.test_leases import with_runtimes
 
@@ -61,7 +62,14 @@ async def registered_while(runtime: Runtime, racer: Callable[[], Awaitable[objec
     async def register_and_hold() -> str:
         async with runtime.db.write() as conn:
             reg_id, _, _ = await registrations._insert(
-                runtime.db, conn, "", "late-key", body("late"), time.time(), 1.0
+                runtime.db,
+                conn,
+                "",
+                "late-key",
+                body("late"),
+                time.time(),
+                1.0,
+                openai_video.FAMILY,
             )
             held.set()
             await release.wait()  # registered, not yet committed

@@ -159,7 +159,7 @@ def test_a_misbehaving_upstream_is_an_outcome_not_a_crash(mode, outcome, tmp_pat
         try:
             return await runtime.upstream.fetch("video_1")
         finally:
-            await runtime.upstream_client.aclose()
+            await runtime.upstream.client.aclose()
             await runtime.delivery_client.aclose()
             await runtime.db.dispose()
 

@@ -14,12 +14,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service import ranges, status
-from service.api import videos
+from service import ranges
+from service.api import targets, videos
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses, upstream_failure
-from service.api.videos import TaskId, checked_task_id
+from service.api.targets import UpstreamQuery
+from service.api.videos import TaskId
 from service.runtime import Runtime
+from service.upstream import Upstream
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
@@ -37,7 +39,7 @@ _PASSED_ON = (
 )  # fmt: skip
 TASK_STATE_SQL = (
     "SELECT state, outcome, raw_status, not_found_since, snapshot FROM tasks "
-    "WHERE task_id = :task_id"
+    "WHERE upstream = :upstream AND task_id = :task_id"
 )
 
 
@@ -55,33 +57,33 @@ async def video_content(
     caller: CallerDep,
     request: Request,
     variant: Annotated[Literal["video", "thumbnail", "spritesheet"] | None, _VARIANT] = None,
+    upstream: UpstreamQuery = None,
 ) -> Response:
     """The finished video, streamed from the upstream with status-proxy's key. One
     `Range` is answered 206 or 416, even when the upstream ignores it and sends the
     whole file (new-api does): status-proxy then cuts the range from the stream.
-    409 while the task is not completed."""
-    checked_task_id(task_id)
-    await videos.visible(caller, task_id)
-    runtime = caller.runtime
-    await _completed_or_409(runtime, task_id)
+    409 while the task is not completed; 422 for an upstream that does not take
+    OpenAI's video routes."""
+    found = targets.with_openai_routes(await targets.task_upstream(caller, task_id, upstream))
+    await _completed_or_409(caller.runtime, found, task_id)
     asked = request.headers.get("range")
     try:
-        upstream = await runtime.upstream.open_content(task_id, asked, variant)
+        answer = await found.open_content(task_id, asked, variant)
     except Exception as exc:
         failure = upstream_failure(exc)
         if failure is None:
             raise
         raise failure from None
-    status = upstream.status_code
-    headers = {name: upstream.headers[name] for name in _PASSED_ON if name in upstream.headers}
+    status = answer.status_code
+    headers = {name: answer.headers[name] for name in _PASSED_ON if name in answer.headers}
     if status == 200 and asked:
-        return await _cut(upstream, headers, asked)
+        return await _cut(answer, headers, asked)
     if status in (200, 206):
-        return Relayed(upstream, status, headers)
+        return Relayed(answer, status, headers)
     try:
-        message = await _message(upstream)
+        message = await _message(answer)
     finally:
-        await upstream.aclose()
+        await answer.aclose()
     raise _refusal(status, message, headers)
 
 
@@ -145,8 +147,8 @@ def _refusal(status: int, message: str, headers: dict[str, str]) -> ApiError:
     return ApiError(502, f"the upstream answered {status}: {message}")
 
 
-async def _completed_or_409(runtime: Runtime, task_id: str) -> None:
-    row = await runtime.db.lookup(TASK_STATE_SQL, {"task_id": task_id})
+async def _completed_or_409(runtime: Runtime, upstream: Upstream, task_id: str) -> None:
+    row = await runtime.db.lookup(TASK_STATE_SQL, {"upstream": upstream.name, "task_id": task_id})
     if row is not None:
         state, outcome, raw_status, not_found_since, snapshot = row
         if outcome == "completed":
@@ -156,9 +158,9 @@ async def _completed_or_409(runtime: Runtime, task_id: str) -> None:
             raise ApiError(404, "the upstream has no such task", "task_id")
         now = "failed" if outcome == "failed" or state == "given_up" else raw_status or "not done"
         raise ApiError(409, f"the video is not ready: the task is {now}", "task_id")
-    fetch = await videos.fetch_through(runtime, task_id)  # not tracked: ask once
+    fetch = await videos.fetch_through(runtime, upstream, task_id)  # not tracked: ask once
     assert fetch.video is not None  # an "ok" fetch carries its video object
-    reading = status.read(fetch.video)
+    reading = upstream.family.read(fetch.video)
     if reading.kind != "completed":
         raise ApiError(409, f"the video is not ready: the task is {reading.raw_status}", "task_id")
 

@@ -19,15 +19,16 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service import idempotency, ownership, registrations
-from service.api import errors, intake, videos
+from service.api import errors, intake, targets
 from service.api import registrations as api_registrations
 from service.api.deps import Caller, CallerDep
 from service.api.errors import PASSED_THROUGH, ApiError, responses
+from service.api.targets import UpstreamQuery
 from service.api.videos import TaskId
 from service.db import UNAVAILABLE
 from service.models import EVENT_ORDER, valid_task_id
 from service.runtime import Runtime
-from service.upstream import Answer, video_path
+from service.upstream import Answer, Upstream, video_path
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
@@ -89,9 +90,11 @@ _ERRORS = PASSED_THROUGH | responses(401, 413, 415)
 
 @router.post("", response_class=Response, responses=_CREATED | _ERRORS, openapi_extra=_CREATE_BODY)
 async def create_video(request: Request, caller: CallerDep) -> Response:
-    """Create a video upstream with status-proxy's key; with a `callback_url`, the new
-    task is registered in the same call. Upstream errors pass through unchanged."""
-    return await _create(request, caller, "/v1/videos")
+    """Create a video on the upstream named in `upstream` (default `default`) with its
+    key; with a `callback_url`, the new task is registered in the same call. Upstream
+    errors pass through unchanged; 422 for an upstream that does not take OpenAI's video
+    routes (create the task with the provider, then register it)."""
+    return await _create(request, caller, "/v1/videos", None)
 
 
 @router.post(
@@ -100,21 +103,27 @@ async def create_video(request: Request, caller: CallerDep) -> Response:
     responses=_CREATED | _ERRORS,
     openapi_extra=_CREATE_BODY,
 )
-async def remix_video(task_id: TaskId, request: Request, caller: CallerDep) -> Response:
-    """Remix one of the caller's videos upstream; with a `callback_url`, the new task is
-    registered in the same call."""
-    await videos.visible(caller, videos.checked_task_id(task_id))
-    return await _create(request, caller, video_path(task_id) + "/remix")
+async def remix_video(
+    task_id: TaskId, request: Request, caller: CallerDep, upstream: UpstreamQuery = None
+) -> Response:
+    """Remix one of the caller's videos on its upstream; with a `callback_url`, the new
+    task is registered in the same call."""
+    source = await targets.task_upstream(caller, task_id, upstream)
+    return await _create(request, caller, video_path(task_id) + "/remix", source)
 
 
-async def _create(request: Request, caller: Caller, path: str) -> Response:
+async def _create(request: Request, caller: Caller, path: str, source: Upstream | None) -> Response:
+    """Forward a create (``source``: the upstream of the task a remix starts from)."""
     runtime = caller.runtime
     key = request.headers.get("idempotency-key")
     if key is not None and not idempotency.valid_key(key):
         message = "Idempotency-Key must be 1-255 visible ASCII characters"
         raise ApiError(422, message, "Idempotency-Key")
+    if source is not None:
+        targets.with_openai_routes(source)
     body = await intake.read(request, path)
     try:
+        upstream = _target(runtime, body.wanted.upstream, source)
         wanted = body.wanted.registration
         if wanted is not None:
             await api_registrations.vet_callback(wanted.callback_url, runtime.callback_guard)
@@ -123,8 +132,8 @@ async def _create(request: Request, caller: Caller, path: str) -> Response:
             if replay is not None:
                 return replay
         try:
-            answer = await _forward(runtime, body, path)
-            answer = await _register(runtime, caller.owner, answer, body.wanted)
+            answer = await _forward(upstream, body, path)
+            answer = await _register(runtime, upstream, caller.owner, answer, body.wanted)
         except BaseException:
             if key is not None:
                 await asyncio.shield(idempotency.release(runtime.db, caller.owner, key))
@@ -169,8 +178,19 @@ async def _remember(
         log.error("idempotency key not recorded: database %s", type(exc).__name__)
 
 
-async def _forward(runtime: Runtime, body: intake.Body, path: str) -> Answer:
-    upload = runtime.upstream.create(body.upload(), body.content_type, body.length, path)
+def _target(runtime: Runtime, named: str | None, source: Upstream | None) -> Upstream:
+    """The upstream a create goes to: the one the body names (default ``default``), or
+    for a remix its task's, which a name in the body must not contradict."""
+    if source is None:
+        return targets.with_openai_routes(targets.known(runtime, named or "default"))
+    if named is not None and named != source.name:
+        message = f"upstream: a remix goes to its task's upstream, {source.name!r}"
+        raise ApiError(422, message, "upstream")
+    return source
+
+
+async def _forward(upstream: Upstream, body: intake.Body, path: str) -> Answer:
+    upload = upstream.create(body.upload(), body.content_type, body.length, path)
     return await errors.forwarded(upload)
 
 
@@ -183,7 +203,9 @@ def _task_id(video: Any) -> str | None:
     return task_id if isinstance(task_id, str) and valid_task_id(task_id) else None
 
 
-async def _register(runtime: Runtime, owner: str, answer: Answer, wanted: intake.Wanted) -> Answer:
+async def _register(
+    runtime: Runtime, upstream: Upstream, owner: str, answer: Answer, wanted: intake.Wanted
+) -> Answer:
     """Record the new task as the caller's, register it when a callback was asked for,
     and say how that went in the answer."""
     if not 200 <= answer.status_code < 300:
@@ -205,15 +227,16 @@ async def _register(runtime: Runtime, owner: str, answer: Answer, wanted: intake
         return _not_registered(answer, video, "invalid_task_id", message)
     try:
         now = time.time()
-        await ownership.claim(runtime.db, owner, task_id, now, json.dumps(video))
+        await ownership.claim(runtime.db, owner, upstream.name, task_id, now, json.dumps(video))
         if wanted.registration is None:
             return answer
         created = await registrations.create(
             runtime.db,
             owner,
-            wanted.registration.model_copy(update={"task_id": task_id}),
+            wanted.registration.model_copy(update={"task_id": task_id, "upstream": upstream.name}),
             now,
-            runtime.settings.poll_interval_min,
+            runtime.upstream_configs[upstream.name].poll_interval_min,
+            upstream.family,
         )
     except (registrations.Conflict, registrations.Foreign) as exc:
         return _not_registered(answer, video, "conflict", str(exc))

@@ -30,11 +30,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses=_NOT_READY)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """200 when the database answers, the schema is at head, the workers run and the
-    upstream answers their polls with our key; else 503 with the reasons. ``upstream``
-    says what this process's polls see: ``state`` (``not_polled_yet``, ``ok``,
-    ``failing``, ``unreachable``, ``key_refused``, or ``not_polled_by_this_process``)
-    and ``last_success_at`` (Unix seconds of the last answered poll, or null)."""
+    """200 when the database answers, the schema is at head, the workers run and every
+    upstream answers their polls with its key; else 503 with the reasons (a refused key
+    names its upstream). ``upstreams`` says, by name, what this process's polls see:
+    ``state`` (``not_polled_yet``, ``ok``, ``failing``, ``unreachable``,
+    ``key_refused``, or ``not_polled_by_this_process``) and ``last_success_at`` (Unix
+    seconds of the last answered poll, or null); ``upstream`` is the default's."""
     reasons = list(runtime.problems())
     try:
         if not await runtime.db.at_head():
@@ -43,16 +44,17 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         reasons.append(f"database unreachable: {type(exc).__name__}")
     # What the workers of this process see: when polls last got an answer, and whether
     # the upstream refuses the key or does not answer at all (both are also reasons).
-    upstream = runtime.upstream_view()
+    views = {name: runtime.upstream_view(name) for name in runtime.upstreams}
+    seen = {"upstream": views["default"], "upstreams": views}
     if reasons:
         body = {
             "status": "not_ready",
             "reasons": reasons,
-            "upstream": upstream,
+            **seen,
             "error": {"code": "not_ready", "message": "; ".join(reasons), "param": None},
         }
         return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready", "reasons": [], "upstream": upstream})
+    return JSONResponse({"status": "ready", "reasons": [], **seen})
 
 
 @router.get(
@@ -65,7 +67,11 @@ async def metrics(runtime: RuntimeDep) -> Response:
     now = time.time()
     async with runtime.db.read(quick=False) as conn:  # counts scan: off the event loop
         by_state = (
-            await conn.execute(sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state))
+            await conn.execute(
+                sa.select(tasks.c.upstream, tasks.c.state, sa.func.count()).group_by(
+                    tasks.c.upstream, tasks.c.state
+                )
+            )
         ).all()
         depth, oldest = (
             await conn.execute(
@@ -75,10 +81,11 @@ async def metrics(runtime: RuntimeDep) -> Response:
             )
         ).one()
         tripped, tripped_since = await circuits.summary(conn)
-    for state in ("watching", "idle", "ended", "given_up"):
-        runtime.metrics.tasks.labels(state).set(0)
-    for state, count in by_state:
-        runtime.metrics.tasks.labels(state).set(count)
+    for upstream in runtime.upstreams:
+        for state in ("watching", "idle", "ended", "given_up"):
+            runtime.metrics.tasks.labels(upstream, state).set(0)
+    for upstream, state, count in by_state:
+        runtime.metrics.tasks.labels(upstream, state).set(count)
     runtime.metrics.outbox_depth.set(depth)
     runtime.metrics.oldest_pending.set(max(0.0, now - oldest) if oldest else 0.0)
     runtime.metrics.open_circuits.set(tripped)

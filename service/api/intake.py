@@ -49,9 +49,11 @@ _KEY = re.compile(r"\[([^\[\]]*)\]")
 class Wanted:
     """What the consumed fields ask for: a registration of the new task (None without a
     ``callback_url``), its custom webhook headers taken from ``callback_headers`` in any
-    encoding and checked as a registration's ``headers``."""
+    encoding and checked as a registration's ``headers``; and the upstream named in
+    ``upstream`` (None when the body names none; the route checks the name)."""
 
     registration: RegistrationCreate | None = None
+    upstream: str | None = None
 
 
 def consumed_name(name: str) -> str | None:
@@ -223,14 +225,14 @@ def _listed(value: str) -> list[str]:
 
 def wanted_from(values: dict[str, Any]) -> Wanted:
     """Check the consumed fields; what they ask for."""
-    upstream = values.pop("upstream", DEFAULT_UPSTREAM)
-    if upstream != DEFAULT_UPSTREAM:
-        raise ApiError(422, f"upstream: no upstream is named {str(upstream)[:40]!r}", "upstream")
+    upstream = values.pop("upstream", None)
+    if upstream is not None and not isinstance(upstream, str):
+        raise ApiError(422, "upstream must be the name of an upstream", "upstream")
     if "callback_url" not in values:
         if values:
             name = next(iter(values))
             raise ApiError(422, f"{name} needs a callback_url to register the task", name)
-        return Wanted()
+        return Wanted(upstream=upstream)
     renamed = {"callback_metadata": "metadata", "callback_headers": "headers"}
     for theirs, ours in renamed.items():
         if theirs in values:
@@ -243,4 +245,4 @@ def wanted_from(values: dict[str, Any]) -> Wanted:
         param = {ours: theirs for theirs, ours in renamed.items()}.get(param or "", param)
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ApiError(422, f"{param}: {message}", param) from None
-    return Wanted(registration)
+    return Wanted(registration, upstream)

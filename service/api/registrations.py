@@ -8,6 +8,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Path, Query, Response, status
 
 from service import callbacks, ids, registrations
+from service.api import targets
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
 from service.models import (
@@ -65,15 +66,19 @@ def _page(items: list[HasId], has_more: bool) -> Page[HasId]:
 async def create_registration(
     body: RegistrationCreate, caller: CallerDep, response: Response
 ) -> RegistrationPublic:
-    """Watch a task and deliver its terminal event to the callback URL."""
-    await vet_callback(body.callback_url, caller.runtime.callback_guard)
+    """Watch a task of an upstream (`upstream`, default `default`) and deliver its
+    terminal event to the callback URL."""
+    runtime = caller.runtime
+    upstream = targets.known(runtime, body.upstream)
+    await vet_callback(body.callback_url, runtime.callback_guard)
     try:
         created = await registrations.create(
-            caller.runtime.db,
+            runtime.db,
             caller.owner,
             body,
             time.time(),
-            caller.runtime.settings.poll_interval_min,
+            runtime.upstream_configs[upstream.name].poll_interval_min,
+            upstream.family,
         )
     except registrations.Conflict as exc:
         raise ApiError(409, str(exc), exc.param) from None
@@ -109,10 +114,15 @@ async def list_registrations(
     state: RegistrationState | None = None,
     limit: Limit = 20,
     after: RegistrationAfter = None,
+    upstream: Annotated[
+        str | None, Query(max_length=64, description="Only this upstream's")
+    ] = None,
 ) -> Page[RegistrationPublic]:
     """The caller's registrations, newest first."""
+    if upstream is not None:
+        targets.known(caller.runtime, upstream)
     items, has_more = await registrations.page(
-        caller.runtime.db, caller.owner, limit, after, task_id, state
+        caller.runtime.db, caller.owner, limit, after, task_id, state, upstream
     )
     return _page(items, has_more)
 

@@ -4,7 +4,8 @@ the caller's videos, their cached snapshots, and their deletion upstream.
 With API keys, a key sees only the videos it created or registered through status-proxy
 (``ownership``): any other task id, tracked or not, is 404 on every ``/v1/videos`` route,
 because status-proxy must never lend its upstream key to read someone else's task. With
-the API open, an untracked task is fetched through from the upstream once."""
+the API open, an untracked task is fetched through from the upstream once. Which upstream
+a ``{task_id}`` means is ``targets``' business."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Response
 
 from service import ownership, registrations, snapshot
-from service.api import errors
-from service.api.deps import Caller, CallerDep
+from service.api import errors, targets
+from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
-from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, Page, valid_task_id
+from service.api.targets import UpstreamQuery
+from service.models import TASK_ID_LIMIT, TASK_ID_REGEX, Page
 from service.runtime import Runtime
-from service.upstream import Fetch
+from service.upstream import Fetch, Upstream
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
@@ -49,29 +51,15 @@ _UPSTREAM_ANSWER: dict[int | str, dict[str, Any]] = {
 }
 
 
-SNAPSHOT_SQL = "SELECT snapshot, snapshot_at FROM tasks WHERE task_id = :task_id"
+SNAPSHOT_SQL = (
+    "SELECT snapshot, snapshot_at FROM tasks WHERE upstream = :upstream AND task_id = :task_id"
+)
 
 
-def checked_task_id(task_id: str) -> str:
-    if not valid_task_id(task_id):
-        raise ApiError(422, "task_id has characters or a form that is not allowed", "task_id")
-    return task_id
-
-
-async def visible(caller: Caller, task_id: str) -> None:
-    """404 unless the caller may use this task id: with API keys, only a video it created
-    or registered through status-proxy; with the API open, any task not deleted here."""
-    db = caller.runtime.db
-    if caller.runtime.key_digests:
-        if not await ownership.owns(db, caller.owner, task_id):
-            raise ApiError(404, "you have no video with this id", "task_id")
-    elif await ownership.deleted(db, caller.owner, task_id):
-        raise ApiError(404, "this video was deleted", "task_id")
-
-
-def _poll_after(runtime: Runtime) -> dict[str, str]:
+def _poll_after(runtime: Runtime, upstream: str) -> dict[str, str]:
     """The official SDKs' ``poll()`` waits this long between reads of a snapshot."""
-    return {"openai-poll-after-ms": str(int(runtime.settings.poll_interval_min * 1000))}
+    interval = runtime.upstream_configs[upstream].poll_interval_min
+    return {"openai-poll-after-ms": str(int(interval * 1000))}
 
 
 @router.get(
@@ -79,31 +67,31 @@ def _poll_after(runtime: Runtime) -> dict[str, str]:
     response_class=Response,
     responses=_SNAPSHOT | responses(401, 404, 422, 502, 504, 503),
 )
-async def get_video(task_id: TaskId, caller: CallerDep) -> Response:
+async def get_video(task_id: TaskId, caller: CallerDep, upstream: UpstreamQuery = None) -> Response:
     """The latest stored snapshot, with no upstream request; a task not polled is fetched once."""
-    checked_task_id(task_id)
-    await visible(caller, task_id)
+    found = await targets.task_upstream(caller, task_id, upstream)
     runtime = caller.runtime
-    row = await runtime.db.lookup(SNAPSHOT_SQL, {"task_id": task_id})
+    row = await runtime.db.lookup(SNAPSHOT_SQL, {"upstream": found.name, "task_id": task_id})
     if row is not None and row[0] is not None:
         stored, snapshot_at = row
         age = max(0, int(time.time() - snapshot_at))
-        headers = {"Age": str(age), **_poll_after(runtime)}
+        headers = {"Age": str(age), **_poll_after(runtime, found.name)}
         # Clean already since it was stored; cleaned again for rows kept by older releases.
         text = snapshot.clean(stored) or "null"
         return Response(text, media_type="application/json", headers=headers)
-    fetch = await fetch_through(runtime, task_id)
+    fetch = await fetch_through(runtime, found, task_id)
     # What a list of the caller's videos shows for a task status-proxy does not poll.
-    await ownership.seen(runtime.db, caller.owner, task_id, fetch.text.encode(), time.time())
-    headers = {"Age": "0", **_poll_after(runtime)}
+    seen = fetch.text.encode()
+    await ownership.seen(runtime.db, caller.owner, found.name, task_id, seen, time.time())
+    headers = {"Age": "0", **_poll_after(runtime, found.name)}
     return Response(fetch.text, media_type="application/json", headers=headers)
 
 
-async def fetch_through(runtime: Runtime, task_id: str) -> Fetch:
+async def fetch_through(runtime: Runtime, upstream: Upstream, task_id: str) -> Fetch:
     """Ask the upstream once about a task status-proxy does not track; anything but a
     video object is answered as the API's error for it."""
-    fetch = await runtime.upstream.fetch(task_id)
-    runtime.metrics.upstream_requests.labels(fetch.outcome).inc()
+    fetch = await upstream.fetch(task_id)
+    runtime.metrics.upstream_requests.labels(upstream.name, fetch.outcome).inc()
     if fetch.outcome == "ok":
         return fetch
     raise errors.fetch_failure(fetch)
@@ -119,8 +107,8 @@ async def list_videos(
     after: Annotated[str | None, _AFTER] = None,
     order: Annotated[Literal["desc", "asc"], Query(description="By creation time")] = "desc",
 ) -> Page[dict[str, Any]]:
-    """The caller's videos (created or registered through status-proxy), newest first,
-    each as the latest object status-proxy has for it."""
+    """The caller's videos (created or registered through status-proxy) on every
+    upstream, newest first, each as the latest object status-proxy has for it."""
     try:
         items, has_more = await ownership.page(
             caller.runtime.db, caller.owner, limit, after, newest_first=order == "desc"
@@ -140,16 +128,19 @@ async def list_videos(
     response_class=Response,
     responses=_UPSTREAM_ANSWER | errors.PASSED_THROUGH | responses(401),
 )
-async def delete_video(task_id: TaskId, caller: CallerDep) -> Response:
+async def delete_video(
+    task_id: TaskId, caller: CallerDep, upstream: UpstreamQuery = None
+) -> Response:
     """Delete the video upstream and answer as the upstream did; when it accepts (2xx),
-    the caller's active registrations of the task are cancelled (no webhook follows)."""
-    checked_task_id(task_id)
-    await visible(caller, task_id)
+    the caller's active registrations of the task are cancelled (no webhook follows).
+    422 for an upstream that does not take OpenAI's video routes."""
+    found = targets.with_openai_routes(await targets.task_upstream(caller, task_id, upstream))
     runtime = caller.runtime
-    answer = await errors.forwarded(runtime.upstream.delete(task_id))
+    answer = await errors.forwarded(found.delete(task_id))
     if 200 <= answer.status_code < 300:
         now = time.time()
-        cancelled = await registrations.cancel_task(runtime.db, caller.owner, task_id, now)
-        await ownership.forget(runtime.db, caller.owner, task_id, now)
+        db, owner = runtime.db, caller.owner
+        cancelled = await registrations.cancel_task(db, owner, found.name, task_id, now)
+        await ownership.forget(db, owner, found.name, task_id, now)
         log.info("video %s deleted upstream; %d registrations cancelled", task_id, cancelled)
     return Response(answer.body, answer.status_code, media_type=answer.content_type)

@@ -23,7 +23,8 @@ from fastapi.templating import Jinja2Templates
 
 from service import recovery, registrations
 from service.dashboard import chart, data, sessions
-from service.runtime import Runtime, key_digest
+from service.poller import Poller
+from service.runtime import Runtime, key_digest, upstream_problems
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "status_proxy_dashboard"
@@ -105,11 +106,27 @@ def login_page(request: Request, error: str | None = None, status_code: int = 40
     return page(request, "login.html", status_code, error=error, signing_in=True)
 
 
+# Tones from the best to the worst; the header shows the worst upstream's.
+TONES = ("good", "muted", "warn", "bad")
+
+
 def upstream_health(runtime: Runtime) -> tuple[str, str]:
-    """A word on the upstream as this process sees it, and its tone."""
-    poller = runtime.poller
-    if poller is None:
+    """A word on the upstreams as this process sees them, and its tone: the default's
+    alone, or with several, each one that is not fine, by name."""
+    if not runtime.pollers:
         return "not polled by this process", "muted"
+    seen = {name: poller_health(poller) for name, poller in runtime.pollers.items()}
+    if len(seen) == 1:
+        return next(iter(seen.values()))
+    troubled = {name: word for name, word in seen.items() if word[1] != "good"}
+    if not troubled:
+        return f"ok: all {len(seen)} upstreams answer", "good"
+    tone = max((tone for _, tone in troubled.values()), key=TONES.index)
+    return "; ".join(f"{name}: {word}" for name, (word, _) in troubled.items()), tone
+
+
+def poller_health(poller: Poller) -> tuple[str, str]:
+    """A word on one upstream, from its poller's view."""
     if poller.auth_problem:
         return "key refused: polling paused", "bad"
     if poller.limiter.paused_until > time.monotonic():
@@ -126,11 +143,10 @@ def upstream_health(runtime: Runtime) -> tuple[str, str]:
 
 
 def _upstream_problems(runtime: Runtime) -> set[str]:
-    poller = runtime.poller
-    if poller is None:
-        return set()
-    found = {f"{poller.auth_problem}: polling paused"} if poller.auth_problem else set()
-    return found | ({problem} if (problem := poller.health.problem()) else set())
+    found: set[str] = set()
+    for name, poller in runtime.pollers.items():
+        found.update(upstream_problems(name, poller))
+    return found
 
 
 async def _header(request: Request, owner: str) -> dict[str, Any]:

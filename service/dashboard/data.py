@@ -56,6 +56,7 @@ class Row:
     registration_id: str
     registration_state: str
     task_id: str
+    upstream: str
     status: str
     progress: int | None
     callback_url: str
@@ -82,16 +83,24 @@ class AttemptRow:
     created_at: float
 
 
+# A registration's task: its upstream and id.
+_TASK_OF = sa.and_(
+    tasks.c.task_id == registrations.c.task_id, tasks.c.upstream == registrations.c.upstream
+)
+
+
 def _mine(owner: str) -> Any:
     return registrations.c.owner == owner
 
 
 async def counters(db: Database, owner: str, now: float) -> Counters:
-    joined = registrations.join(tasks, tasks.c.task_id == registrations.c.task_id)
-    active = (
-        sa.select(sa.func.count(sa.distinct(registrations.c.task_id)))
+    joined = registrations.join(tasks, _TASK_OF)
+    active = sa.select(sa.func.count()).select_from(
+        sa.select(registrations.c.upstream, registrations.c.task_id)
         .select_from(joined)
         .where(_mine(owner), registrations.c.state == "active", tasks.c.state == "watching")
+        .distinct()
+        .subquery()
     )
     pending = (
         sa.select(sa.func.count())
@@ -122,6 +131,7 @@ _ROW_COLUMNS = (
     registrations.c.id,
     registrations.c.state,
     registrations.c.task_id,
+    registrations.c.upstream,
     registrations.c.callback_url,
     registrations.c.metadata,
     registrations.c.events,
@@ -139,6 +149,7 @@ def _row(found: Any) -> Row:
         registration_id=found.id,
         registration_state=found.state,
         task_id=found.task_id,
+        upstream=found.upstream,
         status=_status(found),
         progress=found.progress,
         callback_url=found.callback_url,
@@ -161,7 +172,7 @@ async def rows(db: Database, owner: str, which: str) -> list[Row]:
     state (FILTERS)."""
     query = (
         sa.select(*_ROW_COLUMNS)
-        .select_from(registrations.join(tasks, tasks.c.task_id == registrations.c.task_id))
+        .select_from(registrations.join(tasks, _TASK_OF))
         .where(_mine(owner), FILTERS[which])
         .order_by(registrations.c.id.desc())
         .limit(ROWS)
@@ -176,7 +187,7 @@ async def detail(
     """One registration of the caller's, with every attempt to deliver to it, newest first."""
     query = (
         sa.select(*_ROW_COLUMNS)
-        .select_from(registrations.join(tasks, tasks.c.task_id == registrations.c.task_id))
+        .select_from(registrations.join(tasks, _TASK_OF))
         .where(_mine(owner), registrations.c.id == registration_id)
     )
     tries = (
