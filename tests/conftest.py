@@ -18,7 +18,7 @@ from service.config import Settings
 from service.main import create_app
 from service.receiver import Receiver
 from service.simulator import Simulator, Stage, TaskSpec
-from tests.harness import SECRET, UPSTREAM_KEY, ServerThread, Service, join_servers
+from tests.harness import RUNNING, SECRET, UPSTREAM_KEY, ServerThread, Service, join_servers
 
 # The PostgreSQL half of the suite creates a database per test (and drops it after) on
 # the server this URL names, as the role it names: that role needs CREATEDB, not superuser.
@@ -96,19 +96,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'status-proxy.db'}"
         return
+    kept = set(RUNNING)
     url = postgres_url()
     try:
         yield url
     finally:
-        join_servers()  # the services using it stop before it goes
+        join_servers(kept)  # the services using it stop before it goes
         drop_postgres(url)
 
 
 @pytest.fixture(autouse=True)
 def _stop_servers() -> Iterator[None]:
     """Servers a test started stop together at its end, not one after another."""
+    kept = set(RUNNING)
     yield
-    join_servers()
+    join_servers(kept)
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -56,12 +56,15 @@ class QuickServer(Server):
 RUNNING: list[ServerThread] = []  # started in this test, not yet joined
 
 
-def join_servers() -> None:
-    """Stop every server still running (those asked to stop included), all at once."""
-    for thread in RUNNING:
+def join_servers(keep: set[ServerThread] | frozenset[ServerThread] = frozenset()) -> None:
+    """Stop every server still running but those in ``keep`` (started by a fixture of a
+    wider scope), all at once: those asked to stop already, and the rest."""
+    going = [thread for thread in RUNNING if thread not in keep]
+    for thread in going:
         thread.server.should_exit = True
-    while RUNNING:
-        RUNNING.pop().thread.join(30)
+    for thread in going:
+        thread.thread.join(30)
+        RUNNING.remove(thread)
 
 
 class ServerThread:

@@ -47,9 +47,14 @@ schema = schemathesis.openapi.from_dict(
     database=None,
 )
 def test_api_answers_every_input_within_its_schema(case: schemathesis.Case, live_url: str) -> None:
+    # A generated key is swapped for a real one, so cases reach past authentication; a
+    # case that leaves the header out on purpose (negative data) goes without it.
+    headers = (
+        {"Authorization": f"Bearer {API_KEY}"} if "Authorization" in (case.headers or {}) else {}
+    )
     case.call_and_validate(
         base_url=live_url,
-        headers={"Authorization": f"Bearer {API_KEY}"},
+        headers=headers,
         timeout=20,
         # Some rules cannot be said in JSON Schema (a callback host must resolve to a public
         # address, metadata is capped in bytes, ports stop at 65535), so a schema-valid body
