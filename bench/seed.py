@@ -29,7 +29,8 @@ def sample_body() -> str:
 
 def _task(task_id: str, now: float, **values: Any) -> dict[str, Any]:
     row = {
-        "task_id": task_id, "state": "watching", "created_at": now, "watch_started_at": now,
+        "upstream": "default", "task_id": task_id, "state": "watching", "created_at": now,
+        "watch_started_at": now,
         "next_poll_at": 0.0, "interval": 5.0, "errors": 0, "empty_completions": 0,
     }  # fmt: skip
     row.update(values)
@@ -38,9 +39,11 @@ def _task(task_id: str, now: float, **values: Any) -> dict[str, Any]:
 
 def _registration(task_id: str, callback: str, now: float, **values: Any) -> dict[str, Any]:
     row = {
-        "id": ids.new_id("reg"), "owner": "", "task_id": task_id, "callback_url": callback,
+        "id": ids.new_id("reg"), "owner": "", "upstream": "default", "task_id": task_id,
+        "callback_url": callback,
         "events": ["video.completed", "video.failed"], "metadata": {}, "state": "active",
-        "dedupe_key": dedupe_key("", task_id, callback), "created_at": now, "updated_at": now,
+        "dedupe_key": dedupe_key("", "default", task_id, callback),
+        "created_at": now, "updated_at": now,
     }  # fmt: skip
     row.update(values)
     return row
@@ -64,7 +67,7 @@ async def cached_snapshot(database_url: str, task_id: str, owner: str) -> None:
     now = time.time()
     snapshot = json.dumps({**SNAPSHOT, "id": task_id})
     row = _task(task_id, now, snapshot=snapshot, snapshot_at=now, next_poll_at=now + 10**9)
-    owned = ownership.claim_values(owner, task_id, now)
+    owned = ownership.claim_values(owner, "default", task_id, now)
     await _fill(database_url, [(tasks, [row]), (ownership.owned, [owned])])
 
 

@@ -4,6 +4,7 @@ upstream has its own rate limit, 429 pause and key state; webhooks name their up
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -178,17 +179,14 @@ def test_unknown_upstreams_are_422(make_service, other, hooks):
     assert other.sim.created == []
 
 
-class NoRoutes(openai_video.OpenAIVideo):
-    """A family read like openai-video whose provider takes no OpenAI video routes."""
-
-    name = "test-no-routes"
-    openai_routes = False
+# A family read like openai-video whose provider takes no OpenAI video routes.
+NoRoutes = dataclasses.replace(openai_video.FAMILY, name="test-no-routes", openai_routes=False)
 
 
 def test_an_upstream_without_openai_routes_takes_registrations_only(
     make_service, other, hooks, monkeypatch
 ):
-    monkeypatch.setitem(upstreams.FAMILIES, NoRoutes.name, NoRoutes())
+    monkeypatch.setitem(upstreams.FAMILIES, NoRoutes.name, NoRoutes)
     entry = {"base_url": other.url, "api_key": OTHER_KEY, "family": NoRoutes.name}
     service = make_service(upstreams={"provider": entry})
     task = other.add(duration=0.3, queued=0)
