@@ -508,6 +508,14 @@ def table(results: dict[str, Any]) -> str:
     )  # fmt: skip
     lines.append(f"| 6 | terminal → webhook accepted | {parts} | POLL_INTERVAL_MAX "
                  f"{lat['poll_interval_max']} s | — | p99 ≤ max + 0.5 s |")  # fmt: skip
+    mil = results["million"]
+    parts = ", ".join(
+        f"{int(n):,} tasks: {mil[n]['rss_mb']:.0f} MB, claim {mil[n]['claim_ms_p50']:.2f} ms, "
+        f"lag p99 {mil[n]['lag_p99'] or 0:.2f} s, {mil[n]['cpu_ms_per_poll']:.2f} ms CPU/poll"
+        for n in mil if n.isdigit()
+    )  # fmt: skip
+    lines.append(f"| 7 | active tasks at 20/s | {parts} | — | CPU/poll "
+                 f"x{mil['cpu_per_poll_ratio']:.2f} | flat, claim by index |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -538,6 +546,16 @@ FIGURES = {
     "latency": latency_figure,
     "million": million_figure,
 }
+
+
+def merge(path: Path, name: str, found: dict[str, Any]) -> None:
+    """Put one group's figures into an existing results file."""
+    results = json.loads(path.read_text())
+    if name == "api":
+        results.update(found)
+    else:
+        results[name] = found
+    path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -588,8 +606,11 @@ def main() -> int:
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument(
         "--only", choices=FIGURES, action="append",
-        help="run these figures only and print them (results.json is left alone)",
+        help="run these figures only and print them (results.json is left alone unless --write)",
     )  # fmt: skip
+    parser.add_argument(
+        "--write", action="store_true", help="with --only: put these figures in --out too"
+    )
     parser.add_argument(
         "--before", metavar="REF",
         help="with --only: run each figure first with the service at this git ref, then now",
@@ -611,7 +632,10 @@ def main() -> int:
                 if args.before:
                     print(json.dumps(before_after(name, args.before, size, Path(tmp)), default=str))
                 else:
-                    print(name, json.dumps(FIGURES[name](size, Path(tmp)), default=str)[:2000])
+                    found = FIGURES[name](size, Path(tmp))
+                    print(name, json.dumps(found, default=str)[:2000])
+                    if args.write:
+                        merge(args.out, name, found)
         return 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
