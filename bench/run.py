@@ -2,6 +2,13 @@
 
     python -m bench.run            the full run (make bench), under 10 minutes on 2 cores
     python -m bench.run --smoke    tiny sizes, for the test suite: proves it still runs
+    python -m bench.run --only webhooks --before main
+                                   one group, run first with the service as it is at the
+                                   git ref ``main``, then as it is now: a before/after in
+                                   one run
+    python -m bench.run --only api --profile out/
+                                   also record each status-proxy process with py-spy
+                                   (200 Hz) and write its summary to out/
 
 Servers are pinned to one core and load generators to the other (taskset), and every
 figure is a ratio against a reference measured in the same run.
@@ -30,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from bench import profile as profiler
 from bench import seed
 from bench.load import aiohttp_load, httpx_load
 from service.runtime import key_digest
@@ -39,6 +47,9 @@ BIN = Path(sys.executable).parent
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC0wMTIzNDU2Nzg5YWI="
 API_KEY = "bench-client-key"
 CONNECTIONS = 50
+# Where the service under test is imported from (--before), and where profiles go.
+SERVICE_PATH: str | None = None
+PROFILE_DIR: Path | None = None
 
 
 def free_port() -> int:
@@ -69,6 +80,16 @@ def process(args: list[str], cpu: int, env: dict[str, str] | None = None) -> Ite
             popen.kill()
             popen.wait()
         log.close()
+
+
+@contextmanager
+def profiled(pid: int, name: str) -> Iterator[None]:
+    """With --profile, py-spy records ``pid`` meanwhile, summarised to PROFILE_DIR/name."""
+    if PROFILE_DIR is None:
+        yield
+        return
+    with profiler.recording(pid, PROFILE_DIR / name):
+        yield
 
 
 def wait_up(url: str, timeout: float = 30) -> None:
@@ -134,6 +155,8 @@ def service_env(db_url: str, upstream: str, **extra: str) -> dict[str, str]:
         STATUS_PROXY_CALLBACK_ALLOW_PRIVATE="true",
         STATUS_PROXY_LOG_LEVEL="WARNING",
     )
+    if SERVICE_PATH:
+        env["PYTHONPATH"] = SERVICE_PATH
     env.update(extra)
     return env
 
@@ -165,12 +188,15 @@ def api_figures(size: dict[str, Any], work: Path) -> dict[str, Any]:
     asyncio.run(seed.cached_snapshot(db_url, "video_bench", owner))
     port = free_port()
     env = service_env(db_url, "http://127.0.0.1:9")
-    with process(status_proxy("serve", "--no-workers", "--port", str(port)), cpu=0, env=env):
+    serve = status_proxy("serve", "--no-workers", "--port", str(port))
+    with process(serve, cpu=0, env=env) as pid:
         wait_up(f"http://127.0.0.1:{port}/readyz")
-        get_sp = client(spec("GET", f"http://127.0.0.1:{port}/v1/videos/video_bench", seconds),
-                        cpu=1)  # fmt: skip
-        post_sp = client(spec("POST", f"http://127.0.0.1:{port}/v1/registrations", seconds,
-                              body="registration", tag="sp"), cpu=1)  # fmt: skip
+        with profiled(pid, "cached_get"):
+            get_sp = client(spec("GET", f"http://127.0.0.1:{port}/v1/videos/video_bench",
+                                 seconds), cpu=1)  # fmt: skip
+        with profiled(pid, "register"):
+            post_sp = client(spec("POST", f"http://127.0.0.1:{port}/v1/registrations", seconds,
+                                  body="registration", tag="sp"), cpu=1)  # fmt: skip
     for name, ours, bare in (("cached_get", get_sp, get_bare), ("register", post_sp, post_bare)):
         assert ours["errors"] == 0 and bare["errors"] == 0, (name, ours, bare)
         results[name] = {
@@ -211,10 +237,11 @@ def poller_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
             STATUS_PROXY_UPSTREAM_RATE_LIMIT="0",
             STATUS_PROXY_UPSTREAM_MAX_CONCURRENCY=str(CONNECTIONS),
         )  # fmt: skip
-        with process(status_proxy("work"), cpu=0, env=env):
+        with process(status_proxy("work"), cpu=0, env=env) as pid:
             time.sleep(size["warmup"])
             before, start = httpx.get(f"{upstream}/count").json()["count"], time.monotonic()
-            time.sleep(seconds)
+            with profiled(pid, "polls"):
+                time.sleep(seconds)
             after, elapsed = (
                 httpx.get(f"{upstream}/count").json()["count"],
                 time.monotonic() - start,
@@ -233,20 +260,24 @@ def delivery_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
         db_url = f"sqlite:///{work / 'deliver.db'}"
         count = size["webhooks"]
         asyncio.run(seed.pending_webhooks(db_url, count, f"{receiver}/hook"))
+        # As many attempts in flight as the references have connections, all to the one
+        # receiver (a real deployment spreads them over many origins, 8 at most each).
         env = service_env(
-            db_url, "http://127.0.0.1:9", STATUS_PROXY_DELIVERY_CONCURRENCY=str(CONNECTIONS)
-        )
+            db_url, "http://127.0.0.1:9", STATUS_PROXY_DELIVERY_CONCURRENCY=str(CONNECTIONS),
+            STATUS_PROXY_DELIVERY_CONCURRENCY_PER_ORIGIN=str(CONNECTIONS),
+        )  # fmt: skip
         start_count = httpx.get(f"{receiver}/count").json()["count"]
-        with process(status_proxy("work"), cpu=0, env=env):
+        with process(status_proxy("work"), cpu=0, env=env) as pid:
             while httpx.get(f"{receiver}/count").json()["count"] == start_count:
                 time.sleep(0.01)
             start = time.monotonic()
             deadline = start + 300
-            while time.monotonic() < deadline:
-                got = httpx.get(f"{receiver}/count").json()["count"] - start_count
-                if got >= count:
-                    break
-                time.sleep(0.05)
+            with profiled(pid, "webhooks"):
+                while time.monotonic() < deadline:
+                    got = httpx.get(f"{receiver}/count").json()["count"] - start_count
+                    if got >= count:
+                        break
+                    time.sleep(0.05)
             elapsed = time.monotonic() - start
     return {**versus(got / elapsed, raw, plain), "webhooks": got}
 
@@ -274,6 +305,90 @@ def footprint_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
     small, large = (str(n) for n in size["footprint_tasks"])
     found["cpu_ratio"] = found[large]["cpu_per_s"] / max(found[small]["cpu_per_s"], 1e-6)
     return found
+
+
+def million_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
+    """7: 10,000, 100,000 and 1,000,000 active tasks at the default rate limit (20/s),
+    each coming due in a fair rotation at that rate: RSS, the claim statement's time and
+    plan, the p99 lateness of a poll and the CPU per poll, which should not grow."""
+    rate = 20.0
+    up_port = free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    found: dict[str, Any] = {"rate_limit": rate}
+    with reference_server("upstream", up_port, cpu=1):
+        wait_up(f"{upstream}/count")
+        for tasks in size["million_tasks"]:
+            db_url = f"sqlite:///{work / f'million-{tasks}.db'}"
+            clock = time.monotonic()
+            asyncio.run(seed.rotation(db_url, tasks, "http://127.0.0.1:9/hook", rate))
+            seeded = time.monotonic() - clock
+            start = time.time() + size["warmup"] + 2
+            seed.due_from(db_url, start, rate)
+            claim = claim_statement(db_url)
+            env = service_env(
+                db_url, upstream, STATUS_PROXY_UPSTREAM_RATE_LIMIT=str(int(rate)),
+                # Each task comes due once in the window: the rotation sets the pace.
+                STATUS_PROXY_POLL_INTERVAL_MIN="3600", STATUS_PROXY_POLL_INTERVAL_MAX="3600",
+            )  # fmt: skip
+            seen = len(httpx.get(f"{upstream}/count").json()["due"])
+            with process(status_proxy("work"), cpu=0, env=env) as pid:
+                time.sleep(max(0.0, start - time.time()) + 1)
+                cpu_before, clock = cpu_seconds(pid), time.monotonic()
+                polled_before = len(httpx.get(f"{upstream}/count").json()["due"])
+                with profiled(pid, f"million-{tasks}"):
+                    time.sleep(size["million_seconds"])
+                cpu = cpu_seconds(pid) - cpu_before
+                window = time.monotonic() - clock
+                polls = httpx.get(f"{upstream}/count", params={"since": seen}).json()["due"]
+                rss = rss_mb(pid)
+            lags = sorted(at - (start + n / rate) for at, n in polls)
+            measured = len(polls) - (polled_before - seen)
+            found[str(tasks)] = {
+                "seeded_s": seeded, "rss_mb": rss, "polls_per_s": measured / window,
+                "cpu_per_s": cpu / window, "cpu_ms_per_poll": 1000 * cpu / max(measured, 1),
+                "lag_p50": statistics.median(lags) if lags else None,
+                "lag_p99": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
+                **claim,
+            }  # fmt: skip
+    sizes = [str(n) for n in size["million_tasks"]]
+    found["cpu_per_poll_ratio"] = found[sizes[-1]]["cpu_ms_per_poll"] / max(
+        found[sizes[0]]["cpu_ms_per_poll"], 1e-6
+    )
+    return found
+
+
+def claim_statement(db_url: str, repeat: int = 20) -> dict[str, Any]:
+    """The poller's claim (16 tasks), timed on the seeded database and rolled back, and
+    the plan SQLite chooses for it."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from service import poller
+    from service.config import async_url
+
+    async def run() -> dict[str, Any]:
+        engine = create_async_engine(async_url(db_url))
+        try:
+            async with engine.connect() as conn:
+                query = poller.due_tasks(time.time(), 16)
+                expanded = query.compile(conn).construct_expanded_state()
+                rows = await conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + expanded.statement, expanded.positional_parameters
+                )
+                plan = " / ".join(str(row[-1]) for row in rows.all())
+                await conn.rollback()
+                times = []
+                for _ in range(repeat):
+                    clock = time.perf_counter()
+                    transaction = await conn.begin()
+                    await poller.claim(conn, time.time(), 16, 60.0)
+                    await transaction.rollback()
+                    times.append(time.perf_counter() - clock)
+        finally:
+            await engine.dispose()
+        times.sort()
+        return {"claim_ms_p50": 1000 * times[len(times) // 2], "claim_plan": plan}
+
+    return asyncio.run(run())
 
 
 def latency_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -350,10 +465,11 @@ def machine() -> dict[str, Any]:
 SIZES = {
     "full": {"seconds": 8, "warmup": 3, "poll_tasks": 5000, "webhooks": 20000,
              "footprint_tasks": [10000, 100000], "latency_tasks": [1000, 10000],
-             "interval_max": 5, "spread": 20},
+             "interval_max": 5, "spread": 20, "million_tasks": [10000, 100000, 1000000],
+             "million_seconds": 20},
     "smoke": {"seconds": 0.5, "warmup": 1.5, "poll_tasks": 50, "webhooks": 50,
               "footprint_tasks": [20, 200], "latency_tasks": [10], "interval_max": 1,
-              "spread": 1},
+              "spread": 1, "million_tasks": [20, 200], "million_seconds": 0.5},
 }  # fmt: skip
 
 
@@ -392,6 +508,14 @@ def table(results: dict[str, Any]) -> str:
     )  # fmt: skip
     lines.append(f"| 6 | terminal → webhook accepted | {parts} | POLL_INTERVAL_MAX "
                  f"{lat['poll_interval_max']} s | — | p99 ≤ max + 0.5 s |")  # fmt: skip
+    mil = results["million"]
+    parts = ", ".join(
+        f"{int(n):,} tasks: {mil[n]['rss_mb']:.0f} MB, claim {mil[n]['claim_ms_p50']:.2f} ms, "
+        f"lag p99 {mil[n]['lag_p99'] or 0:.2f} s, {mil[n]['cpu_ms_per_poll']:.2f} ms CPU/poll"
+        for n in mil if n.isdigit()
+    )  # fmt: skip
+    lines.append(f"| 7 | active tasks at 20/s | {parts} | — | CPU/poll "
+                 f"x{mil['cpu_per_poll_ratio']:.2f} | flat, claim by index |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -420,7 +544,59 @@ FIGURES = {
     "webhooks": delivery_figure,
     "footprint": footprint_figure,
     "latency": latency_figure,
+    "million": million_figure,
 }
+
+
+def merge(path: Path, name: str, found: dict[str, Any]) -> None:
+    """Put one group's figures into an existing results file."""
+    results = json.loads(path.read_text())
+    if name == "api":
+        results.update(found)
+    else:
+        results[name] = found
+    path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The service's code at git ``ref``, unpacked under ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", ref, "service", "migrations"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def before_after(name: str, ref: str, size: dict[str, Any], work: Path) -> dict[str, Any]:
+    """One figure measured with the service at ``ref``, then with the service now, back
+    to back in one run; ``change`` compares the ratios to their references."""
+    global SERVICE_PATH, PROFILE_DIR
+    profile_dir = PROFILE_DIR
+    SERVICE_PATH = str(checkout(ref, work / "before"))
+    if profile_dir:
+        PROFILE_DIR = profile_dir / "before"
+    try:
+        (work / "run-before").mkdir(parents=True, exist_ok=True)
+        before = FIGURES[name](size, work / "run-before")
+    finally:
+        SERVICE_PATH, PROFILE_DIR = None, profile_dir
+    (work / "run-after").mkdir(parents=True, exist_ok=True)
+    after = FIGURES[name](size, work / "run-after")
+    found: dict[str, Any] = {"figure": name, "before": ref, "results": {}}
+    if "ratio" in after:  # a figure of its own, not a group
+        before, after = {name: before}, {name: after}
+    for key in after:
+        if isinstance(after[key], dict) and "ratio" in after[key]:
+            was, now = before[key], after[key]
+            found["results"][key] = {
+                "before": was["status_proxy"], "after": now["status_proxy"],
+                "ratio_before": was["ratio"], "ratio_after": now["ratio"],
+                "change": now["ratio"] / was["ratio"],
+            }  # fmt: skip
+        else:
+            found["results"][key] = {"before": before.get(key), "after": after[key]}
+    return found
 
 
 def main() -> int:
@@ -430,17 +606,36 @@ def main() -> int:
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument(
         "--only", choices=FIGURES, action="append",
-        help="run these figures only and print them (results.json is left alone)",
+        help="run these figures only and print them (results.json is left alone unless --write)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--write", action="store_true", help="with --only: put these figures in --out too"
+    )
+    parser.add_argument(
+        "--before", metavar="REF",
+        help="with --only: run each figure first with the service at this git ref, then now",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR",
+        help="record each status-proxy process under load with py-spy into DIR",
     )  # fmt: skip
     args = parser.parse_args()
     if args.client:
         print(json.dumps(run_client(json.loads(args.client))))
         return 0
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
     size = SIZES["smoke" if args.smoke else "full"]
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
             for name in args.only:
-                print(name, json.dumps(FIGURES[name](size, Path(tmp)), default=str)[:2000])
+                if args.before:
+                    print(json.dumps(before_after(name, args.before, size, Path(tmp)), default=str))
+                else:
+                    found = FIGURES[name](size, Path(tmp))
+                    print(name, json.dumps(found, default=str)[:2000])
+                    if args.write:
+                        merge(args.out, name, found)
         return 0
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -451,6 +646,7 @@ def main() -> int:
         results["webhooks"] = delivery_figure(size, work)
         results["footprint"] = footprint_figure(size, work)
         results["latency"] = latency_figure(size, work)
+        results["million"] = million_figure(size, work)
     results["seconds"] = time.monotonic() - started
     if not args.smoke:
         plot(results, args.out.with_name("latency.png"))

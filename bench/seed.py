@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +17,7 @@ from service.registrations import dedupe_key
 tasks = Task.__table__  # type: ignore[attr-defined]
 registrations = Registration.__table__  # type: ignore[attr-defined]
 BATCH = 5000
+FAR = 4e9  # seconds since the epoch: a due time no poller reaches before it is set
 SNAPSHOT = {"id": "video_bench", "object": "video", "status": "in_progress", "progress": 42}
 
 
@@ -122,3 +124,50 @@ async def pending_webhooks(database_url: str, count: int, callback: str) -> None
         })  # fmt: skip
     done = [_task(name, now, state="ended", outcome="completed", ended_at=now) for name in names]
     await _fill(database_url, [(tasks, done), (registrations, regs), (outbox.events, events)])
+
+
+async def rotation(database_url: str, count: int, callback: str, rate: float) -> None:
+    """``count`` watched tasks already polled once, coming due one after another at
+    ``rate`` a second (task ``video_due_{n}`` at ``n / rate`` after a start that
+    ``due_from`` sets): the steady state of a fair rotation at that rate limit. Written
+    with SQLite's own executemany, which fills a million rows in seconds."""
+    db = Database(Settings(database_url=database_url))
+    try:
+        await db.migrate()
+    finally:
+        await db.dispose()
+    now = time.time()
+    path = database_url.removeprefix("sqlite:///")
+    rows = (
+        _task(f"video_due_{n}", now, next_poll_at=FAR + n / rate, polled_at=now, interval=30.0)
+        for n in range(count)
+    )
+    regs = (_registration(f"video_due_{n}", callback, now) for n in range(count))
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        _insert_many(conn, "tasks", rows)
+        _insert_many(conn, "registrations", regs)
+
+
+def due_from(database_url: str, start: float, rate: float) -> None:
+    """Start the rotation of ``rotation``: task ``n`` comes due at ``start + n / rate``."""
+    with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("UPDATE tasks SET next_poll_at = next_poll_at - ? + ?", (FAR, start))
+
+
+def _insert_many(conn: sqlite3.Connection, table: str, rows: Iterable[dict[str, Any]]) -> None:
+    iterator = iter(rows)
+    first = next(iterator, None)
+    if first is None:
+        return
+    names = list(first)
+    sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+
+    def values(row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(
+            json.dumps(row[name]) if isinstance(row[name], list | dict) else row[name]
+            for name in names
+        )
+
+    conn.executemany(sql, [values(first)])
+    conn.executemany(sql, (values(row) for row in iterator))

@@ -51,11 +51,14 @@ def upstream_app(status: str) -> web.Application:
     started = time.time()
 
     served = 0
+    due: list[tuple[float, int]] = []  # (when, n) of each poll of a task video_due_{n}
 
     async def video(request: web.Request) -> web.Response:
         nonlocal served
         served += 1
         task_id = request.match_info["task_id"]
+        if task_id.startswith("video_due_"):
+            due.append((time.time(), int(task_id.removeprefix("video_due_"))))
         answer = {**VIDEO, "id": task_id, "status": status}
         if task_id.startswith("video_end_"):  # done once the time in its name has passed
             done = time.time() * 1000 >= int(task_id.removeprefix("video_end_").split("_")[0])
@@ -65,7 +68,8 @@ def upstream_app(status: str) -> web.Application:
         return web.json_response(answer)
 
     async def count(request: web.Request) -> web.Response:
-        return web.json_response({"count": served, "since": started})
+        since = int(request.query.get("since", "0"))
+        return web.json_response({"count": served, "since": started, "due": due[since:]})
 
     app.router.add_get("/v1/videos/{task_id}", video)
     app.router.add_get("/count", count)

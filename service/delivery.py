@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -240,32 +241,27 @@ async def post(
     clock: float,
 ) -> Answer:
     """One signed Standard Webhooks POST to ``url`` exactly as given (path and query byte
-    for byte). ``timeout`` (seconds) covers connecting, sending and the status line; the
-    body is then read within its own small bound, for the log only. ``clock`` is the
-    ``time.monotonic()`` the attempt started at. Raises TimeoutError and what the
-    transport raises."""
+    for byte), prepared and sent below ``client``'s client layer (``transport.Sender``):
+    no redirect is followed, a 3xx is the answer. ``timeout`` (seconds) covers
+    connecting, sending and the status line; the body is then read within its own small
+    bound, for the log only. ``clock`` is the ``time.monotonic()`` the attempt started
+    at. Raises TimeoutError and what the transport raises."""
     # Custom headers may replace our User-Agent (names compare without case); the
     # names they may not use keep them off the ones that follow.
-    headers = httpx.Headers({"user-agent": USER_AGENT})
-    headers.update(extra)
-    headers.update(
-        {
-            "content-type": "application/json",
-            "webhook-id": event_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature,
-        }
-    )
-    request = client.build_request(
-        "POST",
-        url,
-        content=body,
-        headers=headers,
-        timeout=timeout,
-        extensions={transport.TARGET: transport.target(url)},
+    headers = [
+        ("user-agent", USER_AGENT),
+        *extra.items(),
+        ("content-type", "application/json"),
+        ("webhook-id", event_id),
+        ("webhook-timestamp", str(timestamp)),
+        ("webhook-signature", signature),
+    ]
+    sender = transport.Sender.of(client)
+    request = sender.request(
+        "POST", url, timeout=timeout, headers=headers, content=body, target=_target(url)
     )
     async with asyncio.timeout(timeout):
-        response = await client.send(request, stream=True)
+        response = await sender.send(request)
     duration_ms = int((time.monotonic() - clock) * 1000)
     try:
         text = await _read_answer(response)
@@ -276,6 +272,12 @@ async def post(
         retry_after = retry.parse_retry_after(response.headers.get("retry-after"), time.time())
     excerpt = _excerpt(text, extra.values())
     return Answer(response.status_code, duration_ms, retry_after, excerpt)
+
+
+@functools.lru_cache(maxsize=1024)
+def _target(url: str) -> str:
+    # Most events go to callbacks seen before.
+    return transport.target(url)
 
 
 @dataclass(frozen=True, slots=True)
