@@ -84,7 +84,8 @@ class Registration(SQLModel, table=True):
 
     id: str = Col(primary_key=True, max_length=40)
     owner: str = Col(max_length=64)
-    upstream: str = Col(max_length=32)
+    # Rows from before there were several upstreams are the default's (migration 0010).
+    upstream: str = Col(max_length=32, sa_column_kwargs={"server_default": "default"})
     task_id: str = Col(max_length=200)
     callback_url: str = Col(sa_column=Column(sa.Text, nullable=False))
     events: list[str] = Col(sa_column=Column(sa.JSON, nullable=False))

@@ -98,6 +98,16 @@ def test_data_of_0009_lands_on_the_default_upstream(db_url):
         " state, dedupe_key, created_at, updated_at) VALUES (:id, 'k1', :task,"
         " 'https://example.com/h', '[\"video.completed\"]', '{}', '{}', 'active', :id, 1.0, 1.0)"
     )
+    event = (
+        "INSERT INTO events (id, registration_id, type, body, state, attempts, lane,"
+        " next_attempt_at, created_at) VALUES ('evt_1', 'reg_1', 'video.completed', '{}',"
+        " 'delivered', 1, 0, 1.0, 1.0)"
+    )
+    attempt = (
+        "INSERT INTO attempts (id, event_id, registration_id, type, attempt, status_code,"
+        " duration_ms, created_at) VALUES ('att_1', 'evt_1', 'reg_1', 'video.completed', 1,"
+        " 200, 5, 1.0)"
+    )
     owned = (
         "INSERT INTO owned_videos (owner, upstream, task_id, created_at, updated_at, created)"
         " VALUES ('k1', :upstream, :task, 2.0, 2.0, false)"
@@ -110,6 +120,9 @@ def test_data_of_0009_lands_on_the_default_upstream(db_url):
                 await conn.run_sync(upgrade_to, "0009")
                 await conn.execute(sa.text(task), {"task": "video_a"})
                 await conn.execute(sa.text(registration), {"id": "reg_1", "task": "video_a"})
+                # An event and its attempt refer to the registration (SQLite checks it).
+                await conn.execute(sa.text(event))
+                await conn.execute(sa.text(attempt))
                 await conn.execute(
                     sa.text(
                         "INSERT INTO owned_videos (owner, task_id, created_at, updated_at,"
@@ -124,6 +137,7 @@ def test_data_of_0009_lands_on_the_default_upstream(db_url):
                         "SELECT upstream, task_id, state FROM tasks",
                         "SELECT upstream, task_id, id FROM registrations",
                         "SELECT upstream, task_id, owner FROM owned_videos",
+                        "SELECT registration_id, id, state FROM events",
                     )
                     for row in await conn.execute(sa.text(statement))
                 ]
@@ -156,6 +170,7 @@ def test_data_of_0009_lands_on_the_default_upstream(db_url):
         ("default", "video_a", "watching"),
         ("default", "video_a", "reg_1"),
         ("default", "video_a", "k1"),
+        ("reg_1", "evt_1", "delivered"),
     ]
     assert counts == [2, 2]
     assert duplicate_refused

@@ -63,11 +63,11 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch:
         batch.create_index("ix_tasks_due", ["upstream", "state", "next_poll_at"], unique=False)
 
+    # Registrations keep the column's server default: removing it would make SQLite
+    # rebuild the table, and dropping the old one fails while events refer to it.
     with op.batch_alter_table("registrations", schema=None) as batch:
         batch.drop_index("ix_registrations_task")
         batch.add_column(_upstream_column())
-    with op.batch_alter_table("registrations", schema=None) as batch:
-        batch.alter_column("upstream", server_default=None)
         batch.create_index("ix_registrations_task", ["task_id", "upstream", "state"], unique=False)
 
     with op.batch_alter_table("owned_videos", schema=None) as batch:
@@ -99,11 +99,11 @@ def downgrade() -> None:
         )
         batch.create_index("ix_owned_videos_task", ["task_id"], unique=False)
 
-    with op.batch_alter_table("registrations", schema=None) as batch:
-        batch.drop_index("ix_registrations_task")
-        batch.drop_column("upstream")
-    with op.batch_alter_table("registrations", schema=None) as batch:
-        batch.create_index("ix_registrations_task", ["task_id", "state"], unique=False)
+    # ALTER TABLE … DROP COLUMN in place (SQLite 3.35+): a rebuild would drop the table
+    # that events refer to.
+    op.drop_index("ix_registrations_task", table_name="registrations")
+    op.drop_column("registrations", "upstream")
+    op.create_index("ix_registrations_task", "registrations", ["task_id", "state"], unique=False)
 
     with op.batch_alter_table("tasks", schema=None) as batch:
         batch.drop_index("ix_tasks_due")
