@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -274,3 +275,31 @@ def test_the_readme_handler_serves_every_upstream(make_service, upstream, other,
     printed = capsys.readouterr().out
     assert f"default/{SAME} is ready: http" in printed
     assert f"other/{SAME} failed: the model gave up" in printed
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_listing_an_id_held_on_two_upstreams_pages_on_and_repeats_nothing(
+    make_service, upstream, other, hooks, limit
+):
+    service = with_other(make_service, other)
+    made = [("default", SAME), ("default", "video_mid"), ("other", SAME), ("default", "video_new")]
+    for name, task in made:
+        (upstream if name == "default" else other).add(id=task, duration=60)
+        assert service.register(task, f"{hooks.url}/l", upstream=name).status_code == 201
+        time.sleep(0.01)  # listing order is by creation time
+
+    seen: list[str] = []
+    after = None
+    for _ in range(10):
+        params = {"limit": limit, **({"after": after} if after else {})}
+        page = service.client.get("/v1/videos", params=params).json()
+        seen += [item["id"] for item in page["data"]]
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    else:
+        raise AssertionError(f"paging never ended: {seen}")
+    if limit == 1:  # a page of one can only end on the repeated id: what lies between goes
+        assert seen == ["video_new", SAME]
+    else:
+        assert seen == ["video_new", SAME, "video_mid", SAME]
