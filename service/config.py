@@ -65,6 +65,20 @@ class UpstreamConfig:
     poll_interval_max: float
 
 
+def _header_safe_key(value: SecretStr | None) -> SecretStr | None:
+    """An upstream key goes into an ``Authorization`` header: visible ASCII only (RFC 9110
+    field values; Bearer tokens are narrower still). The message never quotes the key."""
+    if value is None:
+        return None
+    key = value.get_secret_value()
+    if not key or not all("!" <= ch <= "~" for ch in key):
+        raise ValueError(
+            "must be visible ASCII characters only (no spaces, control characters or "
+            "non-ASCII letters): it is sent in an Authorization header"
+        )
+    return value
+
+
 def _absolute_http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -91,12 +105,30 @@ class UpstreamEntry(BaseModel):
     def _base_url(cls, value: str) -> str:
         return _absolute_http_url(value)
 
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr) -> SecretStr | None:
+        return _header_safe_key(value)
+
     @field_validator("family")
     @classmethod
     def _family(cls, value: str) -> str:
         if value not in upstreams.FAMILIES:
             raise ValueError(f"must be one of {', '.join(sorted(upstreams.FAMILIES))}")
         return value
+
+
+class _Twice(ValueError):
+    """A JSON object names the same field twice."""
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in found:
+            raise _Twice(f"{str(name)[:40]!r} is given twice; give each name once")
+        found[name] = value
+    return found
 
 
 def parse_upstreams(value: object) -> dict[str, UpstreamEntry]:
@@ -106,7 +138,9 @@ def parse_upstreams(value: object) -> dict[str, UpstreamEntry]:
         return {}  # set but empty: not set
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = json.loads(value, object_pairs_hook=_once_each)
+        except _Twice as exc:
+            raise ValueError(f"{UPSTREAMS_VARIABLE}: {exc}") from None
         except ValueError as exc:
             raise ValueError(
                 f"{UPSTREAMS_VARIABLE} is not JSON (line {getattr(exc, 'lineno', '?')}, "
@@ -243,6 +277,11 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         async_url(value)  # raises on a scheme we cannot drive
         return value
+
+    @field_validator("upstream_api_key")
+    @classmethod
+    def _upstream_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return _header_safe_key(value)
 
     @field_validator("upstream_base_url")
     @classmethod

@@ -303,3 +303,19 @@ def test_listing_an_id_held_on_two_upstreams_pages_on_and_repeats_nothing(
         assert seen == ["video_new", SAME]
     else:
         assert seen == ["video_new", SAME, "video_mid", SAME]
+
+
+def test_a_refused_key_on_a_named_upstream_names_its_setting(make_service, other):
+    service = with_other(make_service, other, key="sk-revoked-on-other")
+    task = other.add(duration=60)
+    for answer in (
+        service.client.post("/v1/videos", json={"model": "m", "upstream": "other"}),
+        service.client.get(f"/v1/videos/{task}", params={"upstream": "other"}),
+        service.client.delete(f"/v1/videos/{task}", params={"upstream": "other"}),
+        service.client.get(f"/v1/videos/{task}/content", params={"upstream": "other"}),
+    ):
+        assert answer.status_code == 502, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "upstream_key_refused"
+        assert "'other' in STATUS_PROXY_UPSTREAMS" in error["message"], error
+        assert "sk-revoked-on-other" not in answer.text

@@ -79,6 +79,11 @@ def test_the_environment_variable_is_read(monkeypatch):
         ({"acme": entry(poll_interval_min=10, poll_interval_max=5)}, "poll_interval_max"),
         ({"acme": entry(poll_interval_min=60)}, "poll_interval_max must be at least"),
         ({"acme": entry(colour="blue")}, "colour: Extra inputs are not permitted"),
+        # A key goes into an Authorization header: visible ASCII only.
+        ({"acme": entry(api_key=KEY + "\r\nX-Evil: 1")}, "api_key: Value error, must be visible"),
+        ({"acme": entry(api_key=KEY + "é")}, "api_key: Value error, must be visible"),
+        ({"acme": entry(api_key="   ")}, "api_key: Value error, must be visible"),
+        ('{"acme": {}, "acme": {}}', "'acme' is given twice"),
     ],
 )
 def test_malformed_upstreams_are_refused_without_showing_the_key(value, words):
@@ -87,6 +92,13 @@ def test_malformed_upstreams_are_refused_without_showing_the_key(value, words):
     message = str(refused.value)
     assert "STATUS_PROXY_UPSTREAMS" in message and words in message, message
     assert KEY not in message
+
+
+@pytest.mark.parametrize("key", [KEY + "é", KEY + "\n", "two words"])
+def test_a_default_key_that_cannot_be_a_header_is_refused(key):
+    with pytest.raises(ValueError) as refused:
+        Settings(_env_file=None, upstream_api_key=key)
+    assert "upstream_api_key" in str(refused.value) and key not in str(refused.value)
 
 
 def test_the_command_refuses_to_start_and_names_the_setting(tmp_path):

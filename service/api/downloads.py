@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from service import ranges
-from service.api import targets, videos
+from service.api import errors, targets, videos
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses, upstream_failure
 from service.api.targets import UpstreamQuery
@@ -84,7 +84,7 @@ async def video_content(
         message = await _message(answer)
     finally:
         await answer.aclose()
-    raise _refusal(status, message, headers)
+    raise _refusal(status, message, headers, found.name)
 
 
 async def _cut(upstream: httpx.Response, headers: dict[str, str], asked: str) -> Response:
@@ -129,7 +129,7 @@ async def _message(upstream: httpx.Response) -> str:
     return str(body)[:300]
 
 
-def _refusal(status: int, message: str, headers: dict[str, str]) -> ApiError:
+def _refusal(status: int, message: str, headers: dict[str, str], upstream: str) -> ApiError:
     """The API's answer for an upstream that would not send the video."""
     if status == 416:
         range_header = {"Content-Range": headers.get("content-range", "")}
@@ -140,7 +140,7 @@ def _refusal(status: int, message: str, headers: dict[str, str]) -> ApiError:
         # new-api: "Task is not completed yet, current status: IN_PROGRESS"
         return ApiError(409, f"the video is not ready: {message}", "task_id")
     if status == 401:
-        return ApiError(502, "the upstream refused our key (401)")
+        return errors.upstream_refused_key(401, upstream)
     if status == 403:
         # new-api's guard against fetching some addresses answers 403 too: not the key.
         return ApiError(502, f"the upstream refused the download (403): {message}")

@@ -67,7 +67,7 @@ def upstream_failure(exc: BaseException) -> ApiError | None:
     return None
 
 
-async def forwarded(request: Awaitable[Answer]) -> Answer:
+async def forwarded(request: Awaitable[Answer], upstream: str = "default") -> Answer:
     """The upstream's answer to a forwarded request, as the client gets it: a 401 is our
     upstream key refused (502, saying so), an answer too large or a failed request is the
     matching 502 or 504; any other answer passes through."""
@@ -81,22 +81,28 @@ async def forwarded(request: Awaitable[Answer]) -> Answer:
             raise
         raise failure from None
     if answer.status_code == 401:  # our upstream key, not the client's: say whose
-        raise upstream_refused_key(401)
+        raise upstream_refused_key(401, upstream)
     return answer
 
 
-def upstream_refused_key(status: int) -> ApiError:
+def upstream_refused_key(status: int, upstream: str = "default") -> ApiError:
     """The upstream refused status-proxy's own upstream key: a 502 that says so, so that a
-    client never takes it for its own key being refused (that is our 401)."""
+    client never takes it for its own key being refused (that is our 401), and names the
+    setting the operator must check."""
+    setting = (
+        "STATUS_PROXY_UPSTREAM_API_KEY"
+        if upstream == "default"
+        else f"the api_key of upstream {upstream!r} in STATUS_PROXY_UPSTREAMS"
+    )
     return ApiError(
         502,
         f"the upstream refused status-proxy's upstream key (HTTP {status}); the client's "
-        "key was accepted: the operator must check STATUS_PROXY_UPSTREAM_API_KEY",
+        f"key was accepted: the operator must check {setting}",
         code="upstream_key_refused",
     )
 
 
-def fetch_failure(fetch: Fetch) -> ApiError:
+def fetch_failure(fetch: Fetch, upstream: str = "default") -> ApiError:
     """The answer for a fetch-through that got no video object."""
     if fetch.outcome in ("not_found", "forbidden"):  # a 403 hides one task from our key
         return ApiError(404, "the upstream has no such task", "task_id")
@@ -105,7 +111,7 @@ def fetch_failure(fetch: Fetch) -> ApiError:
     if fetch.outcome == "unreachable":
         return ApiError(502, f"the {fetch.detail}", code="upstream_unreachable")
     if fetch.outcome == "unauthorized" and fetch.status_code == 401:
-        return upstream_refused_key(401)
+        return upstream_refused_key(401, upstream)
     return ApiError(502, fetch.detail or "the upstream failed")
 
 

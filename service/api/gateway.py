@@ -191,7 +191,7 @@ def _target(runtime: Runtime, named: str | None, source: Upstream | None) -> Ups
 
 async def _forward(upstream: Upstream, body: intake.Body, path: str) -> Answer:
     upload = upstream.create(body.upload(), body.content_type, body.length, path)
-    return await errors.forwarded(upload)
+    return await errors.forwarded(upload, upstream.name)
 
 
 def _task_id(video: Any) -> str | None:

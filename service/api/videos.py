@@ -94,7 +94,7 @@ async def fetch_through(runtime: Runtime, upstream: Upstream, task_id: str) -> F
     runtime.metrics.upstream_requests.labels(upstream.name, fetch.outcome).inc()
     if fetch.outcome == "ok":
         return fetch
-    raise errors.fetch_failure(fetch)
+    raise errors.fetch_failure(fetch, upstream.name)
 
 
 _AFTER = Query(max_length=TASK_ID_LIMIT, description="The last id of the previous page (`last_id`)")
@@ -136,7 +136,7 @@ async def delete_video(
     422 for an upstream that does not take OpenAI's video routes."""
     found = targets.with_openai_routes(await targets.task_upstream(caller, task_id, upstream))
     runtime = caller.runtime
-    answer = await errors.forwarded(found.delete(task_id))
+    answer = await errors.forwarded(found.delete(task_id), found.name)
     if 200 <= answer.status_code < 300:
         now = time.time()
         db, owner = runtime.db, caller.owner
