@@ -197,8 +197,20 @@ def shape(reading: Reading | None) -> dict[str, Any]:
         "status": reading.kind.value,
         "progress": progress,
         "video_url": reading.video_url,
-        "error": reading.error,
+        "error": _failure(reading),
     }
+
+
+def _failure(reading: Reading) -> dict[str, str] | None:
+    """A failure's ``{"code", "message"}``, never with an empty code: a provider that gave
+    none (or ended the task by a word alone: cancelled, expired) gets its status word."""
+    if reading.kind is not Kind.FAILED:
+        return None
+    word = (reading.raw_status or "failed").lower()
+    error = dict(reading.error or {})
+    error["code"] = error.get("code") or word
+    error["message"] = error.get("message") or f"the upstream reported the task {word}"
+    return error
 
 
 def find_link(

@@ -205,6 +205,13 @@ def expect(status, progress=0, video_url=None, error=None):
     return {"status": status, "progress": progress, "video_url": video_url, "error": error}
 
 
+def ended(word, progress=0, message=None):
+    """A failure's result: a provider that gave no code (or no error at all) gets its
+    status word as the code, so that every failure says why in the same shape."""
+    error = {"code": word, "message": message or f"the upstream reported the task {word}"}
+    return expect("failed", progress, error=error)
+
+
 SAFETY = {"code": "SAFETY.INPUT.TEXT", "message": "The prompt was flagged by moderation."}
 SENSITIVE = {
     "code": "InputTextSensitiveContentDetected",
@@ -222,8 +229,8 @@ TASKS = [
         ("new-api-task", row(status="UNKNOWN", progress="30%")["data"], expect("in_progress", 30)),
         ("new-api-task", row(status="SUCCESS", progress="100%", result_url=LINK)["data"], expect("completed", 100, LINK)),
         ("new-api-task", row(status="FAILURE", progress="100%", fail_reason=REFUSED)["data"],
-         expect("failed", 100, error={"code": "", "message": REFUSED})),
-        ("new-api-task", row(status="FAILURE", progress="100%")["data"], expect("failed", 100)),
+         ended("failure", 100, REFUSED)),
+        ("new-api-task", row(status="FAILURE", progress="100%")["data"], ended("failure", 100)),
         # new-api's view of Gemini and Vertex tasks, asked of the provider at once.
         ("new-api-task", {**GEMINI, "status": "succeeded", "url": LINK}, expect("completed", 100, LINK)),
         ("new-api-task", {**GEMINI, "status": "processing", "url": ""}, expect("in_progress")),
@@ -232,8 +239,8 @@ TASKS = [
         ("ark", ark_task(status="running"), expect("in_progress")),
         ("ark", ark_task(status="succeeded", content={"video_url": LINK}, error=None), expect("completed", 100, LINK)),
         ("ark", ark_task(status="failed", error=SENSITIVE), expect("failed", error=SENSITIVE)),
-        ("ark", ark_task(status="cancelled"), expect("failed")),
-        ("ark", ark_task(status="expired"), expect("failed")),
+        ("ark", ark_task(status="cancelled"), ended("cancelled")),
+        ("ark", ark_task(status="expired"), ended("expired")),
         # Runway: a fraction for progress, output a list, failure and failureCode.
         ("runway", runway_task(), expect("in_progress")),
         ("runway", runway_task(status="THROTTLED"), expect("in_progress")),
@@ -242,7 +249,7 @@ TASKS = [
         ("runway", runway_task(status="SUCCEEDED", output=[LINK, "https://x/2.mp4"]), expect("completed", 100, LINK)),
         ("runway", runway_task(status="FAILED", failure=SAFETY["message"], failureCode=SAFETY["code"]),
          expect("failed", error=SAFETY)),
-        ("runway", runway_task(status="CANCELLED"), expect("failed")),
+        ("runway", runway_task(status="CANCELLED"), ended("cancelled")),
         # Replicate: progress from the logs' progress bar; output a URL, a list or an object.
         ("replicate", prediction(), expect("in_progress")),
         ("replicate", prediction(status="processing", logs=BAR), expect("in_progress", 42)),
@@ -250,9 +257,9 @@ TASKS = [
         ("replicate", prediction(status="succeeded", output=[LINK]), expect("completed", 100, LINK)),
         ("replicate", prediction(status="succeeded", output={"seed": 7, "video": LINK}), expect("completed", 100, LINK)),
         ("replicate", prediction(status="failed", error="CUDA out of memory"),
-         expect("failed", error={"code": "", "message": "CUDA out of memory"})),
-        ("replicate", prediction(status="canceled"), expect("failed")),
-        ("replicate", prediction(status="aborted"), expect("failed")),
+         ended("failed", message="CUDA out of memory")),
+        ("replicate", prediction(status="canceled"), ended("canceled")),
+        ("replicate", prediction(status="aborted"), ended("aborted")),
     ]  # fmt: skip
 
 

@@ -113,7 +113,7 @@ def test_the_success_wrapper_is_unwrapped():
          {"status": "in_progress", "progress": 50, "video_url": None, "error": None}),
         ({"status": "FAILURE", "progress": "100%", "fail_reason": "the prompt was refused"},
          {"status": "failed", "progress": 100, "video_url": None,
-          "error": {"code": "", "message": "the prompt was refused"}}),
+          "error": {"code": "failure", "message": "the prompt was refused"}}),
         ({"id": "t", "error": {"code": "moderation_blocked", "message": "blocked"}},
          {"status": "failed", "progress": 0, "video_url": None,
           "error": {"code": "moderation_blocked", "message": "blocked"}}),
