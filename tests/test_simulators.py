@@ -42,17 +42,24 @@ def test_a_task_runs_to_completed_with_its_link(simulate, name):
     assert seen[-1]["error"] is None
 
 
+def said(word):
+    """The result's error of a task the provider ended by a word alone."""
+    return {"code": word, "message": f"the upstream reported the task {word}"}
+
+
 FAILURES = [
-    ("new-api-task", "failed", {"code": "", "message": "the provider refused the prompt"}),
+    ("new-api-task", "failed", {"code": "failure", "message": "the provider refused the prompt"}),
+    # new-api has no word for a provider's cancel: it keeps it as a failure.
+    ("new-api-task", "cancelled", {"code": "failure", "message": "the provider refused the prompt"}),
     ("ark", "failed", {"code": "InputTextSensitiveContentDetected",
                        "message": "The request failed because the input text may contain sensitive information."}),
-    ("ark", "cancelled", None),
-    ("ark", "expired", None),
+    ("ark", "cancelled", said("cancelled")),
+    ("ark", "expired", said("expired")),
     ("runway", "failed", {"code": "SAFETY.INPUT.TEXT", "message": "The prompt was flagged by moderation."}),
-    ("runway", "cancelled", None),
-    ("replicate", "failed", {"code": "", "message": "CUDA out of memory"}),
-    ("replicate", "cancelled", None),
-    ("replicate", "aborted", None),
+    ("runway", "cancelled", said("cancelled")),
+    ("replicate", "failed", {"code": "failed", "message": "CUDA out of memory"}),
+    ("replicate", "cancelled", said("canceled")),
+    ("replicate", "aborted", said("aborted")),
 ]  # fmt: skip
 
 

@@ -242,7 +242,7 @@ class Simulator(Stage):
             return JSONResponse(new_api.CONTENT_NOT_FOUND, status_code=404)
         phase, _ = task.observed(time.time())
         if phase != "completed":
-            word = new_api.TASK_WORDS[phase]
+            word = new_api.TASK_WORDS[new_api.known(phase)]
             return JSONResponse(new_api.content_not_ready(word), status_code=400)
         size = task.content_size
         headers = {"Content-Length": str(size)}

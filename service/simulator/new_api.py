@@ -43,6 +43,13 @@ TASK_WORDS = {
     "timed_out": "FAILURE",
 }
 FAILURE_REASON = "the provider refused the prompt"
+
+
+def known(phase: str) -> str:
+    """new-api has no word of its own for a provider's other ends (cancelled, expired):
+    it keeps them as a failure."""
+    return phase if phase in TASK_WORDS else "failed"
+
 # The provider's own word for each phase, as new-api keeps its last answer (Doubao: Ark).
 ARK_WORDS = {
     "unknown": "queued", "queued": "queued", "in_progress": "running", "completed": "succeeded",
@@ -123,6 +130,7 @@ def video(
 ) -> dict[str, Any]:
     """``GET /v1/videos/{id}`` of vanilla new-api: ``phase`` is one of PHASES, ``updated``
     the time of new-api's last refresh, ``link`` the provider's URL (or "")."""
+    phase = known(phase)
     word, progress = PHASES[phase]
     if family == "sora":
         return _sora(task_id, model, phase, created, updated)
@@ -172,6 +180,7 @@ def _sora(task_id: str, model: str, phase: str, created: int, updated: int) -> d
 
 def flat(task_id: str, phase: str, created: int, updated: int) -> dict[str, Any]:
     """The flat task view of new-api's release candidates (new-api issue 7194)."""
+    phase = known(phase)
     return {
         "task_id": task_id,
         "status": TASK_WORDS[phase],
@@ -193,7 +202,7 @@ def wrapped(task_id: str, phase: str, created: int, updated: int, link: str) -> 
         id=zlib.crc32(task_id.encode()) % 100000, updated_at=updated, user_id=1, group="default",
         channel_id=1, quota=0, action="generate", submit_time=created,
         start_time=created if phase != "unknown" else 0, finish_time=finished,
-        properties={}, data={"id": task_id, "status": ARK_WORDS[phase]},
+        properties={}, data={"id": task_id, "status": ARK_WORDS.get(phase, phase)},
     )  # fmt: skip
     if phase == "completed" and link:
         data["result_url"] = link
