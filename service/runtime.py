@@ -18,7 +18,7 @@ from service.db import Database
 from service.delivery import Deliverer
 from service.listener import Listener
 from service.metrics import Metrics
-from service.models import Setting
+from service.models import Setting, Task
 from service.poller import Poller
 from service.supervisor import Supervisor, Worker
 from service.upstream import Upstream
@@ -92,6 +92,7 @@ class Runtime:
             await self.db.migrate()
         secret = self.secret = await load_secret(self.db, self.settings)
         self._announce()
+        await self._warn_unconfigured()
         if not self.with_workers:
             return
         self.deliverer = Deliverer(
@@ -157,6 +158,26 @@ class Runtime:
             log.warning(
                 "STATUS_PROXY_UPSTREAM_API_KEY is not set: requests go upstream without a key, "
                 "and a real gateway refuses them"
+            )
+
+    async def _warn_unconfigured(self) -> None:
+        """Tasks still watched on an upstream no longer configured are not polled: say so
+        at start, with how many, so that an operator who removed it by mistake sees it."""
+        tasks = Task.__table__  # type: ignore[attr-defined]
+        query = (
+            sa.select(tasks.c.upstream, sa.func.count())
+            .where(tasks.c.state == "watching", tasks.c.upstream.not_in(list(self.upstreams)))
+            .group_by(tasks.c.upstream)
+        )
+        async with self.db.read(quick=False) as conn:
+            stranded = (await conn.execute(query)).all()
+        for name, count in stranded:
+            log.warning(
+                "%d watched task(s) belong to upstream %r, which is not configured: they are "
+                "not polled until STATUS_PROXY_UPSTREAMS names it again, and are given up "
+                "after STATUS_PROXY_TASK_TIMEOUT",
+                count,
+                name,
             )
 
     def upstream_view(self, name: str = DEFAULT_UPSTREAM) -> dict[str, object]:

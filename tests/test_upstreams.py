@@ -319,3 +319,25 @@ def test_a_refused_key_on_a_named_upstream_names_its_setting(make_service, other
         assert error["code"] == "upstream_key_refused"
         assert "'other' in STATUS_PROXY_UPSTREAMS" in error["message"], error
         assert "sk-revoked-on-other" not in answer.text
+
+
+def test_a_start_without_an_upstream_that_still_has_watched_tasks_says_so(
+    make_service, other, hooks, capfd
+):
+    first = with_other(make_service, other)
+    task = other.add(duration=600)
+    assert first.register(task, f"{hooks.url}/gone", upstream="other").status_code == 201
+    first.stop()
+    capfd.readouterr()
+    make_service()  # "other" is no longer configured
+    printed = capfd.readouterr()
+    said = [
+        json.loads(line)["message"]
+        for line in (printed.out + printed.err).splitlines()
+        if "not configured" in line
+    ]
+    assert said == [
+        "1 watched task(s) belong to upstream 'other', which is not configured: they are not "
+        "polled until STATUS_PROXY_UPSTREAMS names it again, and are given up after "
+        "STATUS_PROXY_TASK_TIMEOUT"
+    ]
