@@ -102,7 +102,9 @@ class MultipartRelay:
         field = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
         self._feed_hash(b"part", field.encode(), filename or b"\0", content_type)
-        if filename is None and self.keep(field):
+        if self.keep(field):
+            if filename is not None:  # sent on as a file, it would be silently ignored
+                raise Refused(f"{field} must be a form field, not a file", field, 422)
             self._keeping, self._kept = field, bytearray()
             return
         self._keeping = None

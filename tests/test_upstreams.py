@@ -341,3 +341,24 @@ def test_a_start_without_an_upstream_that_still_has_watched_tasks_says_so(
         "polled until STATUS_PROXY_UPSTREAMS names it again, and are given up after "
         "STATUS_PROXY_TASK_TIMEOUT"
     ]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"json": {"model": "m", "upstream": None}}, "upstream"),
+        ({"files": {"upstream": ("u.txt", b"other")}, "data": {"model": "m"}}, "upstream"),
+        ({"files": {"callback_url": ("c.txt", b"https://example.com/h")}, "data": {}}, "callback_url"),
+        ({"files": [("model", (None, b"m")), ("upstream", (None, b"other")),
+                    ("upstream", (None, b"default"))]}, "upstream"),
+    ],
+    ids=["json-null", "file-part", "callback-as-file", "named-twice"],
+)  # fmt: skip
+def test_a_create_that_names_its_upstream_unclearly_is_refused_before_anything_is_made(
+    make_service, upstream, other, body, param
+):
+    service = with_other(make_service, other)
+    answer = service.client.post("/v1/videos", **body)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["param"] == param
+    assert upstream.sim.created == [] and other.sim.created == []

@@ -170,6 +170,8 @@ def form_values(fields: dict[str, list[str]]) -> dict[str, Any]:
     for name, given in fields.items():
         base = consumed_name(name)
         if base in ("callback_url", "upstream"):
+            if len(given) > 1 or base in values:
+                raise ApiError(422, f"{base} is given more than once", base)
             values[base] = given[-1]
         elif base == "events":
             listed = values.setdefault("events", [])
@@ -225,8 +227,9 @@ def _listed(value: str) -> list[str]:
 
 def wanted_from(values: dict[str, Any]) -> Wanted:
     """Check the consumed fields; what they ask for."""
+    named = "upstream" in values
     upstream = values.pop("upstream", None)
-    if upstream is not None and not isinstance(upstream, str):
+    if named and not isinstance(upstream, str):  # null too: leave it out for the default
         raise ApiError(422, "upstream must be the name of an upstream", "upstream")
     if "callback_url" not in values:
         if values:
