@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -322,21 +323,22 @@ def test_a_refused_key_on_a_named_upstream_names_its_setting(make_service, other
 
 
 def test_a_start_without_an_upstream_that_still_has_watched_tasks_says_so(
-    make_service, other, hooks, capfd
+    make_service, other, hooks
 ):
     first = with_other(make_service, other)
     task = other.add(duration=600)
     assert first.register(task, f"{hooks.url}/gone", upstream="other").status_code == 201
     first.stop()
-    capfd.readouterr()
-    make_service()  # "other" is no longer configured
-    printed = capfd.readouterr()
-    said = [
-        json.loads(line)["message"]
-        for line in (printed.out + printed.err).splitlines()
-        if "not configured" in line
-    ]
-    assert said == [
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    runtime_log = logging.getLogger("service.runtime")
+    runtime_log.addHandler(handler)
+    try:
+        make_service()  # "other" is no longer configured
+    finally:
+        runtime_log.removeHandler(handler)
+    assert [line for line in said if "not configured" in line] == [
         "1 watched task(s) belong to upstream 'other', which is not configured: they are not "
         "polled until STATUS_PROXY_UPSTREAMS names it again, and are given up after "
         "STATUS_PROXY_TASK_TIMEOUT"
