@@ -364,3 +364,15 @@ def test_a_create_that_names_its_upstream_unclearly_is_refused_before_anything_i
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["param"] == param
     assert upstream.sim.created == [] and other.sim.created == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/videos/video_x", "/v1/registrations", "/v1/videos", "/v1/videos/video_x/content"]
+)
+def test_a_query_parameter_given_twice_is_refused_not_guessed(make_service, other, path):
+    service = with_other(make_service, other)
+    answer = service.client.get(path, params=[("upstream", "other"), ("upstream", "default")])
+    if path == "/v1/videos":  # the list takes no upstream: the same rule, another name
+        answer = service.client.get(path, params=[("limit", "1"), ("limit", "2")])
+    assert answer.status_code == 422, answer.text
+    assert "more than once" in answer.json()["error"]["message"]

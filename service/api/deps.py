@@ -76,9 +76,13 @@ async def get_caller(
     owner = _authenticate(runtime, credentials)
     rules = _rules(request.scope.get("route"))
     if rules is not None:
-        for name in request.query_params:
+        query = request.query_params
+        for name in query:
             if name not in rules.query_names:
                 raise ApiError(422, f"unknown query parameter {name!r}", name or None)
+        if len(query.multi_items()) > len(query):  # which one would count is a guess
+            name = next(name for name in query if len(query.getlist(name)) > 1)
+            raise ApiError(422, f"query parameter {name!r} is given more than once", name)
         if rules.takes_json and not (rules.body_optional and _empty(request)):
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
