@@ -50,6 +50,7 @@ def known(phase: str) -> str:
     it keeps them as a failure."""
     return phase if phase in TASK_WORDS else "failed"
 
+
 # The provider's own word for each phase, as new-api keeps its last answer (Doubao: Ark).
 ARK_WORDS = {
     "unknown": "queued", "queued": "queued", "in_progress": "running", "completed": "succeeded",
