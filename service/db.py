@@ -246,9 +246,19 @@ class InlineConnection:
 
     @asynccontextmanager
     async def begin_nested(self) -> AsyncIterator[None]:
-        """A SAVEPOINT: released on success, rolled back to on error."""
-        with self._conn.begin_nested():
+        """A SAVEPOINT: released on success, rolled back to on error. Sent to the driver
+        as written: SQLAlchemy's savepoint builds and compiles two statements, which cost
+        as much as the commit that group commit saves (profiled)."""
+        raw = self._conn.connection.driver_connection
+        assert raw is not None
+        raw.execute("SAVEPOINT job")
+        try:
             yield
+        except BaseException:
+            raw.execute("ROLLBACK TO job")
+            raw.execute("RELEASE job")
+            raise
+        raw.execute("RELEASE job")
 
 
 def _inline_engine(url: str, begin: str, read_only: bool) -> sa.Engine:
