@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LAG_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 300, 1800, 7200, 86400)
 
 
@@ -72,6 +73,12 @@ class Metrics:
         self.oldest_open_circuit = Gauge(
             "status_proxy_oldest_open_circuit_seconds",
             "How long the circuit open the longest has been open (0 when none is)",
+            registry=self.registry,
+        )
+        self.write_batch = Histogram(
+            "status_proxy_write_batch_jobs",
+            "API writes committed together in one transaction (group commit, SQLite)",
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
 

@@ -154,34 +154,35 @@ async def create(
     poll interval it starts at); answers the existing registration when it is the same
     request."""
     key = dedupe_key(owner, body.upstream, body.task_id, body.callback_url)
+
+    async def write(conn: AsyncConnection) -> Created:
+        existing = (await conn.execute(_ACTIVE_TWIN, {"key": key})).first()
+        if existing is not None:
+            return Created(_same_or_conflict(existing, body), False, 0)
+        registration_id, emitted, task = await _insert(
+            db, conn, owner, key, body, now, interval, family
+        )
+        await db.notify(conn, "events" if emitted else "tasks")
+        if task.state == "ended":  # rare: the insert may have ended it already
+            row = (await conn.execute(_select().where(registrations.c.id == registration_id))).one()
+            return Created(_public(row), True, emitted)
+        public = RegistrationPublic(
+            id=registration_id,
+            task_id=body.task_id,
+            upstream=body.upstream,
+            callback_url=body.callback_url,
+            events=list(body.events),
+            metadata=body.metadata,
+            headers=body.headers,
+            state="active",
+            created_at=int(now),
+            task=_snapshot(task.snapshot),
+        )
+        return Created(public, True, emitted)
+
     for _ in range(3):
         try:
-            async with db.write() as conn:
-                existing = (await conn.execute(_ACTIVE_TWIN, {"key": key})).first()
-                if existing is not None:
-                    return Created(_same_or_conflict(existing, body), False, 0)
-                registration_id, emitted, task = await _insert(
-                    db, conn, owner, key, body, now, interval, family
-                )
-                await db.notify(conn, "events" if emitted else "tasks")
-                if task.state == "ended":  # rare: the insert may have ended it already
-                    row = (
-                        await conn.execute(_select().where(registrations.c.id == registration_id))
-                    ).one()
-                    return Created(_public(row), True, emitted)
-                public = RegistrationPublic(
-                    id=registration_id,
-                    task_id=body.task_id,
-                    upstream=body.upstream,
-                    callback_url=body.callback_url,
-                    events=list(body.events),
-                    metadata=body.metadata,
-                    headers=body.headers,
-                    state="active",
-                    created_at=int(now),
-                    task=_snapshot(task.snapshot),
-                )
-                return Created(public, True, emitted)
+            return await db.write_grouped(write)  # committed with concurrent ones on SQLite
         except (IntegrityError, Vanished):
             continue  # a concurrent twin won the unique index, or the task row went: again
     raise Conflict("the registration is being created concurrently; retry")
@@ -333,14 +334,17 @@ async def page(
 
 async def cancel(db: Database, owner: str, registration_id: str, now: float) -> RegistrationPublic:
     """Cancel a registration; stop polling its task when nobody else needs it."""
-    async with db.write() as conn:
+
+    async def write(conn: AsyncConnection) -> RegistrationPublic:
         row = await _owned(conn, owner, registration_id)
         if row.state in ("delivered", "failed", "ended"):
             raise Conflict(f"the registration is already {row.state}")
         if row.state == "active":
             await _cancel_active(conn, [registration_id], [(row.upstream, row.task_id)], now)
         result = (await conn.execute(_select().where(registrations.c.id == registration_id))).one()
-    return _public(result)
+        return _public(result)
+
+    return await db.write_grouped(write)  # committed with concurrent ones on SQLite
 
 
 async def cancel_task(db: Database, owner: str, upstream: str, task_id: str, now: float) -> int:

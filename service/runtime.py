@@ -47,6 +47,8 @@ class Runtime:
             settings.callback_allow_private, settings.callback_allow_networks
         )
         self.metrics = Metrics()
+        if self.db.group is not None:
+            self.db.group.observe = self.metrics.write_batch.observe
         self.upstream_configs = settings.upstream_configs()
         # One client per upstream: its own connections, so a slow one holds none of
         # another's.
