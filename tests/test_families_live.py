@@ -43,6 +43,15 @@ def webhook(hooks: Any, path: str) -> dict[str, Any]:
     return body
 
 
+def the_others_go_on(service: Service, sims: dict[str, Upstream], hooks: Any, held: str) -> None:
+    """Every upstream but ``held`` completes a new task at once."""
+    others = {name: sim for name, sim in sims.items() if name != held}
+    for name, sim in others.items():
+        service.register(sim.add(queued=0), f"{hooks.url}/other/{name}", upstream=name)
+    for name in others:
+        assert webhook(hooks, f"/other/{name}")["type"] == "video.completed"
+
+
 def test_every_family_completes_and_fails_with_one_webhook_shape(make_service, sims, hooks):
     service = start(make_service, sims)
     made: dict[str, tuple[str, str]] = {}
@@ -100,12 +109,7 @@ def test_a_rate_limited_provider_waits_and_slows_no_other(make_service, sims, ho
         lambda: metric(service, "status_proxy_upstream_requests_total",
                        upstream=limited, outcome="rate_limited") > 0
     )  # fmt: skip
-    for name, sim in sims.items():  # the others go on at once
-        if name != limited:
-            service.register(sim.add(queued=0), f"{hooks.url}/other/{name}", upstream=name)
-    for name in sims:
-        if name != limited:
-            assert webhook(hooks, f"/other/{name}")["type"] == "video.completed"
+    the_others_go_on(service, sims, hooks, limited)
     assert not hooks.at("/limited")
     sims[limited].sim.faults.rate_limit = 0.0
     assert webhook(hooks, "/limited")["type"] == "video.completed"
@@ -123,12 +127,7 @@ def test_a_refused_key_pauses_that_provider_only(make_service, sims, hooks, refu
         return ready.status_code == 503 and refused in ready.text
 
     eventually(named)
-    for name, sim in sims.items():
-        if name != refused:
-            service.register(sim.add(queued=0), f"{hooks.url}/other/{name}", upstream=name)
-    for name in sims:
-        if name != refused:
-            assert webhook(hooks, f"/other/{name}")["type"] == "video.completed"
+    the_others_go_on(service, sims, hooks, refused)
     assert not hooks.at("/refused")
     sims[refused].sim.api_key = "sk-revoked"  # the operator's key works again
     assert webhook(hooks, "/refused")["type"] == "video.completed"
