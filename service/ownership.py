@@ -147,59 +147,52 @@ async def page(
     ``after`` is the last id of the previous page. Raises UnknownCursor when ``after`` is
     not theirs.
 
-    An id the key has on several upstreams stands in the list once per upstream, but a
-    cursor is only an id: the next page goes on after the last of them, and a page never
-    ends on one that comes again later (it ends before it), so no video is shown twice,
-    none is skipped and paging always moves on. Only a page that would hold nothing
-    else ends on such an id (what lies between its places is then passed over)."""
+    A cursor is only an id, so the list holds each id once: an id the key has on
+    several upstreams stands at its newest place, with that upstream's object (the
+    others are read with ``GET /v1/videos/{id}?upstream=``). Paging then never repeats,
+    skips or circles, whatever the page size."""
     key = (owned.c.created_at, owned.c.task_id, owned.c.upstream)
     polled = sa.and_(
         task_table.c.task_id == owned.c.task_id, task_table.c.upstream == owned.c.upstream
     )
+    other = owned.alias("other")
+    newer_place = (
+        sa.select(other.c.task_id)
+        .where(
+            other.c.owner == owned.c.owner,
+            other.c.task_id == owned.c.task_id,
+            other.c.deleted_at.is_(None),
+            sa.tuple_(other.c.created_at, other.c.upstream)
+            > sa.tuple_(owned.c.created_at, owned.c.upstream),
+        )
+        .exists()
+    )
+    listed = sa.and_(owned.c.owner == owner, owned.c.deleted_at.is_(None), ~newer_place)
     query = (
         sa.select(*key, owned.c.video, task_table.c.snapshot)
         .select_from(owned.outerjoin(task_table, polled))
-        .where(owned.c.owner == owner, owned.c.deleted_at.is_(None))
+        .where(listed)
     )
     order = [column.desc() if newest_first else column.asc() for column in key]
-    backwards = [column.asc() if newest_first else column.desc() for column in key]
-    position = sa.tuple_(*key)
-
-    def beyond(place: Any) -> sa.ColumnElement[bool]:
-        return position < tuple(place) if newest_first else position > tuple(place)
-
     async with db.read() as conn:
         if after is not None:
-            cursor = (
-                await conn.execute(
-                    sa.select(*key)
-                    .where(owned.c.owner == owner, owned.c.task_id == after)
-                    .order_by(*backwards)  # the last of its places
-                    .limit(1)
-                )
+            place = sa.select(*key).where(owned.c.owner == owner, owned.c.task_id == after)
+            # Its place in the list; an id deleted since still marks where it stood.
+            cursor = (await conn.execute(place.where(listed).limit(1))).first() or (
+                await conn.execute(place.order_by(*order).limit(1))
             ).first()
             if cursor is None:
                 raise UnknownCursor
-            query = query.where(beyond(cursor))
-        rows = list((await conn.execute(query.order_by(*order).limit(limit + 1))).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        while more and len(rows) > 1:
-            last = rows[-1]
-            again = sa.select(owned.c.task_id).where(
-                owned.c.owner == owner,
-                owned.c.task_id == last.task_id,
-                owned.c.deleted_at.is_(None),
-                beyond((last.created_at, last.task_id, last.upstream)),
+            position = sa.tuple_(*key)
+            query = query.where(
+                position < tuple(cursor) if newest_first else position > tuple(cursor)
             )
-            if (await conn.execute(again.limit(1))).first() is None:
-                break
-            rows.pop()
+        rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).all()
     items = [
         Listed(row.task_id, _latest(row.task_id, row.snapshot, row.video), row.upstream)
         for row in rows
     ]
-    return items, more
+    return items[:limit], len(items) > limit
 
 
 def _latest(task_id: str, polled: str | None, seen: str | None) -> dict[str, Any]:

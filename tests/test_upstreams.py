@@ -71,9 +71,10 @@ def test_the_same_id_on_two_upstreams_is_two_tasks(make_service, upstream, other
     assert service.client.get(f"/v1/videos/{SAME}/content").status_code == 200
     content = service.client.get(f"/v1/videos/{SAME}/content", params={"upstream": "other"})
     assert content.status_code == 409
-    # The list has the videos of every upstream; registrations filter by upstream.
+    # The list has the videos of every upstream, each id once (a cursor is only an id):
+    # at its newest place, here "other"'s. Registrations filter by upstream.
     listed = service.client.get("/v1/videos").json()["data"]
-    assert sorted(video["status"] for video in listed) == ["completed", "failed"]
+    assert [(video["id"], video["status"]) for video in listed] == [(SAME, "failed")]
     page = service.client.get("/v1/registrations", params={"upstream": "other"}).json()
     assert [item["id"] for item in page["data"]] == [second.json()["id"]]
     # Metrics say which upstream.
@@ -279,7 +280,7 @@ def test_the_readme_handler_serves_every_upstream(make_service, upstream, other,
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3])
-def test_listing_an_id_held_on_two_upstreams_pages_on_and_repeats_nothing(
+def test_listing_an_id_held_on_two_upstreams_shows_it_once_and_skips_nothing(
     make_service, upstream, other, hooks, limit
 ):
     service = with_other(make_service, other)
@@ -300,10 +301,9 @@ def test_listing_an_id_held_on_two_upstreams_pages_on_and_repeats_nothing(
         after = page["last_id"]
     else:
         raise AssertionError(f"paging never ended: {seen}")
-    if limit == 1:  # a page of one can only end on the repeated id: what lies between goes
-        assert seen == ["video_new", SAME]
-    else:
-        assert seen == ["video_new", SAME, "video_mid", SAME]
+    # Each id once, at its newest place (here the "other" upstream's), whatever the page.
+    assert seen == ["video_new", SAME, "video_mid"]
+    assert page["data"][-1]["id"] == "video_mid"
 
 
 def test_a_refused_key_on_a_named_upstream_names_its_setting(make_service, other):
@@ -376,3 +376,17 @@ def test_a_query_parameter_given_twice_is_refused_not_guessed(make_service, othe
         answer = service.client.get(path, params=[("limit", "1"), ("limit", "2")])
     assert answer.status_code == 422, answer.text
     assert "more than once" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/registrations", "/v1/videos"])
+def test_a_json_member_given_twice_is_refused_not_guessed(make_service, upstream, other, path):
+    service = with_other(make_service, other)
+    body = (
+        '{"task_id": "video_x", "model": "m", "callback_url": "https://example.com/h",'
+        ' "upstream": "other", "upstream": "default"}'
+    )
+    answer = service.client.post(path, content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["param"] == "upstream"
+    assert "more than once" in answer.json()["error"]["message"]
+    assert upstream.sim.created == [] and other.sim.created == []

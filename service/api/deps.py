@@ -6,6 +6,7 @@ a thread hop per dependency per request, for work that takes microseconds."""
 from __future__ import annotations
 
 import hmac
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -87,7 +88,31 @@ async def get_caller(
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
                 raise ApiError(415, "the body must be JSON, sent as Content-Type: application/json")
+            refuse_twice(await request.body())  # read already, by FastAPI
     return Caller(runtime, owner)
+
+
+class _Twice(ValueError):
+    """A JSON object names one member twice."""
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) < len(names):
+        raise _Twice(next(name for name in names if names.count(name) > 1))
+    return dict(pairs)
+
+
+def refuse_twice(body: bytes) -> None:
+    """422 when an object of a JSON body names a member twice: parsers keep the last,
+    so which one counts would be a guess (RFC 8259 section 4 leaves it undefined)."""
+    try:
+        json.loads(body, object_pairs_hook=_once_each)
+    except _Twice as twice:
+        name = str(twice)[:64]
+        raise ApiError(422, f"{name!r} is given more than once in the body", name) from None
+    except ValueError:  # not JSON at all: answered where the body is read
+        return
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from service import multipart
+from service.api import deps
 from service.api.errors import ApiError
 from service.models import RegistrationCreate
 
@@ -116,10 +117,12 @@ async def read(request: Request, route: str) -> Body:
 
 
 async def _read_json(request: Request, route: str) -> Body:
+    raw = await request.body()
     try:
-        payload = json.loads(await request.body())
+        payload = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, "the body is not valid JSON") from None
+    deps.refuse_twice(raw)
     if not isinstance(payload, dict):
         raise ApiError(422, "the body must be a JSON object")
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
