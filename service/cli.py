@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 import service
@@ -369,12 +370,26 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def configuration_problems(exc: ValueError) -> list[str]:
+    """Each problem of a refused configuration, named by its environment variable."""
+    if not isinstance(exc, ValidationError):
+        return [str(exc)]
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        variable = f"STATUS_PROXY_{field.upper()}" if field else "the configuration"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(message if message.startswith(variable) else f"{variable}: {message}")
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = Settings()
     except ValueError as exc:
-        print(f"status-proxy: bad configuration: {exc}", file=sys.stderr)
+        for problem in configuration_problems(exc):
+            print(f"status-proxy: bad configuration: {problem}", file=sys.stderr)
         return 2
     # `secret` prints for scripts: keep its stdout to the secret alone.
     logs.configure("WARNING" if args.command == "secret" else settings.log_level)

@@ -112,3 +112,16 @@ def test_the_command_refuses_to_start_and_names_the_setting(tmp_path):
     assert b"STATUS_PROXY_UPSTREAMS: upstream 'acme': family" in result.stderr
     assert KEY.encode() not in result.stderr + result.stdout
     assert not (tmp_path / "s.db").exists()
+
+
+def test_the_command_names_a_bad_default_key_by_its_variable(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATUS_PROXY_")}
+    env.update(
+        STATUS_PROXY_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}",
+        STATUS_PROXY_UPSTREAM_API_KEY=KEY + "é",
+    )
+    result = subprocess.run([COMMAND, "migrate"], env=env, capture_output=True)
+    assert result.returncode == 2
+    said = result.stderr.decode()
+    assert said.startswith("status-proxy: bad configuration: STATUS_PROXY_UPSTREAM_API_KEY: ")
+    assert KEY not in said + result.stdout.decode() and "pydantic" not in said
