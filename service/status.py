@@ -182,11 +182,6 @@ def reading(
     )
 
 
-def result(video: dict[str, Any] | None) -> dict[str, Any]:
-    """The webhook's ``result`` of an OpenAI-style video object (see ``shape``)."""
-    return shape(read(video) if video is not None else None)
-
-
 def shape(reading: Reading | None) -> dict[str, Any]:
     """The webhook's ``result``: status-proxy's reading of ``data``, the same shape for
     every family (``progress`` 0 to 100, 100 once completed). None: nothing read yet."""

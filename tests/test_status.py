@@ -1,6 +1,7 @@
 import pytest
 
-from service import status
+from service import status, upstreams
+from service.upstreams import openai_video
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,7 @@ def test_the_success_wrapper_is_unwrapped():
     ],
 )  # fmt: skip
 def test_result_is_the_same_shape_for_every_answer(video, result):
-    assert status.result(video) == result
+    assert upstreams.result(openai_video.FAMILY, video) == result
 
 
 def test_unknown_is_an_in_progress_word_and_not_warned_about(caplog):

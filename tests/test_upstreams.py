@@ -9,7 +9,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import pytest
 
 from service import upstreams
 from service.config import UpstreamEntry
-from service.simulator import Simulator
 from service.upstreams import openai_video
 from tests.conftest import Upstream
 from tests.harness import SECRET, ServerThread, eventually, metric
@@ -28,12 +27,9 @@ SAME = "video_same-id-on-both"
 
 
 @pytest.fixture
-def other() -> Iterator[Upstream]:
+def other(simulate: Callable[..., Upstream]) -> Upstream:
     """A second OpenAI-style upstream: another gateway account, its own key."""
-    simulator = Simulator(api_key=OTHER_KEY, duration=1.0)
-    thread = ServerThread(simulator.create_app()).start()
-    yield Upstream(simulator, thread)
-    thread.stop()
+    return simulate("openai-video", api_key=OTHER_KEY)
 
 
 def with_other(make_service: Any, other: Upstream, key: str = OTHER_KEY, **overrides: Any) -> Any:

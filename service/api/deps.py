@@ -5,6 +5,7 @@ a thread hop per dependency per request, for work that takes microseconds."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 from dataclasses import dataclass
@@ -88,7 +89,8 @@ async def get_caller(
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
                 raise ApiError(415, "the body must be JSON, sent as Content-Type: application/json")
-            refuse_twice(await request.body())  # read already, by FastAPI
+            with contextlib.suppress(ValueError):  # not JSON: FastAPI has answered that
+                loads_once(await request.body())  # read already, by FastAPI
     return Caller(runtime, owner)
 
 
@@ -103,16 +105,15 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def refuse_twice(body: bytes) -> None:
-    """422 when an object of a JSON body names a member twice: parsers keep the last,
-    so which one counts would be a guess (RFC 8259 section 4 leaves it undefined)."""
+def loads_once(body: bytes) -> Any:
+    """A JSON body, parsed; 422 when one of its objects names a member twice (parsers
+    keep the last, so which one counts would be a guess: RFC 8259 section 4 leaves it
+    undefined). Raises ValueError for a body that is not JSON."""
     try:
-        json.loads(body, object_pairs_hook=_once_each)
+        return json.loads(body, object_pairs_hook=_once_each)
     except _Twice as twice:
         name = str(twice)[:64]
         raise ApiError(422, f"{name!r} is given more than once in the body", name) from None
-    except ValueError:  # not JSON at all: answered where the body is read
-        return
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

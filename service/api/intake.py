@@ -117,12 +117,10 @@ async def read(request: Request, route: str) -> Body:
 
 
 async def _read_json(request: Request, route: str) -> Body:
-    raw = await request.body()
     try:
-        payload = json.loads(raw)
+        payload = deps.loads_once(await request.body())
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, "the body is not valid JSON") from None
-    deps.refuse_twice(raw)
     if not isinstance(payload, dict):
         raise ApiError(422, "the body must be a JSON object")
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
