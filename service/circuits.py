@@ -56,15 +56,23 @@ class Outcome:
     probe: bool
 
 
+# Every delivery turn runs these two: built once, their values bound at execution.
+_OPEN_AMONG = sa.select(circuits.c.origin, circuits.c.probe_at, circuits.c.probe_until).where(
+    circuits.c.origin.in_(sa.bindparam("b_origins", expanding=True)),
+    circuits.c.state == State.OPEN,
+)
+_CLOSE = (
+    circuits.delete()
+    .where(circuits.c.origin == sa.bindparam("b_origin"))
+    .returning(circuits.c.state, circuits.c.opened_at)
+)
+
+
 async def open_among(conn: AsyncConnection, origins: Sequence[str]) -> dict[str, Open]:
     """The open circuits of these origins."""
     if not origins:
         return {}
-    rows = await conn.execute(
-        sa.select(circuits.c.origin, circuits.c.probe_at, circuits.c.probe_until).where(
-            circuits.c.origin.in_(sorted(set(origins))), circuits.c.state == State.OPEN
-        )
-    )
+    rows = await conn.execute(_OPEN_AMONG, {"b_origins": sorted(set(origins))})
     return {row.origin: Open(row.origin, row.probe_at, row.probe_until) for row in rows}
 
 
@@ -118,13 +126,7 @@ def _streaks(outcomes: Sequence[Outcome]) -> dict[str, tuple[bool, int, bool]]:
 
 async def _close(conn: AsyncConnection, name: str) -> float | None:
     """Forget the origin's failures; when that closed an open circuit, the time it opened."""
-    rows = (
-        await conn.execute(
-            circuits.delete()
-            .where(circuits.c.origin == name)
-            .returning(circuits.c.state, circuits.c.opened_at)
-        )
-    ).all()
+    rows = (await conn.execute(_CLOSE, {"b_origin": name})).all()
     return next((float(row.opened_at) for row in rows if row.state == State.OPEN), None)
 
 

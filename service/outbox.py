@@ -186,8 +186,7 @@ async def _emit_terminal_rows(conn: AsyncConnection, rows: Iterable[Any], now: f
     await _drop_pending_progress(conn, [row["registration_id"] for row in new_rows], now)
     if new_rows:
         await conn.execute(events.insert(), new_rows)
-    if ended:
-        await conn.execute(set_state(ended, ("active",), "ended", now))
+    await _set_state(conn, ended, ("active",), "ended", now)
     return len(new_rows)
 
 
@@ -248,16 +247,32 @@ class Claimed:
     origin: str = ""  # scheme://host:port of the callback URL
 
 
-def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
-    """Due events of one lane, oldest due first, none behind an earlier event of its
-    registration that is still pending or in flight. Served by indexes, never a scan."""
+def _keys(name: str) -> sa.BindParameter[Any]:
+    """A list of keys bound at execution, as ``IN (…)``."""
+    return sa.bindparam(name, expanding=True)
+
+
+_NOW = sa.bindparam("b_now", type_=sa.Float)
+_CLAIMED_COLUMNS = (
+    events.c.seq,
+    events.c.id,
+    events.c.registration_id,
+    events.c.type,
+    events.c.body,
+    events.c.attempts,
+    events.c.created_at,
+    events.c.first_attempt_at,
+)
+
+
+def _due() -> sa.Select[tuple[int]]:
     earlier = events.alias("earlier")
     blocked = (
         sa.select(earlier.c.seq)
         .where(
             earlier.c.registration_id == events.c.registration_id,
             earlier.c.seq < events.c.seq,
-            sa.or_(earlier.c.state == "pending", earlier.c.lease_until > now),
+            sa.or_(earlier.c.state == "pending", earlier.c.lease_until > _NOW),
         )
         .exists()
     )
@@ -265,22 +280,49 @@ def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
         sa.select(events.c.seq)
         .where(
             events.c.state == "pending",
-            events.c.lane == lane,
-            events.c.next_attempt_at <= now,
-            sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
+            events.c.lane == sa.bindparam("b_lane"),
+            events.c.next_attempt_at <= _NOW,
+            sa.or_(events.c.lease_until.is_(None), events.c.lease_until < _NOW),
             ~blocked,
         )
         .order_by(events.c.next_attempt_at)
-        .limit(limit)
+        .limit(sa.bindparam("b_limit", type_=sa.Integer))
     )
+
+
+# The hot statements of the delivery worker are built once, with their values bound at
+# execution: building and hashing a statement cost more than SQLite running it (profiled).
+_DUE = _due()
+_CLAIM = (
+    events.update()
+    .where(events.c.seq.in_(_DUE.with_for_update(skip_locked=True).scalar_subquery()))
+    .values(lease_until=sa.bindparam("b_until"))
+    .returning(*_CLAIMED_COLUMNS)
+)
+_TARGETS = sa.select(
+    registrations.c.id,
+    registrations.c.callback_url,
+    registrations.c.task_id,
+    registrations.c.upstream,
+    registrations.c.owner,
+    registrations.c.headers,
+).where(registrations.c.id.in_(_keys("b_ids")))
+
+
+def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
+    """Due events of one lane, oldest due first, none behind an earlier event of its
+    registration that is still pending or in flight. Served by indexes, never a scan."""
+    return _DUE.params(b_now=now, b_limit=limit, b_lane=lane)
 
 
 async def claim(
     conn: AsyncConnection, now: float, limit: int, lease: float, lane: int
 ) -> list[Claimed]:
     """Lease up to ``limit`` due events of one lane, at most one per registration, in order."""
-    due = due_events(now, limit, lane).with_for_update(skip_locked=True)
     lease_until = now + lease
+    rows = await conn.execute(
+        _CLAIM, {"b_now": now, "b_limit": limit, "b_lane": lane, "b_until": lease_until}
+    )
     claimed = [
         Claimed(
             seq=row.seq,
@@ -294,38 +336,11 @@ async def claim(
             lane=lane,
             first_attempt_at=row.first_attempt_at,
         )
-        for row in (
-            await conn.execute(
-                events.update()
-                .where(events.c.seq.in_(due.scalar_subquery()))
-                .values(lease_until=lease_until)
-                .returning(
-                    events.c.seq,
-                    events.c.id,
-                    events.c.registration_id,
-                    events.c.type,
-                    events.c.body,
-                    events.c.attempts,
-                    events.c.created_at,
-                    events.c.first_attempt_at,
-                )
-            )
-        ).all()
+        for row in rows.all()
     ]
     if claimed:
-        targets = {
-            row.id: row
-            for row in await conn.execute(
-                sa.select(
-                    registrations.c.id,
-                    registrations.c.callback_url,
-                    registrations.c.task_id,
-                    registrations.c.upstream,
-                    registrations.c.owner,
-                    registrations.c.headers,
-                ).where(registrations.c.id.in_({event.registration_id for event in claimed}))
-            )
-        }
+        wanted = sorted({event.registration_id for event in claimed})
+        targets = {row.id: row for row in await conn.execute(_TARGETS, {"b_ids": wanted})}
         for event in claimed:
             target = targets[event.registration_id]
             event.callback_url, event.task_id = target.callback_url, target.task_id
@@ -348,6 +363,38 @@ class Result:
     accepted: bool
     gone: bool
     next_attempt_at: float | None  # None: dead (or accepted)
+
+
+_LEASES = (
+    sa.select(events.c.seq, events.c.lease_until, events.c.attempts)
+    .where(events.c.seq.in_(_keys("b_seqs")))
+    .with_for_update()
+)
+# One attempt ends: counted, its lease given back, and a pending event takes its new
+# state (delivered, dead, or pending for its retry, in the retry lane). Every column
+# reads the row as it was, so ``state`` is the old one in each CASE.
+_pending = events.c.state == "pending"
+_ATTEMPTED = (
+    events.update()
+    .where(events.c.seq == sa.bindparam("b_seq"), events.c.lease_until == sa.bindparam("b_lease"))
+    .values(
+        attempts=events.c.attempts + 1,
+        lease_until=None,
+        state=sa.case((_pending, sa.bindparam("b_state")), else_=events.c.state),
+        next_attempt_at=sa.case(
+            (_pending, sa.bindparam("b_next", type_=sa.Float)), else_=events.c.next_attempt_at
+        ),
+        lane=sa.case((_pending, RETRY), else_=events.c.lane),
+    )
+)
+_SET_STATE = (
+    registrations.update()
+    .where(
+        registrations.c.id.in_(_keys("b_ids")),
+        unindexed(registrations.c.state).in_(_keys("b_from")),
+    )
+    .values(state=sa.bindparam("b_to"), updated_at=_NOW)
+)
 
 
 async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -> list[Result]:
@@ -380,24 +427,11 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
         ],
     )
     await conn.execute(
-        events.update()
-        .where(
-            events.c.seq == sa.bindparam("b_seq"), events.c.lease_until == sa.bindparam("b_lease")
-        )
-        .values(attempts=events.c.attempts + 1, lease_until=None),
-        [{"b_seq": r.event.seq, "b_lease": r.event.lease_until} for r in results],
-    )
-    await conn.execute(
-        events.update()
-        .where(events.c.seq == sa.bindparam("b_seq"), events.c.state == "pending")
-        .values(
-            state=sa.bindparam("b_state"),
-            next_attempt_at=sa.bindparam("b_next"),
-            lane=RETRY,
-        ),
+        _ATTEMPTED,
         [
             {
                 "b_seq": r.event.seq,
+                "b_lease": r.event.lease_until,
                 "b_state": _event_state(r),
                 "b_next": r.next_attempt_at if r.next_attempt_at is not None else now,
             }
@@ -424,11 +458,7 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
 async def _leases(conn: AsyncConnection, results: Sequence[Result]) -> dict[int, tuple[Any, int]]:
     """The lease and attempt count of the events of ``results``, locked until we commit
     so that no other worker takes them over meanwhile: seq -> (lease_until, attempts)."""
-    rows = await conn.execute(
-        sa.select(events.c.seq, events.c.lease_until, events.c.attempts)
-        .where(events.c.seq.in_([r.event.seq for r in results]))
-        .with_for_update()
-    )
+    rows = await conn.execute(_LEASES, {"b_seqs": [r.event.seq for r in results]})
     return {row.seq: (row.lease_until, row.attempts) for row in rows}
 
 
@@ -444,20 +474,16 @@ async def _set_state(
     conn: AsyncConnection, ids_: Sequence[str], from_states: Sequence[str], to: str, now: float
 ) -> None:
     if ids_:
-        await conn.execute(set_state(ids_, from_states, to, now))
+        await conn.execute(*set_state(ids_, from_states, to, now))
 
 
-def set_state(ids_: Sequence[str], from_states: Sequence[str], to: str, now: float) -> sa.Update:
-    """Move registrations found by id from one of ``from_states`` to ``to``."""
-    statement: sa.Update = (
-        registrations.update()
-        .where(
-            registrations.c.id.in_(sorted(set(ids_))),
-            unindexed(registrations.c.state).in_(from_states),
-        )
-        .values(state=to, updated_at=now)
-    )
-    return statement
+def set_state(
+    ids_: Sequence[str], from_states: Sequence[str], to: str, now: float
+) -> tuple[sa.Update, dict[str, Any]]:
+    """The statement that moves registrations found by id from one of ``from_states`` to
+    ``to``, and its values."""
+    return _SET_STATE, {"b_ids": sorted(set(ids_)), "b_from": list(from_states), "b_to": to,
+                        "b_now": now}  # fmt: skip
 
 
 def drop_pending(registration_ids: Sequence[str]) -> sa.Update:
@@ -473,58 +499,63 @@ def drop_pending(registration_ids: Sequence[str]) -> sa.Update:
     return statement
 
 
+_POSTPONE = (
+    events.update()
+    .where(events.c.seq == sa.bindparam("b_seq"))
+    .values(next_attempt_at=sa.bindparam("b_until"), lease_until=None)
+)
+# Rows another worker holds are skipped, never waited for: waking runs after the
+# circuits are written, and that worker may be waiting for them.
+_WAKE = (
+    events.update()
+    .where(
+        events.c.seq.in_(
+            sa.select(events.c.seq)
+            .where(
+                events.c.seq.in_(_keys("b_seqs")),
+                unindexed(events.c.state) == "pending",
+                events.c.next_attempt_at > _NOW,
+                sa.or_(events.c.lease_until.is_(None), events.c.lease_until < _NOW),
+            )
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(next_attempt_at=_NOW)
+)
+_MARK_SENT = (
+    events.update()
+    .where(events.c.seq.in_(_keys("b_seqs")), events.c.first_attempt_at.is_(None))
+    .values(first_attempt_at=_NOW)
+)
+_RELEASE = (
+    events.update()
+    .where(events.c.seq == sa.bindparam("b_seq"), events.c.lease_until == sa.bindparam("b_lease"))
+    .values(lease_until=None)
+)
+
+
 async def postpone(conn: AsyncConnection, until: Sequence[tuple[int, float]]) -> None:
     """Give back claimed events, due again later; no attempt is counted: (seq, when)."""
     if until:
-        await conn.execute(
-            events.update()
-            .where(events.c.seq == sa.bindparam("b_seq"))
-            .values(next_attempt_at=sa.bindparam("b_until"), lease_until=None),
-            [{"b_seq": seq, "b_until": when} for seq, when in until],
-        )
+        await conn.execute(_POSTPONE, [{"b_seq": seq, "b_until": when} for seq, when in until])
 
 
 async def wake(conn: AsyncConnection, seqs: Sequence[int], now: float) -> None:
     """Make postponed events due now, unless they were sent or taken meanwhile."""
     if seqs:
-        # Rows another worker holds are skipped, never waited for: this runs after the
-        # circuits are written, and that worker may be waiting for them.
-        waiting = (
-            sa.select(events.c.seq)
-            .where(
-                events.c.seq.in_(sorted(set(seqs))),
-                unindexed(events.c.state) == "pending",
-                events.c.next_attempt_at > now,
-                sa.or_(events.c.lease_until.is_(None), events.c.lease_until < now),
-            )
-            .with_for_update(skip_locked=True)
-        )
-        await conn.execute(
-            events.update()
-            .where(events.c.seq.in_(waiting.scalar_subquery()))
-            .values(next_attempt_at=now)
-        )
+        await conn.execute(_WAKE, {"b_seqs": sorted(set(seqs)), "b_now": now})
 
 
 async def mark_sent(conn: AsyncConnection, seqs: Sequence[int], now: float) -> None:
     """Start the retry window of events about to be sent for the first time."""
     if seqs:
-        await conn.execute(
-            events.update()
-            .where(events.c.seq.in_(seqs), events.c.first_attempt_at.is_(None))
-            .values(first_attempt_at=now)
-        )
+        await conn.execute(_MARK_SENT, {"b_seqs": list(seqs), "b_now": now})
 
 
 async def release(conn: AsyncConnection, claimed: Sequence[Claimed]) -> None:
     """Give back leases of events that were claimed but not attempted, those still ours."""
     if claimed:
         await conn.execute(
-            events.update()
-            .where(
-                events.c.seq == sa.bindparam("b_seq"),
-                events.c.lease_until == sa.bindparam("b_lease"),
-            )
-            .values(lease_until=None),
-            [{"b_seq": event.seq, "b_lease": event.lease_until} for event in claimed],
+            _RELEASE, [{"b_seq": event.seq, "b_lease": event.lease_until} for event in claimed]
         )

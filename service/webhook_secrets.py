@@ -77,12 +77,18 @@ async def read(conn: Any, owners: Iterable[str]) -> dict[str, KeySecrets]:
     wanted = sorted(set(owners))
     if not wanted:
         return {}
-    return {row.owner: _from_row(row) for row in await conn.execute(by_owners(wanted))}
+    rows = await conn.execute(_BY_OWNERS, {"b_owners": wanted})
+    return {row.owner: _from_row(row) for row in rows}
+
+
+# Built once: every delivery turn reads the secrets of its events' keys.
+_BY_OWNERS = sa.select(*COLUMNS).where(table.c.owner.in_(sa.bindparam("b_owners", expanding=True)))
 
 
 def by_owners(owners: Sequence[str]) -> sa.Select[Any]:
     """The rows of these owners, found by primary key (the delivery claim runs it)."""
-    return sa.select(*COLUMNS).where(table.c.owner.in_(owners))
+    statement: sa.Select[Any] = _BY_OWNERS.params(b_owners=list(owners))
+    return statement
 
 
 async def ensure(conn: Any, owners: Iterable[str], now: float) -> dict[str, KeySecrets]:

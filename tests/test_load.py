@@ -58,9 +58,11 @@ def plans(database_url):
                 if postgres:  # tables are tiny here: ask whether an index *can* serve
                     await conn.execute(sa.text("SET enable_seqscan = off"))
                 for name, query in {**QUERIES, **{k: q for k, (q, _) in KEYED.items()}}.items():
+                    # A statement built once comes with the values it is run with.
+                    query, values = query if isinstance(query, tuple) else (query, None)
                     # With bound parameters, as the service runs it: a literal can let
                     # SQLite use a partial index that a parameter does not.
-                    expanded = query.compile(conn).construct_expanded_state()
+                    expanded = query.compile(conn).construct_expanded_state(values)
                     prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
                     sql, values = prefix + expanded.statement, expanded.positional_parameters
                     rows = (await conn.exec_driver_sql(sql, values)).all()
