@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -208,13 +209,26 @@ async def check(url: str, guard: Guard) -> None:
 
 def vet_literal(url: str, guard: Guard) -> None:
     """At delivery: a host given as an address never reaches the resolver, so it is
-    checked here; host names are checked by the resolver at connect time."""
-    host = parse(url).hostname or ""
+    checked here; host names are checked by the resolver at connect time. Raises
+    CallbackRejected. The verdict of a URL is kept (most events go to callbacks seen
+    before, and it depends only on the URL and the guard)."""
+    refusal = _literal_refusal(url, guard)
+    if refusal is not None:
+        raise CallbackRejected(refusal)
+
+
+@functools.lru_cache(maxsize=4096)
+def _literal_refusal(url: str, guard: Guard) -> str | None:
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return
-    guard.vet(address, host)
+        host = parse(url).hostname or ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        guard.vet(address, host)
+    except CallbackRejected as exc:
+        return str(exc)
+    return None
 
 
 class GuardedResolver(AbstractResolver):
@@ -246,10 +260,11 @@ def connector(guard: Guard, limit: int) -> aiohttp.TCPConnector:
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+@functools.lru_cache(maxsize=4096)
 def origin(url: str) -> str:
     """``scheme://host:port`` of a URL (RFC 6454's origin), lower case, the port always
     written: a receiver's circuit and concurrency key, and what operator events name,
-    without a path or query that may carry a receiver's token."""
+    without a path or query that may carry a receiver's token. Kept per URL."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").rstrip(".")

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import operator_events
 from service.config import Settings
+from service.db import prepared
 from service.models import Circuit
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,13 @@ class Outcome:
 
 
 # Every delivery turn runs these two: built once, their values bound at execution.
-_OPEN_AMONG = sa.select(circuits.c.origin, circuits.c.probe_at, circuits.c.probe_until).where(
-    circuits.c.origin.in_(sa.bindparam("b_origins", expanding=True)),
-    circuits.c.state == State.OPEN,
+_OPEN_AMONG = prepared(
+    sa.select(circuits.c.origin, circuits.c.probe_at, circuits.c.probe_until).where(
+        circuits.c.origin.in_(sa.bindparam("b_origins", expanding=True)),
+        circuits.c.state == State.OPEN,
+    )
 )
-_CLOSE = (
+_CLOSE = prepared(
     circuits.delete()
     .where(circuits.c.origin == sa.bindparam("b_origin"))
     .returning(circuits.c.state, circuits.c.opened_at)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+import collections
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
@@ -231,6 +233,106 @@ class Database:
             await self.read_engine.dispose()
 
 
+S = TypeVar("S", bound=sa.Executable)
+
+
+def prepared(statement: S) -> S:
+    """Mark a statement built once (its values bound at execution) to run on SQLite's
+    driver directly, below SQLAlchemy's execution layer (statement cache lookup, cache
+    key, parameter and result set-up), which costs more than SQLite running it
+    (profiled: bench/README.md). The delivery worker's statements are such. Compiled
+    once by SQLAlchemy, so the SQL is the same; on PostgreSQL, and through any other
+    connection, it runs as any statement does."""
+    _PREPARED[id(statement)] = (statement, None)
+    return statement
+
+
+_PREPARED: dict[int, tuple[Any, _Compiled | None]] = {}
+
+
+class _Compiled:
+    """A prepared statement compiled for SQLite: its SQL, where each value goes, and how
+    its rows read. A list bound as ``IN (…)`` gets one ``?`` per item (SQL kept per
+    length)."""
+
+    def __init__(self, statement: Any, dialect: sa.Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        assert compiled.positiontup is not None  # SQLite's parameters are positional
+        self.sql: str = compiled.string
+        self.names: list[str] = list(compiled.positiontup)
+        self.given = {name: bind.value for name, bind in compiled.binds.items()}
+        self.processors = {
+            name: processor
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.bind_processor(dialect)) is not None
+        }
+        self.expanding = {name for name, bind in compiled.binds.items() if bind.expanding}
+        self._sized: dict[tuple[int, ...], str] = {}
+        described = (
+            statement.column_descriptions
+            if isinstance(statement, sa.Select)
+            else getattr(statement, "returning_column_descriptions", [])
+        )
+        self.row: Any = None
+        self.readers: list[Any] = []
+        if described:
+            self.row = collections.namedtuple("Row", [d["name"] for d in described])  # type: ignore[misc]
+            self.readers = [d["type"].result_processor(dialect, None) for d in described]
+
+    def values(self, parameters: dict[str, Any]) -> list[Any]:
+        out: list[Any] = []
+        for name in self.names:
+            value = parameters[name] if name in parameters else self.given[name]
+            processor = self.processors.get(name)
+            if name in self.expanding:
+                out.extend(map(processor, value) if processor else value)
+            else:
+                out.append(processor(value) if processor else value)
+        return out
+
+    def text(self, parameters: dict[str, Any]) -> str:
+        if not self.expanding:
+            return self.sql
+        sizes = tuple(len(parameters[name]) for name in sorted(self.expanding))
+        found = self._sized.get(sizes)
+        if found is None:
+            found = self.sql
+            for name, size in zip(sorted(self.expanding), sizes, strict=True):
+                if size == 0:
+                    raise ValueError(f"an empty list for {name}: callers skip such statements")
+                found = found.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * size))
+            self._sized[sizes] = found
+        return found
+
+    def rows(self, cursor: Any) -> list[Any]:
+        if self.row is None:
+            return []
+        readers = self.readers
+        if not any(readers):
+            return [self.row._make(raw) for raw in cursor.fetchall()]
+        return [
+            self.row._make(
+                read(value) if read else value for read, value in zip(readers, raw, strict=True)
+            )
+            for raw in cursor.fetchall()
+        ]
+
+
+class _Result:
+    """What a prepared statement returns: its rows (attributes by column name) and the
+    count of rows it changed."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def all(self) -> list[Any]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
 class InlineConnection:
     """AsyncConnection's execute() over a synchronous SQLite connection."""
 
@@ -239,7 +341,29 @@ class InlineConnection:
         self.dialect = conn.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        return self._conn.execute(statement, parameters)
+        found = _PREPARED.get(id(statement))
+        if found is None:
+            return self._conn.execute(statement, parameters)
+        compiled = found[1]
+        if compiled is None:
+            compiled = _Compiled(statement, self.dialect)
+            _PREPARED[id(statement)] = (statement, compiled)
+        return self._raw(compiled, parameters or {})
+
+    def _raw(self, compiled: _Compiled, parameters: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        raw = self._conn.connection.driver_connection
+        assert raw is not None
+        try:
+            if isinstance(parameters, list):
+                sql = compiled.sql
+                cursor = raw.executemany(sql, [compiled.values(each) for each in parameters])
+            else:
+                sql = compiled.text(parameters)
+                cursor = raw.execute(sql, compiled.values(parameters))
+            return _Result(compiled.rows(cursor), cursor.rowcount)
+        except sqlite3.Error as exc:
+            # Wrapped as SQLAlchemy wraps it, so callers tell an away database from a bad row.
+            raise sa.exc.DBAPIError.instance(sql, parameters, exc, sqlite3.Error) from exc
 
     async def exec_driver_sql(self, statement: str) -> Any:
         return self._conn.exec_driver_sql(statement)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import ids, snapshot, upstreams
-from service.db import by_task, unindexed
+from service.db import by_task, prepared, unindexed
 from service.models import TERMINAL_EVENTS, Attempt, Event, Registration, compact_json
 from service.upstreams import Family, openai_video
 
@@ -293,20 +293,22 @@ def _due() -> sa.Select[tuple[int]]:
 # The hot statements of the delivery worker are built once, with their values bound at
 # execution: building and hashing a statement cost more than SQLite running it (profiled).
 _DUE = _due()
-_CLAIM = (
+_CLAIM = prepared(
     events.update()
     .where(events.c.seq.in_(_DUE.with_for_update(skip_locked=True).scalar_subquery()))
     .values(lease_until=sa.bindparam("b_until"))
     .returning(*_CLAIMED_COLUMNS)
 )
-_TARGETS = sa.select(
-    registrations.c.id,
-    registrations.c.callback_url,
-    registrations.c.task_id,
-    registrations.c.upstream,
-    registrations.c.owner,
-    registrations.c.headers,
-).where(registrations.c.id.in_(_keys("b_ids")))
+_TARGETS = prepared(
+    sa.select(
+        registrations.c.id,
+        registrations.c.callback_url,
+        registrations.c.task_id,
+        registrations.c.upstream,
+        registrations.c.owner,
+        registrations.c.headers,
+    ).where(registrations.c.id.in_(_keys("b_ids")))
+)
 
 
 def due_events(now: float, limit: int, lane: int) -> sa.Select[tuple[int]]:
@@ -365,7 +367,7 @@ class Result:
     next_attempt_at: float | None  # None: dead (or accepted)
 
 
-_LEASES = (
+_LEASES = prepared(
     sa.select(events.c.seq, events.c.lease_until, events.c.attempts)
     .where(events.c.seq.in_(_keys("b_seqs")))
     .with_for_update()
@@ -374,7 +376,7 @@ _LEASES = (
 # state (delivered, dead, or pending for its retry, in the retry lane). Every column
 # reads the row as it was, so ``state`` is the old one in each CASE.
 _pending = events.c.state == "pending"
-_ATTEMPTED = (
+_ATTEMPTED = prepared(
     events.update()
     .where(events.c.seq == sa.bindparam("b_seq"), events.c.lease_until == sa.bindparam("b_lease"))
     .values(
@@ -387,7 +389,7 @@ _ATTEMPTED = (
         lane=sa.case((_pending, RETRY), else_=events.c.lane),
     )
 )
-_SET_STATE = (
+_SET_STATE = prepared(
     registrations.update()
     .where(
         registrations.c.id.in_(_keys("b_ids")),
@@ -499,14 +501,14 @@ def drop_pending(registration_ids: Sequence[str]) -> sa.Update:
     return statement
 
 
-_POSTPONE = (
+_POSTPONE = prepared(
     events.update()
     .where(events.c.seq == sa.bindparam("b_seq"))
     .values(next_attempt_at=sa.bindparam("b_until"), lease_until=None)
 )
 # Rows another worker holds are skipped, never waited for: waking runs after the
 # circuits are written, and that worker may be waiting for them.
-_WAKE = (
+_WAKE = prepared(
     events.update()
     .where(
         events.c.seq.in_(
@@ -523,12 +525,12 @@ _WAKE = (
     )
     .values(next_attempt_at=_NOW)
 )
-_MARK_SENT = (
+_MARK_SENT = prepared(
     events.update()
     .where(events.c.seq.in_(_keys("b_seqs")), events.c.first_attempt_at.is_(None))
     .values(first_attempt_at=_NOW)
 )
-_RELEASE = (
+_RELEASE = prepared(
     events.update()
     .where(events.c.seq == sa.bindparam("b_seq"), events.c.lease_until == sa.bindparam("b_lease"))
     .values(lease_until=None)

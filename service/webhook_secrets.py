@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service import signing
-from service.db import Database
+from service.db import Database, prepared
 from service.models import WebhookSecret, WebhookSecretPublic
 
 table = WebhookSecret.__table__  # type: ignore[attr-defined]
@@ -82,7 +82,9 @@ async def read(conn: Any, owners: Iterable[str]) -> dict[str, KeySecrets]:
 
 
 # Built once: every delivery turn reads the secrets of its events' keys.
-_BY_OWNERS = sa.select(*COLUMNS).where(table.c.owner.in_(sa.bindparam("b_owners", expanding=True)))
+_BY_OWNERS = prepared(
+    sa.select(*COLUMNS).where(table.c.owner.in_(sa.bindparam("b_owners", expanding=True)))
+)
 
 
 def by_owners(owners: Sequence[str]) -> sa.Select[Any]:
