@@ -69,7 +69,7 @@ def _clean_already(text: str) -> bool:
     if text[:1] == "\ufeff" or "\x00" in text[:4] or _SURROGATE_ANYWHERE.search(text):
         return False
     try:
-        json.loads(text, parse_constant=_refuse, parse_float=_finite)
+        _STRICT.decode(text)
     except (ValueError, RecursionError):
         return False
     return True
@@ -84,6 +84,9 @@ def _finite(word: str) -> float:
     if not math.isfinite(number):
         raise ValueError(word)
     return number
+
+
+_STRICT = json.JSONDecoder(parse_constant=_refuse, parse_float=_finite)  # built once
 
 
 def load(raw: bytes | str | None) -> dict[str, Any] | None:
