@@ -22,6 +22,7 @@ from service.api import (
     webhooks,
 )
 from service.api.access import AccessLog
+from service.api.hot_read import HotRead
 from service.api.limits import BodyLimit
 from service.config import Settings
 from service.runtime import Runtime
@@ -56,6 +57,8 @@ def create_app(
         redoc_url=None,
     )
     errors.install(app)
+    if api:
+        app.add_middleware(HotRead)  # innermost: below our middleware, before routing
     app.add_middleware(BodyLimit, upload_limit=settings.upload_limit)
     app.add_middleware(AccessLog)  # outermost: sees every answer, 413s included
     if api:

@@ -35,6 +35,21 @@ UPSTREAMS_SQL = (
     "AND deleted_at IS NULL "
     "ORDER BY CASE WHEN upstream = 'default' THEN 0 ELSE 1 END, created_at, upstream LIMIT 1"
 )
+# The same video, or the named upstream's, with its task's latest snapshot in one read by
+# key (the hot read's); the snapshot columns are NULL for a task that is not polled.
+SNAPSHOT_SQL = (
+    "SELECT o.upstream, t.snapshot, t.snapshot_at FROM owned_videos AS o "
+    "LEFT JOIN tasks AS t ON t.upstream = o.upstream AND t.task_id = o.task_id "
+    "WHERE o.owner = :owner AND o.task_id = :task_id AND o.deleted_at IS NULL "
+    "ORDER BY CASE WHEN o.upstream = 'default' THEN 0 ELSE 1 END, o.created_at, o.upstream "
+    "LIMIT 1"
+)
+SNAPSHOT_ON_SQL = (
+    "SELECT o.upstream, t.snapshot, t.snapshot_at FROM owned_videos AS o "
+    "LEFT JOIN tasks AS t ON t.upstream = o.upstream AND t.task_id = o.task_id "
+    "WHERE o.owner = :owner AND o.upstream = :upstream AND o.task_id = :task_id "
+    "AND o.deleted_at IS NULL"
+)
 
 
 class UnknownCursor(Exception):
@@ -203,3 +218,17 @@ def _latest(task_id: str, polled: str | None, seen: str | None) -> dict[str, Any
         if loaded is not None:
             return loaded
     return {"id": task_id, "object": "video"}
+
+
+async def snapshot_of(
+    db: Database, owner: str, task_id: str, upstream: str | None
+) -> tuple[str, str | None, float | None] | None:
+    """The owner's video of this id that a ``{task_id}`` route means (the one on
+    ``upstream`` when it is named): its upstream and its task's stored snapshot and
+    time, both None when the task is not polled; None when the owner has no such video."""
+    if upstream is None:
+        row = await db.lookup(SNAPSHOT_SQL, {"owner": owner, "task_id": task_id})
+    else:
+        values = {"owner": owner, "task_id": task_id, "upstream": upstream}
+        row = await db.lookup(SNAPSHOT_ON_SQL, values)
+    return None if row is None else (str(row[0]), row[1], row[2])

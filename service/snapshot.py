@@ -25,6 +25,8 @@ _BOMS = (
 )
 # A surrogate left in a decoded string is a lone one: JSON escapes of a valid pair join.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A surrogate in a text, or the escape of one (of a valid pair too: a doubt, not a fault).
+_SURROGATE_ANYWHERE = re.compile(r"[\ud800-\udfff]|\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +56,37 @@ def clean(raw: bytes | str | None) -> str | None:
     """The clean JSON text of an answer or stored snapshot; None when it is not JSON."""
     if raw is None:
         return None
+    if isinstance(raw, str) and _clean_already(raw):
+        return raw  # what parse() would give, without building and walking the value
     parsed = parse(raw)
     return parsed.text if parsed is not None else None
+
+
+def _clean_already(text: str) -> bool:
+    """Whether parse() would keep the text as it is: strict JSON with no mark, no NUL
+    where encodings are guessed, no surrogate (escaped or not) and no number that is
+    not finite. False sends a text through parse(), so a doubt costs time, not care."""
+    if text[:1] == "\ufeff" or "\x00" in text[:4] or _SURROGATE_ANYWHERE.search(text):
+        return False
+    try:
+        _STRICT.decode(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _refuse(word: str) -> Any:
+    raise ValueError(word)
+
+
+def _finite(word: str) -> float:
+    number = float(word)
+    if not math.isfinite(number):
+        raise ValueError(word)
+    return number
+
+
+_STRICT = json.JSONDecoder(parse_constant=_refuse, parse_float=_finite)  # built once
 
 
 def load(raw: bytes | str | None) -> dict[str, Any] | None:

@@ -145,10 +145,17 @@ def _authenticate(runtime: Runtime, credentials: HTTPAuthorizationCredentials | 
         return ""
     if credentials is None:
         raise ApiError(401, "an API key is required: Authorization: Bearer <key>")
-    given = key_digest(credentials.credentials)
+    owner = key_owner(digests, credentials.credentials)
+    if owner is None:
+        raise ApiError(401, "the API key is not valid")
+    return owner
+
+
+def key_owner(digests: list[bytes], key: str) -> str | None:
+    """The owner a key stands for (the hex of its digest), or None when it is none of
+    the configured keys."""
+    given = key_digest(key)
     found = False
     for digest in digests:  # every key is compared, so timing tells nothing
         found |= hmac.compare_digest(given, digest)
-    if not found:
-        raise ApiError(401, "the API key is not valid")
-    return given.hex()
+    return given.hex() if found else None

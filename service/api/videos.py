@@ -73,18 +73,23 @@ async def get_video(task_id: TaskId, caller: CallerDep, upstream: UpstreamQuery 
     runtime = caller.runtime
     row = await runtime.db.lookup(SNAPSHOT_SQL, {"upstream": found.name, "task_id": task_id})
     if row is not None and row[0] is not None:
-        stored, snapshot_at = row
-        age = max(0, int(time.time() - snapshot_at))
-        headers = {"Age": str(age), **_poll_after(runtime, found.name)}
-        # Clean already since it was stored; cleaned again for rows kept by older releases.
-        text = snapshot.clean(stored) or "null"
-        return Response(text, media_type="application/json", headers=headers)
+        return cached(runtime, found.name, *row)
     fetch = await fetch_through(runtime, found, task_id)
     # What a list of the caller's videos shows for a task status-proxy does not poll.
     seen = fetch.text.encode()
     await ownership.seen(runtime.db, caller.owner, found.name, task_id, seen, time.time())
     headers = {"Age": "0", **_poll_after(runtime, found.name)}
     return Response(fetch.text, media_type="application/json", headers=headers)
+
+
+def cached(runtime: Runtime, upstream: str, stored: str, snapshot_at: float) -> Response:
+    """The answer for a stored snapshot: its clean JSON text, with its ``Age`` (the
+    route's, and the hot read's in service/api/hot_read.py)."""
+    age = max(0, int(time.time() - snapshot_at))
+    headers = {"Age": str(age), **_poll_after(runtime, upstream)}
+    # Clean already since it was stored; cleaned again for rows kept by older releases.
+    text = snapshot.clean(stored) or "null"
+    return Response(text, media_type="application/json", headers=headers)
 
 
 async def fetch_through(runtime: Runtime, upstream: Upstream, task_id: str) -> Fetch:
