@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import operator_events, outbox, registrations, retention, tasks
 from service.config import DEFAULT_UPSTREAM, Settings
-from service.db import Database, by_task
+from service.db import Database, by_task, prepared
 from service.metrics import Metrics
 from service.models import Task
 from service.pipeline import Pipeline
@@ -239,20 +239,74 @@ def worker_name(upstream: str) -> str:
     return "poller" if upstream == DEFAULT_UPSTREAM else f"poller:{upstream}"
 
 
+_NOW = sa.bindparam("b_now", type_=sa.Float)
+_UPSTREAM: sa.BindParameter[str] = sa.bindparam("b_upstream", type_=sa.String)
+# The poller's hot statements are built once and run prepared (``db.prepared``).
+_DUE = (
+    sa.select(table.c.task_id)
+    .where(
+        table.c.upstream == _UPSTREAM,
+        table.c.state == "watching",
+        table.c.next_poll_at <= _NOW,
+        sa.or_(table.c.lease_until.is_(None), table.c.lease_until < _NOW),
+    )
+    .order_by(table.c.next_poll_at)
+    .limit(sa.bindparam("b_limit", type_=sa.Integer))
+)
+_CLAIM = prepared(
+    table.update()
+    .where(
+        table.c.upstream == _UPSTREAM,
+        table.c.task_id.in_(_DUE.with_for_update(skip_locked=True).scalar_subquery()),
+    )
+    .values(lease_until=sa.bindparam("b_until"))
+    .returning(
+        table.c.upstream,
+        table.c.task_id,
+        table.c.interval,
+        table.c.raw_status,
+        table.c.progress,
+        table.c.not_found_since,
+        table.c.errors,
+        table.c.empty_completions,
+        table.c.watch_started_at,
+        table.c.next_poll_at,
+        table.c.polled_at,
+    )
+)
+_LEASES = prepared(
+    sa.select(table.c.upstream, table.c.task_id, table.c.lease_until)
+    .where(
+        table.c.upstream == _UPSTREAM,
+        table.c.task_id.in_(sa.bindparam("b_tasks", expanding=True)),
+    )
+    .order_by(table.c.upstream, table.c.task_id)  # rows locked in key order, as everywhere
+    .with_for_update()  # no other worker takes them over before we commit
+)
+_WRITES: dict[tuple[str, ...], sa.Update] = {}
+
+
+def _write(columns: tuple[str, ...]) -> sa.Update:
+    """The update of a polled task that sets ``columns``, for the holder of its lease;
+    built once per set of columns (a poll's answer sets one of a few)."""
+    found = _WRITES.get(columns)
+    if found is None:
+        found = _WRITES[columns] = prepared(
+            table.update()
+            .where(
+                table.c.upstream == sa.bindparam("k_upstream"),
+                table.c.task_id == sa.bindparam("k_task_id"),
+                table.c.lease_until == sa.bindparam("k_lease"),
+            )
+            .values({column: sa.bindparam(f"v_{column}") for column in columns})
+        )
+    return found
+
+
 def due_tasks(now: float, limit: int, upstream: str = DEFAULT_UPSTREAM) -> sa.Select[tuple[str]]:
     """One upstream's most overdue tasks first: a fair rotation when the budget is short,
     with never-polled tasks (due at 0) ahead of all. Served by ix_tasks_due, never a scan."""
-    return (
-        sa.select(table.c.task_id)
-        .where(
-            table.c.upstream == upstream,
-            table.c.state == "watching",
-            table.c.next_poll_at <= now,
-            sa.or_(table.c.lease_until.is_(None), table.c.lease_until < now),
-        )
-        .order_by(table.c.next_poll_at)
-        .limit(limit)
-    )
+    return _DUE.params(b_now=now, b_limit=limit, b_upstream=upstream)
 
 
 async def claim(
@@ -263,28 +317,9 @@ async def claim(
     upstream: str = DEFAULT_UPSTREAM,
 ) -> list[tasks.Claimed]:
     """Lease up to ``limit`` due tasks of one upstream."""
-    due = due_tasks(now, limit, upstream).with_for_update(skip_locked=True)
     lease_until = now + lease
-    rows = (
-        await conn.execute(
-            table.update()
-            .where(table.c.upstream == upstream, table.c.task_id.in_(due.scalar_subquery()))
-            .values(lease_until=lease_until)
-            .returning(
-                table.c.upstream,
-                table.c.task_id,
-                table.c.interval,
-                table.c.raw_status,
-                table.c.progress,
-                table.c.not_found_since,
-                table.c.errors,
-                table.c.empty_completions,
-                table.c.watch_started_at,
-                table.c.next_poll_at,
-                table.c.polled_at,
-            )
-        )
-    ).all()
+    values = {"b_now": now, "b_limit": limit, "b_upstream": upstream, "b_until": lease_until}
+    rows = (await conn.execute(_CLAIM, values)).all()
     return [
         tasks.Claimed(
             upstream=row.upstream,
@@ -317,15 +352,10 @@ async def apply(
         return 0
     upstream = batch[0][0].upstream
     family = family or outbox.family_of({}, upstream)
-    keys = [task.key for task, _ in batch]
+    names = sorted({task.task_id for task, _ in batch})
     leases: dict[tuple[str, str], float | None] = {
         (row.upstream, row.task_id): row.lease_until
-        for row in await conn.execute(
-            sa.select(table.c.upstream, table.c.task_id, table.c.lease_until)
-            .where(by_task(table.c.upstream, table.c.task_id, keys))
-            .order_by(table.c.upstream, table.c.task_id)  # rows locked in key order, as everywhere
-            .with_for_update()  # no other worker takes them over before we commit
-        )
+        for row in await conn.execute(_LEASES, {"b_upstream": upstream, "b_tasks": names})
     }
     # Only the holder of the lease may write: an expired lease means another worker
     # owns the task now, and its answer counts instead.
@@ -343,16 +373,7 @@ async def apply(
         values.update(k_upstream=task.upstream, k_task_id=task.task_id, k_lease=task.lease_until)
         shapes.setdefault(tuple(sorted(decision.values)), []).append(values)
     for columns, rows in shapes.items():
-        await conn.execute(
-            table.update()
-            .where(
-                table.c.upstream == sa.bindparam("k_upstream"),
-                table.c.task_id == sa.bindparam("k_task_id"),
-                table.c.lease_until == sa.bindparam("k_lease"),
-            )
-            .values({column: sa.bindparam(f"v_{column}") for column in columns}),
-            rows,
-        )
+        await conn.execute(_write(columns), rows)
     emitted = await outbox.emit_progress(conn, progressed, now, family)
     given_up = [task.key for task, decision in ending if decision.give_up is not None]
     snapshots: dict[tuple[str, str], str | None] = {}
