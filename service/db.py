@@ -329,6 +329,14 @@ class _Result:
     def all(self) -> list[Any]:
         return self._rows
 
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise sa.exc.NoResultFound() if not self._rows else sa.exc.MultipleResultsFound()
+        return self._rows[0]
+
     def __iter__(self) -> Iterator[Any]:
         return iter(self._rows)
 
