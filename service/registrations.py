@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import headers, ids, outbox, ownership, snapshot, tasks
-from service.db import Database, by_task, prepared
+from service.db import Database, by_task, constant, prepared
 from service.models import (
     DEFAULT_UPSTREAM,
     TERMINAL_EVENTS,
@@ -85,6 +85,8 @@ _COLUMNS = (
 )
 
 
+# Written into the SQL: a bound state makes SQLite plan the statement afresh on each run.
+_ACTIVE = constant("active")
 _TASK_OF = sa.and_(
     task_table.c.task_id == registrations.c.task_id,
     task_table.c.upstream == registrations.c.upstream,
@@ -100,7 +102,7 @@ def _select() -> sa.Select[Any]:
 # write are ``prepared``: on SQLite they go to the driver as compiled once.
 _ACTIVE_TWIN = prepared(
     _select().where(
-        registrations.c.dedupe_key == sa.bindparam("key"), registrations.c.state == "active"
+        registrations.c.dedupe_key == sa.bindparam("key"), registrations.c.state == _ACTIVE
     )
 )
 _TASK_COLUMNS = (task_table.c.state, task_table.c.outcome, task_table.c.snapshot)
@@ -362,7 +364,7 @@ async def cancel_task(db: Database, owner: str, upstream: str, task_id: str, now
                     registrations.c.owner == owner,
                     registrations.c.task_id == task_id,
                     registrations.c.upstream == upstream,
-                    registrations.c.state == "active",
+                    registrations.c.state == _ACTIVE,
                 )
             )
         ]
@@ -410,7 +412,7 @@ async def lock_tasks(conn: AsyncConnection, task_keys: Sequence[tuple[str, str]]
 async def _idle_if_unwatched(
     conn: AsyncConnection, task_keys: Sequence[tuple[str, str]], now: float
 ) -> None:
-    still_needed = sa.select(registrations.c.id).where(_TASK_OF, registrations.c.state == "active")
+    still_needed = sa.select(registrations.c.id).where(_TASK_OF, registrations.c.state == _ACTIVE)
     await conn.execute(
         task_table.update()
         .where(
