@@ -42,8 +42,11 @@ class CallbackRejected(ValueError):
     """The callback URL is not acceptable."""
 
 
+@functools.lru_cache(maxsize=4096)
 def parse(url: str) -> SplitResult:
-    """Check the URL's shape: absolute http(s), a host, no user-info, no odd characters."""
+    """Check the URL's shape: absolute http(s), a host, no user-info, no odd characters.
+    Kept per URL (refusals are not): clients register the same few callbacks over and
+    over, and parsing one took 6 % of a registration's CPU."""
     if len(url) > MAX_LENGTH:
         raise CallbackRejected(f"callback_url must be at most {MAX_LENGTH} characters")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):

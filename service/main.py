@@ -15,6 +15,7 @@ from service.api import (
     errors,
     gateway,
     health,
+    hot_read,
     receivers,
     registrations,
     videos,
@@ -22,8 +23,8 @@ from service.api import (
     webhooks,
 )
 from service.api.access import AccessLog
-from service.api.hot_read import HotRead
 from service.api.limits import BodyLimit
+from service.api.shortcuts import Shortcuts
 from service.config import Settings
 from service.runtime import Runtime
 
@@ -57,8 +58,8 @@ def create_app(
         redoc_url=None,
     )
     errors.install(app)
-    if api:
-        app.add_middleware(HotRead)  # innermost: below our middleware, before routing
+    if api:  # innermost: below our middleware, before routing
+        app.add_middleware(Shortcuts, shortcuts=[hot_read.SHORTCUT, registrations.SHORTCUT])
     app.add_middleware(BodyLimit, upload_limit=settings.upload_limit)
     app.add_middleware(AccessLog)  # outermost: sees every answer, 413s included
     if api:

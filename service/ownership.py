@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service import snapshot
-from service.db import Database
+from service.db import Database, prepared
 from service.models import OwnedVideo, Task
 
 owned = OwnedVideo.__table__  # type: ignore[attr-defined]
@@ -21,9 +21,19 @@ task_table = Task.__table__  # type: ignore[attr-defined]
 
 # Built once, values as parameters (see registrations: statements cost more than runs).
 _CLAIM = {  # by "is SQLite": a second claim of the same video keeps the first
-    True: sqlite.insert(owned).on_conflict_do_nothing(),
+    True: prepared(sqlite.insert(owned).on_conflict_do_nothing()),
     False: postgresql.insert(owned).on_conflict_do_nothing(),
 }
+_CREATED_BY_ANOTHER = prepared(
+    sa.select(owned.c.owner)
+    .where(
+        owned.c.task_id == sa.bindparam("task_id"),
+        owned.c.upstream == sa.bindparam("upstream"),
+        owned.c.created,
+        owned.c.owner != sa.bindparam("owner"),
+    )
+    .limit(1)
+)
 OWNED_SQL = (
     "SELECT deleted_at FROM owned_videos "
     "WHERE owner = :owner AND upstream = :upstream AND task_id = :task_id"
@@ -96,17 +106,8 @@ async def claim(
 async def created_by_another(conn: Any, owner: str, upstream: str, task_id: str) -> bool:
     """Whether another key created the task through status-proxy (then it is theirs
     alone: registering it must not make it ``owner``'s video)."""
-    found = await conn.execute(
-        sa.select(owned.c.owner)
-        .where(
-            owned.c.task_id == task_id,
-            owned.c.upstream == upstream,
-            owned.c.created,
-            owned.c.owner != owner,
-        )
-        .limit(1)
-    )
-    return found.first() is not None
+    params = {"owner": owner, "upstream": upstream, "task_id": task_id}
+    return (await conn.execute(_CREATED_BY_ANOTHER, params)).first() is not None
 
 
 async def upstream_of(db: Database, owner: str, task_id: str) -> str | None:

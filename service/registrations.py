@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import headers, ids, outbox, ownership, snapshot, tasks
-from service.db import Database, by_task
+from service.db import Database, by_task, constant, prepared
 from service.models import (
     DEFAULT_UPSTREAM,
     TERMINAL_EVENTS,
@@ -85,6 +85,8 @@ _COLUMNS = (
 )
 
 
+# Written into the SQL: a bound state makes SQLite plan the statement afresh on each run.
+_ACTIVE = constant("active")
 _TASK_OF = sa.and_(
     task_table.c.task_id == registrations.c.task_id,
     task_table.c.upstream == registrations.c.upstream,
@@ -96,15 +98,18 @@ def _select() -> sa.Select[Any]:
 
 
 # Built once: a statement made per request costs more to build and key for the cache
-# than SQLite takes to run it. Values travel as parameters.
-_ACTIVE_TWIN = _select().where(
-    registrations.c.dedupe_key == sa.bindparam("key"), registrations.c.state == "active"
+# than SQLite takes to run it. Values travel as parameters. Those of a registration's
+# write are ``prepared``: on SQLite they go to the driver as compiled once.
+_ACTIVE_TWIN = prepared(
+    _select().where(
+        registrations.c.dedupe_key == sa.bindparam("key"), registrations.c.state == _ACTIVE
+    )
 )
 _TASK_COLUMNS = (task_table.c.state, task_table.c.outcome, task_table.c.snapshot)
 # Locked: a registration and the task's end (or its last cancellation) are ordered by
 # the task row, so a registration is never left active beside an ended or idle task that
 # nobody will emit for or poll (PostgreSQL; SQLite has one writer at a time anyway).
-_TASK_STATE = (
+_TASK_STATE = prepared(
     sa.select(*_TASK_COLUMNS)
     .where(
         task_table.c.upstream == sa.bindparam("upstream"),
@@ -113,13 +118,14 @@ _TASK_STATE = (
     .with_for_update()
 )
 _NEW_TASK = {  # by "is SQLite": INSERT … ON CONFLICT DO NOTHING in each dialect
-    True: sqlite.insert(task_table).on_conflict_do_nothing(),
+    True: prepared(sqlite.insert(task_table).on_conflict_do_nothing()),
     False: postgresql.insert(task_table).on_conflict_do_nothing(),
 }
 _NEW_TASK_RETURNING = {
-    is_sqlite: insert.returning(*_TASK_COLUMNS) for is_sqlite, insert in _NEW_TASK.items()
+    is_sqlite: prepared(insert.returning(*_TASK_COLUMNS)) for is_sqlite, insert in _NEW_TASK.items()
 }
-_NEW_REGISTRATION = registrations.insert()
+# Every column given at each insert: a prepared INSERT names them all.
+_NEW_REGISTRATION = prepared(registrations.insert())
 
 
 def _snapshot(raw: str | None) -> dict[str, Any] | None:
@@ -358,7 +364,7 @@ async def cancel_task(db: Database, owner: str, upstream: str, task_id: str, now
                     registrations.c.owner == owner,
                     registrations.c.task_id == task_id,
                     registrations.c.upstream == upstream,
-                    registrations.c.state == "active",
+                    registrations.c.state == _ACTIVE,
                 )
             )
         ]
@@ -406,7 +412,7 @@ async def lock_tasks(conn: AsyncConnection, task_keys: Sequence[tuple[str, str]]
 async def _idle_if_unwatched(
     conn: AsyncConnection, task_keys: Sequence[tuple[str, str]], now: float
 ) -> None:
-    still_needed = sa.select(registrations.c.id).where(_TASK_OF, registrations.c.state == "active")
+    still_needed = sa.select(registrations.c.id).where(_TASK_OF, registrations.c.state == _ACTIVE)
     await conn.execute(
         task_table.update()
         .where(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api import hot_read, targets
+from service.api import shortcuts, targets
 from service.main import create_app
 from service.models import TASK_ID_LIMIT
 from tests.conftest import Upstream
@@ -99,7 +99,7 @@ def _shown(response: httpx.Response, base: str) -> list[tuple[str, str]]:
 def _twin(service: Service) -> str:
     """The same service, without the hot read, on the same database."""
     app = create_app(service.settings, workers=False, migrate=False)
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not hot_read.HotRead]
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not shortcuts.Shortcuts]
     return ServerThread(app).start().url
 
 

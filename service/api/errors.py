@@ -206,12 +206,22 @@ def _allowed(request: Request) -> str:
 
 async def _api(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    return refused(exc)
+
+
+def refused(exc: ApiError) -> JSONResponse:
+    """The answer to an ApiError, as every route gives it."""
     response = envelope(exc.status, exc.message, exc.param, exc.code)
     response.headers.update(exc.headers)
     return response
 
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    return unavailable(exc)
+
+
+def unavailable(exc: BaseException) -> JSONResponse:
+    """The 503 for a database that cannot be used now, as every route gives it."""
     # The type only: driver messages can carry statement parameters.
     log.warning("database unavailable: %s", type(exc).__name__)
     response = envelope(503, "the database is unavailable; try again shortly")

@@ -6,11 +6,13 @@ import time
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import TypeAdapter, ValidationError
 
 from service import callbacks, ids, registrations
-from service.api import targets
+from service.api import errors, shortcuts, targets
 from service.api.deps import CallerDep
 from service.api.errors import ApiError, responses
+from service.db import UNAVAILABLE
 from service.models import (
     AttemptPublic,
     Page,
@@ -68,13 +70,21 @@ async def create_registration(
 ) -> RegistrationPublic:
     """Watch a task of an upstream (`upstream`, default `default`) and deliver its
     terminal event to the callback URL."""
-    runtime = caller.runtime
+    created = await register(caller.runtime, caller.owner, body)
+    if not created.created:
+        response.status_code = status.HTTP_200_OK
+    return created.registration
+
+
+async def register(runtime: Runtime, owner: str, body: RegistrationCreate) -> registrations.Created:
+    """Register the task (or find the same registration) and wake the workers; an
+    ApiError for every refusal."""
     upstream = targets.known(runtime, body.upstream)
     await vet_callback(body.callback_url, runtime.callback_guard)
     try:
         created = await registrations.create(
             runtime.db,
-            caller.owner,
+            owner,
             body,
             time.time(),
             runtime.upstream_configs[upstream.name].poll_interval_min,
@@ -85,10 +95,42 @@ async def create_registration(
     except registrations.Foreign:
         # As for every /v1/videos route: another key's video does not exist for this one.
         raise ApiError(404, "you have no video with this id", "task_id") from None
-    if not created.created:
-        response.status_code = status.HTTP_200_OK
-    wake_workers(caller.runtime, created)
-    return created.registration
+    wake_workers(runtime, created)
+    return created
+
+
+_PUBLIC = TypeAdapter(RegistrationPublic)  # what FastAPI serialises the route's answer with
+
+
+async def create_shortcut(call: shortcuts.Call) -> Response | None:
+    """``POST /v1/registrations`` below FastAPI's routing (``shortcuts``), for a caller
+    with a valid key and a body that passes validation: the route's answer, whatever it
+    is. None, for the route to answer, to everything else."""
+    if call.scope["query_string"]:  # the route takes none: 422, the route's to say
+        return None
+    data = await call.json()
+    if not isinstance(data, dict):
+        return None
+    try:
+        body = RegistrationCreate.model_validate(data)
+    except ValidationError:
+        return None  # the route words the 422
+    # From here the route would do the same with the same body: its answers, given here,
+    # spare a second write.
+    try:
+        created = await register(call.runtime, call.owner, body)
+    except ApiError as exc:
+        return errors.refused(exc)
+    except UNAVAILABLE as exc:
+        return errors.unavailable(exc)
+    return Response(
+        _PUBLIC.dump_json(created.registration),
+        status_code=status.HTTP_201_CREATED if created.created else status.HTTP_200_OK,
+        media_type="application/json",
+    )
+
+
+SHORTCUT = shortcuts.Shortcut("POST", router.prefix, create_shortcut)
 
 
 async def vet_callback(url: str, guard: callbacks.Guard) -> None:
