@@ -4,13 +4,15 @@ the request-target sent exactly as built and failures named for what they are.
 aiohttp parses a URL given as text and re-quotes it (``%2F`` becomes ``/``, ``%7e``
 becomes ``~``), so a receiver that checks the exact URL it handed out, or an upstream
 path with an encoded segment, would see another URL. Here aiohttp gets a URL it takes
-as already encoded: the path and query of the httpx URL, or the ``target`` extension
-of the request when the caller has the bytes it must send (a callback URL as registered).
+as already encoded: the path and query of the httpx URL, or the request-target the
+caller has the bytes of (a callback URL as registered, ``target``).
 
-``Sender`` sends prepared requests straight through such a transport: none of the
-client layer's per-request work (merging the URL with a base, cookies, auth flows,
-redirects, event hooks), which a request to a URL known in full does not need and which
-cost about a third of a webhook's CPU (bench/README.md).
+``Sender`` is the lean path of the two hot sends, polls and webhook attempts: a request
+to a URL known in full goes straight to the aiohttp session under the client's
+transport, with its headers built once, and comes back as a ``Reply`` (status, headers,
+a body to read as far as wanted), with no ``httpx.Request`` or ``httpx.Response``
+around it. httpx's client layer and then its models cost about a third, then an
+eighth, of a webhook's CPU (bench/README.md, issue 21).
 
 httpx-aiohttp maps every aiohttp connection error to ``httpx.ConnectTimeout`` (its map
 prefers the broader ``ClientConnectionError``), so a refused connection or a name that
@@ -30,7 +32,7 @@ import asyncio
 import functools
 import os
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
 import httpx
@@ -38,9 +40,7 @@ import yarl
 from aiohttp import ClientSession, ClientTimeout
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
-
-TARGET = "target"  # request extension: the request-target (path and query) to send, as text
-WIRE = "status_proxy.wire_url"  # request extension: the yarl.URL to send, built already
+from multidict import CIMultiDict, CIMultiDictProxy
 
 
 def target(url: str) -> str:
@@ -57,15 +57,9 @@ def target(url: str) -> str:
     )
 
 
-def wire_url(request: httpx.Request) -> yarl.URL:
-    """The URL aiohttp sends, taken as encoded so it is never re-quoted."""
-    built: yarl.URL | None = request.extensions.get(WIRE)
-    if built is not None:
-        return built
-    return _wire(request.url, request.extensions.get(TARGET))
-
-
-def _wire(url: httpx.URL, path: str | None) -> yarl.URL:
+def wire_url(url: httpx.URL, path: str | None = None) -> yarl.URL:
+    """The URL aiohttp sends, taken as encoded so it is never re-quoted: ``url`` with
+    ``path`` (a request-target) in place of its own path and query when given."""
     path = path or url.raw_path.decode("ascii")
     return yarl.URL(f"{url.scheme}://{url.netloc.decode('ascii')}{path}", encoded=True)
 
@@ -78,9 +72,14 @@ def _client_timeout(connect: float | None, read: float | None, pool: float | Non
 class RawTargetTransport(AiohttpTransport):
     """``AiohttpTransport`` that sends the request-target unchanged."""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def session(self) -> ClientSession:
+        """The aiohttp session this transport sends through, made on first use."""
         if not isinstance(self.client, ClientSession):
             self.client = self.get_client()
+        return self.client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self.session()
         timeout = request.extensions.get("timeout", {})
         data: bytes | httpx.AsyncByteStream | None
         try:
@@ -89,9 +88,9 @@ class RawTargetTransport(AiohttpTransport):
             data = request.stream  # type: ignore[assignment]
             request.headers.pop("transfer-encoding", None)  # aiohttp frames it
         with map_aiohttp_exceptions():
-            response = await self.client.request(
+            response = await session.request(
                 method=request.method,
-                url=wire_url(request),
+                url=wire_url(request.url),
                 headers=request.headers,
                 data=data,
                 allow_redirects=False,
@@ -154,6 +153,19 @@ def classify(exc: BaseException) -> Exception:
     return httpx.TransportError(describe(exc))
 
 
+def failure(exc: aiohttp.ClientError | OSError) -> Exception:
+    """The httpx error ``Transport`` raises for this aiohttp failure: ``classify``'s,
+    but for a read that timed out and a URL aiohttp cannot send, named as
+    httpx-aiohttp names them (with aiohttp's words)."""
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return httpx.ReadTimeout(str(exc))
+    if isinstance(exc, aiohttp.NonHttpUrlClientError | aiohttp.InvalidUrlClientError):
+        return httpx.UnsupportedProtocol(str(exc))
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return httpx.ProxyError(str(exc))
+    return classify(exc)
+
+
 def _remap(exc: Exception) -> Exception:
     if isinstance(exc, _KEPT) and not isinstance(exc, httpx.ConnectTimeout):
         return exc
@@ -201,67 +213,142 @@ class _Stream(httpx.AsyncByteStream):
         await self.inner.aclose()
 
 
-class Sender:
-    """Sends prepared ``httpx.Request``s straight through a transport, below the client
-    layer: the URL is taken as given (no base to merge), with no cookies, auth flow,
-    redirects (a 3xx is an answer) or event hooks, and the same default headers as the
-    client it comes from. Parsed URLs and timeouts are kept, so a URL sent again is not
-    parsed again.
+class Reply:
+    """An answer whose status line and headers have come, its body still unread: read
+    it with ``read`` as far as wanted, then ``close`` it (the connection is kept for
+    the next request when the whole body had come, else closed)."""
 
-    ``request()`` prepares a request, ``send()`` sends it and returns the response with
-    its body unread (read it with ``aiter_raw``/``aread``, then ``aclose`` it, as after
-    ``AsyncClient.send(..., stream=True)``). Failures are the transport's: with
-    ``Transport``, the httpx error that names each one (see the module docstring).
-    """
+    __slots__ = ("headers", "status")
+
+    def __init__(self, status: int, headers: CIMultiDictProxy[str]) -> None:
+        self.status = status
+        self.headers = headers
+
+    async def read(self, size: int) -> bytes:
+        """At most ``size`` (> 0) bytes of the body as they come, as sent (no decoding);
+        ``b""`` at its end. Raises the httpx error that names a failure (``failure``)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Give the connection back, or close it when the body has not all come."""
+        raise NotImplementedError
+
+
+class _Session(Reply):
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        super().__init__(response.status, response.headers)
+        self._response = response
+
+    async def read(self, size: int) -> bytes:
+        try:
+            return await self._response.content.read(size)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise failure(exc) from exc
+
+    async def close(self) -> None:
+        try:
+            self._response.release()
+            await self._response.wait_for_close()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise failure(exc) from exc
+
+
+class _Streamed(Reply):
+    __slots__ = ("_chunks", "_left", "_response")
+
+    def __init__(self, response: httpx.Response) -> None:
+        headers = CIMultiDict(response.headers.multi_items())
+        super().__init__(response.status_code, CIMultiDictProxy(headers))
+        self._response = response
+        # The stream itself: a mock's answer, read already, still holds its bytes there.
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        self._chunks = aiter(response.stream)
+        self._left = b""
+
+    async def read(self, size: int) -> bytes:
+        if not self._left:
+            self._left = await anext(self._chunks, b"")
+        found, self._left = self._left[:size], self._left[size:]
+        return found
+
+    async def close(self) -> None:
+        await self._response.aclose()
+
+
+class Sender:
+    """Sends requests to absolute URLs below an ``httpx.AsyncClient``'s client layer:
+    the URL is taken as given (no base to merge), with no cookies of httpx's, auth
+    flow, redirects (a 3xx is an answer) or event hooks, and the client's default
+    headers. Over ``RawTargetTransport`` (ours) a request goes straight to its aiohttp
+    session; over any other transport (a test's ``httpx.MockTransport``) it goes
+    through that transport as an ``httpx.Request``. Parsed URLs are kept, so a URL sent
+    again is not parsed again."""
 
     URLS = 4096  # parsed URLs kept; the oldest half goes when full
 
-    def __init__(
-        self, transport: httpx.AsyncBaseTransport, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
-        self.transport = transport
-        self._defaults = {name.lower(): (name, value) for name, value in headers}
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.transport = client._transport
+        # Sent as they always went (through httpx.Headers): names in lower case.
+        self._defaults = {name.lower(): value for name, value in client.headers.multi_items()}
         self._urls: dict[tuple[str, str | None], tuple[httpx.URL, yarl.URL]] = {}
-        self._timeouts: dict[float, dict[str, float | None]] = {}
 
     @classmethod
     def of(cls, client: httpx.AsyncClient) -> Sender:
-        """The sender over ``client``'s own transport (not its mounts or proxies), with
-        its default headers; one per client, made on first use."""
+        """The sender of ``client`` (its own transport, not its mounts or proxies); one
+        per client, made on first use."""
         found = _senders.get(client)
         if found is None:
-            found = _senders[client] = cls(client._transport, client.headers.multi_items())
+            found = _senders[client] = cls(client)
         return found
 
-    def request(
+    async def send(
         self,
         method: str,
         url: str,
         *,
         timeout: float,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        headers: Iterable[tuple[str, str]] = (),
         content: bytes | None = None,
         target: str | None = None,
-    ) -> httpx.Request:
-        """A prepared request to the absolute ``url``. ``headers`` replace the defaults
-        of the same name (without regard to case); ``timeout`` (seconds) bounds
-        connecting, each read and the wait for a connection; ``target`` is the
-        request-target to send byte for byte (``target(url)``), else the URL's own."""
-        parsed = self._url(url, target)
+    ) -> Reply:
+        """The answer to one request to the absolute ``url``, its body unread.
+        ``headers`` replace the defaults of the same name (without regard to case);
+        ``timeout`` (seconds) bounds connecting, each read and the wait for a
+        connection; ``target`` is the request-target to send byte for byte
+        (``target(url)``), else the URL's own. Raises the httpx error that names a
+        failure (see the module docstring)."""
         merged = dict(self._defaults)
-        for name, value in headers.items() if isinstance(headers, Mapping) else headers:
-            merged[name.lower()] = (name, value)
-        extensions = {"timeout": self._timeout(timeout), WIRE: parsed[1]}
-        if target is not None:
-            extensions[TARGET] = target
-        return httpx.Request(
-            method, parsed[0], headers=list(merged.values()), content=content,
-            extensions=extensions,
-        )  # fmt: skip
+        for name, value in headers:
+            merged[name.lower()] = value
+        parsed, wire = self._url(url, target)
+        transport = self.transport
+        if not isinstance(transport, RawTargetTransport):
+            return await self._through(transport, method, parsed, merged, content, timeout)
+        try:
+            response = await transport.session().request(
+                method, wire, headers=merged, data=content, allow_redirects=False,
+                auto_decompress=False, timeout=_client_timeout(timeout, timeout, timeout),
+            )  # fmt: skip
+        except (aiohttp.ClientError, OSError) as exc:
+            raise failure(exc) from exc
+        return _Session(response)
 
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        """The answer to ``request``, its body unread; raises what the transport raises."""
-        return await self.transport.handle_async_request(request)
+    @staticmethod
+    async def _through(
+        transport: httpx.AsyncBaseTransport,
+        method: str,
+        url: httpx.URL,
+        headers: dict[str, str],
+        content: bytes | None,
+        timeout: float,
+    ) -> Reply:
+        extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        request = httpx.Request(
+            method, url, headers=list(headers.items()), content=content, extensions=extensions
+        )
+        return _Streamed(await transport.handle_async_request(request))
 
     def _url(self, url: str, target: str | None) -> tuple[httpx.URL, yarl.URL]:
         key = (url, target)
@@ -271,14 +358,8 @@ class Sender:
                 for old in list(self._urls)[: self.URLS // 2]:
                     del self._urls[old]
             parsed = httpx.URL(url)
-            found = self._urls[key] = (parsed, _wire(parsed, target))
+            found = self._urls[key] = (parsed, wire_url(parsed, target))
         return found
-
-    def _timeout(self, seconds: float) -> dict[str, float | None]:
-        found = self._timeouts.get(seconds)
-        if found is None:
-            found = self._timeouts[seconds] = httpx.Timeout(seconds).as_dict()
-        return dict(found)
 
 
 _senders: weakref.WeakKeyDictionary[httpx.AsyncClient, Sender] = weakref.WeakKeyDictionary()
