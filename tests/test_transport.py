@@ -1,15 +1,20 @@
 """Failures keep their class from the socket to the client, the metrics and the attempt log."""
 
 import asyncio
+import re
 import socket
 import threading
 
+import aiohttp
 import httpx
 import pytest
+import yarl
+from aiohttp.client_reqrep import ConnectionKey
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from service import transport
 from service.receiver import Receiver
-from tests.harness import ServerThread, eventually, free_port
+from tests.harness import Canned, ServerThread, eventually, free_port
 
 UNRESOLVABLE = "status-proxy-test.invalid"  # RFC 2606: never resolves
 
@@ -181,3 +186,133 @@ def test_a_delete_refused_for_our_upstream_key_says_whose_key(make_service):
     assert answer.status_code == 502, answer.text
     assert answer.json()["error"]["code"] == "upstream_key_refused"
     assert "sk-not-the-simulators" not in answer.text
+
+
+# The lean path of polls and webhooks (transport.Sender): straight to aiohttp's session.
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Answer: yes\r\n\r\n0123456789"
+
+
+async def _send(url: str, **options) -> tuple[int, bytes]:
+    """Send through a sender over the service's transport; the status and whole body."""
+    async with httpx.AsyncClient(transport=transport.Transport()) as client:
+        reply = await transport.Sender.of(client).send("GET", url, timeout=0.5, **options)
+        chunks = []
+        try:
+            while chunk := await reply.read(1 << 20):
+                chunks.append(chunk)
+            return reply.status, b"".join(chunks)
+        finally:
+            await reply.close()
+
+
+def test_a_sender_sends_the_target_and_headers_as_built():
+    odd = "/a;v=1/b%2Fc/./d?sp=%2Fx&y=a+b&z=%7e&w=%41"
+
+    async def go() -> tuple[Canned, list[bytes]]:
+        async with (
+            Canned(OK) as server,
+            httpx.AsyncClient(transport=transport.Transport()) as client,
+        ):
+            url = server.url + odd
+            sender = transport.Sender.of(client)
+            assert transport.Sender.of(client) is sender
+            headers = [("User-Agent", "custom/1"), ("X-Key", "v")]
+            reply = await sender.send(
+                "POST", url, timeout=2, headers=headers, content=b"{}", target=transport.target(url)
+            )
+            assert reply.status == 200 and reply.headers["x-answer"] == "yes"
+            chunks = [await reply.read(4), await reply.read(100), await reply.read(100)]
+            await reply.close()
+            return server, chunks
+
+    server, chunks = asyncio.run(go())
+    assert chunks == [b"0123", b"456789", b""]
+    assert server.heads[0].split(b"\r\n")[0] == f"POST {odd} HTTP/1.1".encode()
+    assert server.header(0, b"user-agent") == [b"custom/1"]  # the default replaced
+    assert server.header(0, b"x-key") == [b"v"] and server.header(0, b"accept") == [b"*/*"]
+    assert server.header(0, b"content-length") == [b"2"]
+    assert server.header(0, b"host") == [server.url.split("//")[1].encode()]
+
+
+@pytest.mark.parametrize(
+    ("answer", "connections"),
+    [
+        (OK, 1),  # the whole body had come: the connection serves the next request
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123", 2),  # closed, not drained
+    ],
+)
+def test_a_body_that_has_not_all_come_closes_its_connection(answer, connections):
+    async def go() -> Canned:
+        async with (
+            Canned(answer) as server,
+            httpx.AsyncClient(transport=transport.Transport()) as client,
+        ):
+            sender = transport.Sender.of(client)
+            for _ in range(2):
+                reply = await sender.send("GET", server.url + "/x", timeout=2)
+                assert await reply.read(4) == b"0123"
+                await reply.close()
+            return server
+
+    assert asyncio.run(go()).connections == connections
+
+
+def test_a_sender_names_each_failure():
+    with pytest.raises(httpx.ConnectError, match=r"cannot connect to 127\.0\.0\.1"):
+        asyncio.run(_send(f"http://127.0.0.1:{free_port()}/"))
+    with pytest.raises(httpx.ConnectError, match=f"{re.escape(UNRESOLVABLE)} does not resolve"):
+        asyncio.run(_send(f"http://{UNRESOLVABLE}/"))
+    silent = Silent()
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            asyncio.run(_send(silent.url))
+    finally:
+        silent.close()
+
+    cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123"  # then the server hangs up
+
+    async def go() -> None:
+        async with Canned(cut, hang_up=True) as server:
+            await _send(server.url)
+
+    with pytest.raises(httpx.ReadError):
+        asyncio.run(go())
+
+
+def _as_transport_names(exc: Exception) -> Exception:
+    """What Transport raises for ``exc``: httpx-aiohttp's map, then our remapping."""
+    try:
+        with map_aiohttp_exceptions():
+            raise exc
+    except httpx.TransportError as mapped:
+        return transport._remap(mapped)
+    except Exception as unmapped:
+        return transport._remap(unmapped)
+    raise AssertionError
+
+
+KEY = ConnectionKey("up.example", 443, True, True, None, None, None)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        aiohttp.ClientConnectorError(KEY, ConnectionRefusedError(111, "Connection refused")),
+        aiohttp.ClientConnectorDNSError(KEY, OSError(-2, "Name or service not known")),
+        aiohttp.ConnectionTimeoutError("Connection timeout to host https://up.example/"),
+        aiohttp.SocketTimeoutError("Timeout on reading data from socket"),
+        aiohttp.ServerTimeoutError("timeout"),
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        aiohttp.ClientConnectionResetError("Cannot write to closing transport"),
+        aiohttp.NonHttpUrlClientError(yarl.URL("ftp://up.example/")),
+        aiohttp.InvalidUrlClientError("http://"),
+        TimeoutError(),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
+def test_the_lean_path_names_failures_as_the_transport_does(exc):
+    found, wanted = transport.failure(exc), _as_transport_names(exc)
+    assert (type(found), str(found)) == (type(wanted), str(wanted))
