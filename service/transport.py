@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import weakref
 from collections.abc import AsyncIterator, Iterable
 
@@ -283,16 +284,16 @@ class Sender:
     flow, redirects (a 3xx is an answer) or event hooks, and the client's default
     headers. Over ``RawTargetTransport`` (ours) a request goes straight to its aiohttp
     session; over any other transport (a test's ``httpx.MockTransport``) it goes
-    through that transport as an ``httpx.Request``. Parsed URLs are kept, so a URL sent
-    again is not parsed again."""
+    through that transport as an ``httpx.Request``. Parsed origins are kept, so an
+    origin sent to again is not parsed again."""
 
-    URLS = 4096  # parsed URLs kept; the oldest half goes when full
+    ORIGINS = 4096  # parsed origins kept; the oldest half goes when full
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.transport = client._transport
         # Sent as they always went (through httpx.Headers): names in lower case.
         self._defaults = {name.lower(): value for name, value in client.headers.multi_items()}
-        self._urls: dict[tuple[str, str | None], tuple[httpx.URL, yarl.URL]] = {}
+        self._origins: dict[str, str] = {}
 
     @classmethod
     def of(cls, client: httpx.AsyncClient) -> Sender:
@@ -322,14 +323,14 @@ class Sender:
         merged = dict(self._defaults)
         for name, value in headers:
             merged[name.lower()] = value
-        parsed, wire = self._url(url, target)
         transport = self.transport
         if not isinstance(transport, RawTargetTransport):
-            return await self._through(transport, method, parsed, merged, content, timeout)
+            return await self._through(transport, method, url, merged, content, timeout)
         try:
             response = await transport.session().request(
-                method, wire, headers=merged, data=content, allow_redirects=False,
-                auto_decompress=False, timeout=_client_timeout(timeout, timeout, timeout),
+                method, self._wire(url, target), headers=merged, data=content,
+                allow_redirects=False, auto_decompress=False,
+                timeout=_client_timeout(timeout, timeout, timeout),
             )  # fmt: skip
         except (aiohttp.ClientError, OSError) as exc:
             raise failure(exc) from exc
@@ -339,7 +340,7 @@ class Sender:
     async def _through(
         transport: httpx.AsyncBaseTransport,
         method: str,
-        url: httpx.URL,
+        url: str,
         headers: dict[str, str],
         content: bytes | None,
         timeout: float,
@@ -350,16 +351,34 @@ class Sender:
         )
         return _Streamed(await transport.handle_async_request(request))
 
-    def _url(self, url: str, target: str | None) -> tuple[httpx.URL, yarl.URL]:
-        key = (url, target)
-        found = self._urls.get(key)
-        if found is None:
-            if len(self._urls) >= self.URLS:
-                for old in list(self._urls)[: self.URLS // 2]:
-                    del self._urls[old]
-            parsed = httpx.URL(url)
-            found = self._urls[key] = (parsed, wire_url(parsed, target))
-        return found
+    def _wire(self, url: str, target: str | None) -> yarl.URL:
+        """``wire_url`` of ``url``, parsing with httpx only its origin, once: the
+        request-target is ``target``, else the URL's own when httpx would send it
+        unchanged (a plain path, as a status path is), else httpx's reading of it."""
+        origin, rest = _split(url)
+        if target is None:
+            target = rest if _PLAIN_PATH.fullmatch(rest) else httpx.URL(url).raw_path.decode()
+        prefix = self._origins.get(origin)
+        if prefix is None:
+            if len(self._origins) >= self.ORIGINS:
+                for old in list(self._origins)[: self.ORIGINS // 2]:
+                    del self._origins[old]
+            parsed = httpx.URL(origin)
+            prefix = self._origins[origin] = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
+        return yarl.URL(prefix + target, encoded=True)
+
+
+# A path httpx sends as written: unreserved characters and %XX escapes only, no query,
+# no "." or ".." segment (which it would drop).
+_PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})*)+")
+
+
+def _split(url: str) -> tuple[str, str]:
+    """An absolute URL's origin (scheme and authority) and the rest, as written."""
+    start = url.find("://") + 3
+    ends = [i for i in (url.find("/", start), url.find("?", start), url.find("#", start)) if i >= 0]
+    end = min(ends, default=len(url))
+    return url[:end], url[end:]
 
 
 _senders: weakref.WeakKeyDictionary[httpx.AsyncClient, Sender] = weakref.WeakKeyDictionary()

@@ -316,3 +316,31 @@ KEY = ConnectionKey("up.example", 443, True, True, None, None, None)
 def test_the_lean_path_names_failures_as_the_transport_does(exc):
     found, wanted = transport.failure(exc), _as_transport_names(exc)
     assert (type(found), str(found)) == (type(wanted), str(wanted))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/v1/videos/video_1",
+        "https://up.example/gw%2Fx%7e/v1/videos/task%3A1",
+        "http://up.example",
+        "http://up.example/",
+        "http://up.example//a//b/",
+        "http://up.example/a/./b/../c",
+        "http://up.example/a/..",
+        "http://up.example/a/.x/..y/...",
+        "http://up.example/a b/caf\u00e9",
+        "http://up.example/a%zz/100%",
+        "http://up.example/a?x=%7e&y=a+b#frag",
+        "http://up.example?x=/a",
+        "http://user:pw@UP.example:80/a",
+        "http://[::1]:9000/a",
+        "http://b\u00fccher.example/a",
+    ],
+)
+def test_a_sender_sends_a_url_as_httpx_reads_it(url):
+    async def go() -> str:
+        async with httpx.AsyncClient(transport=transport.Transport()) as client:
+            return str(transport.Sender.of(client)._wire(url, None))
+
+    assert asyncio.run(go()) == str(transport.wire_url(httpx.URL(url)))
