@@ -19,6 +19,7 @@ from service import (
     operator_events,
     outbox,
     retry,
+    sender,
     signing,
     transport,
     webhook_secrets,
@@ -241,7 +242,7 @@ async def post(
     clock: float,
 ) -> Answer:
     """One signed Standard Webhooks POST to ``url`` exactly as given (path and query byte
-    for byte), sent below ``client``'s client layer (``transport.Sender``): no redirect
+    for byte), sent below ``client``'s client layer (``sender.Sender``): no redirect
     is followed, a 3xx is the answer. ``timeout`` (seconds) covers connecting, sending
     and the status line; the body is then read within its own small bound, for the log
     only. ``clock`` is the ``time.monotonic()`` the attempt started at. Raises
@@ -256,9 +257,9 @@ async def post(
         ("webhook-timestamp", str(timestamp)),
         ("webhook-signature", signature),
     ]
-    sender = transport.Sender.of(client)
+    outgoing = sender.Sender.of(client)
     async with asyncio.timeout(timeout):
-        reply = await sender.send(
+        reply = await outgoing.send(
             "POST", url, timeout=timeout, headers=headers, content=body, target=_target(url)
         )
     duration_ms = int((time.monotonic() - clock) * 1000)
@@ -289,7 +290,7 @@ class Answer:
     excerpt: str  # the start of its body, for the attempt log
 
 
-async def _read_answer(reply: transport.Reply) -> bytes:
+async def _read_answer(reply: sender.Reply) -> bytes:
     """Up to MAX_RESPONSE bytes of the body within ANSWER_TIME; whatever the body does
     (slow, endless, reset), the answer stands on its status line."""
     chunks: list[bytes] = []
@@ -304,7 +305,7 @@ async def _read_answer(reply: transport.Reply) -> bytes:
     return b"".join(chunks)
 
 
-async def _close(reply: transport.Reply) -> None:
+async def _close(reply: sender.Reply) -> None:
     # A body left unread closes the connection rather than draining it.
     try:
         async with asyncio.timeout(ANSWER_TIME):

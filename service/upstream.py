@@ -12,7 +12,7 @@ import aiohttp
 import httpx
 from pydantic import SecretStr
 
-from service import retry, snapshot, status, transport
+from service import retry, sender, snapshot, status
 
 if TYPE_CHECKING:
     from service.upstreams import Family
@@ -110,9 +110,9 @@ class Upstream:
         # Below the client layer: a GET to a URL known in full needs none of its URL
         # merging, cookies, auth flow or redirects, nor httpx's request and response
         # models (issue 21: a third, then an eighth, of a poll's CPU).
-        sender = transport.Sender.of(self.client)
+        outgoing = sender.Sender.of(self.client)
         try:
-            reply = await sender.send(
+            reply = await outgoing.send(
                 "GET", url, headers=self.headers().items(), timeout=self.timeout
             )
             try:
@@ -200,7 +200,7 @@ class BodyTooLarge(Exception):
     """The upstream answer is larger than a status object can be."""
 
 
-async def _read_reply(reply: transport.Reply) -> bytes:
+async def _read_reply(reply: sender.Reply) -> bytes:
     """The body of ``reply``, decoded as its ``Content-Encoding`` says (by httpx's
     decoders, as a response's ``aiter_bytes`` decodes); BodyTooLarge past MAX_BODY."""
     if "content-encoding" in reply.headers:
@@ -219,7 +219,7 @@ async def _read_reply(reply: transport.Reply) -> bytes:
 class _Raw(httpx.AsyncByteStream):
     """The body of a reply as it was sent, for httpx to decode."""
 
-    def __init__(self, reply: transport.Reply) -> None:
+    def __init__(self, reply: sender.Reply) -> None:
         self.reply = reply
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
