@@ -19,6 +19,7 @@ from service import (
     operator_events,
     outbox,
     retry,
+    sender,
     signing,
     transport,
     webhook_secrets,
@@ -241,11 +242,11 @@ async def post(
     clock: float,
 ) -> Answer:
     """One signed Standard Webhooks POST to ``url`` exactly as given (path and query byte
-    for byte), prepared and sent below ``client``'s client layer (``transport.Sender``):
-    no redirect is followed, a 3xx is the answer. ``timeout`` (seconds) covers
-    connecting, sending and the status line; the body is then read within its own small
-    bound, for the log only. ``clock`` is the ``time.monotonic()`` the attempt started
-    at. Raises TimeoutError and what the transport raises."""
+    for byte), sent below ``client``'s client layer (``sender.Sender``): no redirect
+    is followed, a 3xx is the answer. ``timeout`` (seconds) covers connecting, sending
+    and the status line; the body is then read within its own small bound, for the log
+    only. ``clock`` is the ``time.monotonic()`` the attempt started at. Raises
+    TimeoutError and what the sender raises."""
     # Custom headers may replace our User-Agent (names compare without case); the
     # names they may not use keep them off the ones that follow.
     headers = [
@@ -256,22 +257,21 @@ async def post(
         ("webhook-timestamp", str(timestamp)),
         ("webhook-signature", signature),
     ]
-    sender = transport.Sender.of(client)
-    request = sender.request(
-        "POST", url, timeout=timeout, headers=headers, content=body, target=_target(url)
-    )
+    outgoing = sender.Sender.of(client)
     async with asyncio.timeout(timeout):
-        response = await sender.send(request)
+        reply = await outgoing.send(
+            "POST", url, timeout=timeout, headers=headers, content=body, target=_target(url)
+        )
     duration_ms = int((time.monotonic() - clock) * 1000)
     try:
-        text = await _read_answer(response)
+        text = await _read_answer(reply)
     finally:
-        await _close(response)
+        await _close(reply)
     retry_after = None
-    if response.status_code in (429, 503):
-        retry_after = retry.parse_retry_after(response.headers.get("retry-after"), time.time())
+    if reply.status in (429, 503):
+        retry_after = retry.parse_retry_after(reply.headers.get("retry-after"), time.time())
     excerpt = _excerpt(text, extra.values())
-    return Answer(response.status_code, duration_ms, retry_after, excerpt)
+    return Answer(reply.status, duration_ms, retry_after, excerpt)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -290,28 +290,26 @@ class Answer:
     excerpt: str  # the start of its body, for the attempt log
 
 
-async def _read_answer(response: httpx.Response) -> bytes:
+async def _read_answer(reply: sender.Reply) -> bytes:
     """Up to MAX_RESPONSE bytes of the body within ANSWER_TIME; whatever the body does
     (slow, endless, reset), the answer stands on its status line."""
     chunks: list[bytes] = []
     read = 0
     try:
         async with asyncio.timeout(ANSWER_TIME):
-            async for chunk in response.aiter_raw():
+            while read < MAX_RESPONSE and (chunk := await reply.read(MAX_RESPONSE - read)):
                 chunks.append(chunk)
                 read += len(chunk)
-                if read >= MAX_RESPONSE:
-                    break
     except ANSWER_ERRORS:
         pass
-    return b"".join(chunks)[:MAX_RESPONSE]
+    return b"".join(chunks)
 
 
-async def _close(response: httpx.Response) -> None:
+async def _close(reply: sender.Reply) -> None:
     # A body left unread closes the connection rather than draining it.
     try:
         async with asyncio.timeout(ANSWER_TIME):
-            await response.aclose()
+            await reply.close()
     except ANSWER_ERRORS:
         pass
 

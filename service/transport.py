@@ -4,13 +4,12 @@ the request-target sent exactly as built and failures named for what they are.
 aiohttp parses a URL given as text and re-quotes it (``%2F`` becomes ``/``, ``%7e``
 becomes ``~``), so a receiver that checks the exact URL it handed out, or an upstream
 path with an encoded segment, would see another URL. Here aiohttp gets a URL it takes
-as already encoded: the path and query of the httpx URL, or the ``target`` extension
-of the request when the caller has the bytes it must send (a callback URL as registered).
+as already encoded: the path and query of the httpx URL, or the request-target the
+caller has the bytes of (a callback URL as registered, ``target``).
 
-``Sender`` sends prepared requests straight through such a transport: none of the
-client layer's per-request work (merging the URL with a base, cookies, auth flows,
-redirects, event hooks), which a request to a URL known in full does not need and which
-cost about a third of a webhook's CPU (bench/README.md).
+``sender.Sender`` sends the two hot requests, polls and webhook attempts, straight
+through such a transport's aiohttp session, and names failures the same way
+(``failure``).
 
 httpx-aiohttp maps every aiohttp connection error to ``httpx.ConnectTimeout`` (its map
 prefers the broader ``ClientConnectionError``), so a refused connection or a name that
@@ -29,8 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
@@ -38,9 +36,6 @@ import yarl
 from aiohttp import ClientSession, ClientTimeout
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
-
-TARGET = "target"  # request extension: the request-target (path and query) to send, as text
-WIRE = "status_proxy.wire_url"  # request extension: the yarl.URL to send, built already
 
 
 def target(url: str) -> str:
@@ -57,30 +52,30 @@ def target(url: str) -> str:
     )
 
 
-def wire_url(request: httpx.Request) -> yarl.URL:
-    """The URL aiohttp sends, taken as encoded so it is never re-quoted."""
-    built: yarl.URL | None = request.extensions.get(WIRE)
-    if built is not None:
-        return built
-    return _wire(request.url, request.extensions.get(TARGET))
-
-
-def _wire(url: httpx.URL, path: str | None) -> yarl.URL:
+def wire_url(url: httpx.URL, path: str | None = None) -> yarl.URL:
+    """The URL aiohttp sends, taken as encoded so it is never re-quoted: ``url`` with
+    ``path`` (a request-target) in place of its own path and query when given."""
     path = path or url.raw_path.decode("ascii")
     return yarl.URL(f"{url.scheme}://{url.netloc.decode('ascii')}{path}", encoded=True)
 
 
 @functools.lru_cache(maxsize=64)
-def _client_timeout(connect: float | None, read: float | None, pool: float | None) -> ClientTimeout:
+def client_timeout(connect: float | None, read: float | None, pool: float | None) -> ClientTimeout:
+    """aiohttp's timeouts for httpx's (seconds, None for none), made once per set."""
     return ClientTimeout(sock_connect=connect, sock_read=read, connect=pool)
 
 
 class RawTargetTransport(AiohttpTransport):
     """``AiohttpTransport`` that sends the request-target unchanged."""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def session(self) -> ClientSession:
+        """The aiohttp session this transport sends through, made on first use."""
         if not isinstance(self.client, ClientSession):
             self.client = self.get_client()
+        return self.client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self.session()
         timeout = request.extensions.get("timeout", {})
         data: bytes | httpx.AsyncByteStream | None
         try:
@@ -89,15 +84,15 @@ class RawTargetTransport(AiohttpTransport):
             data = request.stream  # type: ignore[assignment]
             request.headers.pop("transfer-encoding", None)  # aiohttp frames it
         with map_aiohttp_exceptions():
-            response = await self.client.request(
+            response = await session.request(
                 method=request.method,
-                url=wire_url(request),
+                url=wire_url(request.url),
                 headers=request.headers,
                 data=data,
                 allow_redirects=False,
                 auto_decompress=False,
                 compress=False,
-                timeout=_client_timeout(
+                timeout=client_timeout(
                     timeout.get("connect"), timeout.get("read"), timeout.get("pool")
                 ),
                 server_hostname=request.extensions.get("sni_hostname"),
@@ -154,6 +149,19 @@ def classify(exc: BaseException) -> Exception:
     return httpx.TransportError(describe(exc))
 
 
+def failure(exc: aiohttp.ClientError | OSError) -> Exception:
+    """The httpx error ``Transport`` raises for this aiohttp failure: ``classify``'s,
+    but for a read that timed out and a URL aiohttp cannot send, named as
+    httpx-aiohttp names them (with aiohttp's words)."""
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return httpx.ReadTimeout(str(exc))
+    if isinstance(exc, aiohttp.NonHttpUrlClientError | aiohttp.InvalidUrlClientError):
+        return httpx.UnsupportedProtocol(str(exc))
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return httpx.ProxyError(str(exc))
+    return classify(exc)
+
+
 def _remap(exc: Exception) -> Exception:
     if isinstance(exc, _KEPT) and not isinstance(exc, httpx.ConnectTimeout):
         return exc
@@ -199,86 +207,3 @@ class _Stream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-class Sender:
-    """Sends prepared ``httpx.Request``s straight through a transport, below the client
-    layer: the URL is taken as given (no base to merge), with no cookies, auth flow,
-    redirects (a 3xx is an answer) or event hooks, and the same default headers as the
-    client it comes from. Parsed URLs and timeouts are kept, so a URL sent again is not
-    parsed again.
-
-    ``request()`` prepares a request, ``send()`` sends it and returns the response with
-    its body unread (read it with ``aiter_raw``/``aread``, then ``aclose`` it, as after
-    ``AsyncClient.send(..., stream=True)``). Failures are the transport's: with
-    ``Transport``, the httpx error that names each one (see the module docstring).
-    """
-
-    URLS = 4096  # parsed URLs kept; the oldest half goes when full
-
-    def __init__(
-        self, transport: httpx.AsyncBaseTransport, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
-        self.transport = transport
-        self._defaults = {name.lower(): (name, value) for name, value in headers}
-        self._urls: dict[tuple[str, str | None], tuple[httpx.URL, yarl.URL]] = {}
-        self._timeouts: dict[float, dict[str, float | None]] = {}
-
-    @classmethod
-    def of(cls, client: httpx.AsyncClient) -> Sender:
-        """The sender over ``client``'s own transport (not its mounts or proxies), with
-        its default headers; one per client, made on first use."""
-        found = _senders.get(client)
-        if found is None:
-            found = _senders[client] = cls(client._transport, client.headers.multi_items())
-        return found
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        timeout: float,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-        content: bytes | None = None,
-        target: str | None = None,
-    ) -> httpx.Request:
-        """A prepared request to the absolute ``url``. ``headers`` replace the defaults
-        of the same name (without regard to case); ``timeout`` (seconds) bounds
-        connecting, each read and the wait for a connection; ``target`` is the
-        request-target to send byte for byte (``target(url)``), else the URL's own."""
-        parsed = self._url(url, target)
-        merged = dict(self._defaults)
-        for name, value in headers.items() if isinstance(headers, Mapping) else headers:
-            merged[name.lower()] = (name, value)
-        extensions = {"timeout": self._timeout(timeout), WIRE: parsed[1]}
-        if target is not None:
-            extensions[TARGET] = target
-        return httpx.Request(
-            method, parsed[0], headers=list(merged.values()), content=content,
-            extensions=extensions,
-        )  # fmt: skip
-
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        """The answer to ``request``, its body unread; raises what the transport raises."""
-        return await self.transport.handle_async_request(request)
-
-    def _url(self, url: str, target: str | None) -> tuple[httpx.URL, yarl.URL]:
-        key = (url, target)
-        found = self._urls.get(key)
-        if found is None:
-            if len(self._urls) >= self.URLS:
-                for old in list(self._urls)[: self.URLS // 2]:
-                    del self._urls[old]
-            parsed = httpx.URL(url)
-            found = self._urls[key] = (parsed, _wire(parsed, target))
-        return found
-
-    def _timeout(self, seconds: float) -> dict[str, float | None]:
-        found = self._timeouts.get(seconds)
-        if found is None:
-            found = self._timeouts[seconds] = httpx.Timeout(seconds).as_dict()
-        return dict(found)
-
-
-_senders: weakref.WeakKeyDictionary[httpx.AsyncClient, Sender] = weakref.WeakKeyDictionary()

@@ -176,3 +176,49 @@ def metric(service: Service, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
+
+
+class Canned:
+    """An HTTP/1.1 server on 127.0.0.1 in the test's own event loop that answers every
+    request on a connection with ``answer`` (written as given, so it may be cut short
+    or lie about its length), keeps each request head and counts connections; with
+    ``hang_up`` it closes the connection after each answer."""
+
+    def __init__(self, answer: bytes, hang_up: bool = False) -> None:
+        self.answer = answer
+        self.hang_up = hang_up
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Canned:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    def header(self, number: int, name: bytes) -> list[bytes]:
+        """The values of header ``name`` (lower case) in request ``number``."""
+        lines = self.heads[number].split(b"\r\n")[1:]
+        return [v.strip() for n, _, v in (x.partition(b":") for x in lines) if n.lower() == name]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                length = self.header(len(self.heads) - 1, b"content-length")
+                await reader.readexactly(int(length[0]) if length else 0)
+                writer.write(self.answer)
+                await writer.drain()
+                if self.hang_up:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()

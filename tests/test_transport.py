@@ -4,8 +4,12 @@ import asyncio
 import socket
 import threading
 
+import aiohttp
 import httpx
 import pytest
+import yarl
+from aiohttp.client_reqrep import ConnectionKey
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from service import transport
 from service.receiver import Receiver
@@ -181,3 +185,41 @@ def test_a_delete_refused_for_our_upstream_key_says_whose_key(make_service):
     assert answer.status_code == 502, answer.text
     assert answer.json()["error"]["code"] == "upstream_key_refused"
     assert "sk-not-the-simulators" not in answer.text
+
+
+def _as_transport_names(exc: Exception) -> Exception:
+    """What Transport raises for ``exc``: httpx-aiohttp's map, then our remapping."""
+    try:
+        with map_aiohttp_exceptions():
+            raise exc
+    except httpx.TransportError as mapped:
+        return transport._remap(mapped)
+    except Exception as unmapped:
+        return transport._remap(unmapped)
+    raise AssertionError
+
+
+KEY = ConnectionKey("up.example", 443, True, True, None, None, None)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        aiohttp.ClientConnectorError(KEY, ConnectionRefusedError(111, "Connection refused")),
+        aiohttp.ClientConnectorDNSError(KEY, OSError(-2, "Name or service not known")),
+        aiohttp.ConnectionTimeoutError("Connection timeout to host https://up.example/"),
+        aiohttp.SocketTimeoutError("Timeout on reading data from socket"),
+        aiohttp.ServerTimeoutError("timeout"),
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        aiohttp.ClientConnectionResetError("Cannot write to closing transport"),
+        aiohttp.NonHttpUrlClientError(yarl.URL("ftp://up.example/")),
+        aiohttp.InvalidUrlClientError("http://"),
+        TimeoutError(),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+)
+def test_the_lean_path_names_failures_as_the_transport_does(exc):
+    found, wanted = transport.failure(exc), _as_transport_names(exc)
+    assert (type(found), str(found)) == (type(wanted), str(wanted))

@@ -1,13 +1,15 @@
 import asyncio
+import gzip
 import json
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from service import upstream
+from service import transport, upstream
 from service.runtime import Runtime
 from tests.conftest import test_settings
+from tests.harness import Canned
 from tests.rogue import Rogue
 
 
@@ -169,3 +171,27 @@ def test_a_misbehaving_upstream_is_an_outcome_not_a_crash(mode, outcome, tmp_pat
         rogue.stop()
     assert result.outcome in outcome, result
     assert rogue.requests[f"/{mode}/v1/videos/video_1"] in (1, 2)  # aiohttp may retry a GET once
+
+
+@pytest.mark.parametrize(
+    ("raw", "outcome"),
+    [
+        (json.dumps({"id": "video_1", "status": "queued"}).encode(), "ok"),
+        (b"{" + b" " * upstream.MAX_BODY + b"}", "error"),  # small on the wire, too large
+    ],
+)
+def test_a_compressed_answer_is_read_decoded_within_the_limit(raw, outcome):
+    """Through the transport the service really uses, from a real server."""
+    body = gzip.compress(raw)
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+
+    async def go() -> upstream.Fetch:
+        async with (
+            Canned(head % len(body) + body) as server,
+            httpx.AsyncClient(transport=transport.Transport()) as client,
+        ):
+            return await upstream.Upstream(server.url, SecretStr("k"), client, 5).fetch("video_1")
+
+    result = asyncio.run(go())
+    assert result.outcome == outcome, result
+    assert outcome == "ok" or result.detail == "upstream answer too large"

@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import httpx
-
 from service import status
 from service.status import Reading
 from service.upstream import Fetch
@@ -46,7 +44,7 @@ class Family(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
     def classify(
-        self, status_code: int, headers: httpx.Headers, body: bytes, task_id: str
+        self, status_code: int, headers: Mapping[str, str], body: bytes, task_id: str
     ) -> Fetch: ...
 
     def read(self, task: dict[str, Any]) -> Reading: ...

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from service import upstream
 from service.status import Reading
 from service.upstream import Fetch
@@ -35,7 +33,7 @@ class Dialect:
         return dict(self.required)
 
     def classify(
-        self, status_code: int, headers: httpx.Headers, body: bytes, task_id: str
+        self, status_code: int, headers: Mapping[str, str], body: bytes, task_id: str
     ) -> Fetch:
         return upstream.classify_with(self.rules, status_code, headers, body, task_id)
 
