@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import ids, snapshot, upstreams
-from service.db import by_task, prepared, unindexed
+from service.db import by_task, constant, prepared, unindexed
 from service.models import TERMINAL_EVENTS, Attempt, Event, Registration, compact_json
 from service.upstreams import Family, openai_video
 
@@ -141,7 +141,7 @@ async def emit_terminal(
                 registrations.c.task_id,
             ).where(
                 by_task(registrations.c.upstream, registrations.c.task_id, ends),
-                registrations.c.state == "active",
+                registrations.c.state == constant("active"),
                 ~has_terminal,
             )
         )
@@ -207,7 +207,7 @@ async def emit_progress(
                 registrations.c.metadata,
             ).where(
                 by_task(registrations.c.upstream, registrations.c.task_id, snapshots),
-                registrations.c.state == "active",
+                registrations.c.state == constant("active"),
             )
         )
     ).all()
