@@ -208,6 +208,10 @@ def test_a_registration_says_when_its_next_attempt_goes(make_service, upstream, 
     task = upstream.add(duration=0.1, queued=0)
     registration = service.register(task, f"{hooks.url}/later").json()["id"]
     page = f"{service.url}/dashboard/registrations/{registration}"
+    # The first attempt is written (the retry is scheduled) before the page is read:
+    # while it is in flight, the event's next attempt is the one going now.
+    url = service.settings.database_url
+    eventually(lambda: sql(url, "SELECT count(*) FROM attempts")[0] == [(1,)])
     eventually(lambda: "Next attempt" in httpx.get(page).text)
     shown = re.search(r'id="next-attempt">([^<]+)<', httpx.get(page).text).group(1)
     [(next_at,)] = sql(service.settings.database_url, "SELECT next_attempt_at FROM events")[0]
