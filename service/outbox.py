@@ -20,6 +20,7 @@ registrations = Registration.__table__  # type: ignore[attr-defined]
 attempts = Attempt.__table__  # type: ignore[attr-defined]
 
 FIRST, RETRY = 0, 1
+PROGRESS = "video.progress"
 DEFAULT_UPSTREAM = "default"
 TaskKey = tuple[str, str]  # (upstream, task_id): what identifies a task
 
@@ -389,6 +390,20 @@ _ATTEMPTED = prepared(
         lane=sa.case((_pending, RETRY), else_=events.c.lane),
     )
 )
+# A progress event that failed while a later event of its registration waits is dropped,
+# not retried: progress is best effort, and the later one must not wait on its retries.
+_later = events.alias("later")
+_SUPERSEDED = prepared(
+    events.update()
+    .where(
+        events.c.seq.in_(_keys("b_seqs")),
+        unindexed(events.c.state) == "pending",
+        sa.select(_later.c.seq)
+        .where(_later.c.registration_id == events.c.registration_id, _later.c.seq > events.c.seq)
+        .exists(),
+    )
+    .values(state="dropped")
+)
 _SET_STATE = prepared(
     registrations.update()
     .where(
@@ -440,6 +455,9 @@ async def record(conn: AsyncConnection, results: Sequence[Result], now: float) -
             for r in results
         ],
     )
+    unsent = [r.event.seq for r in results if r.event.type == PROGRESS and not r.accepted]
+    if unsent:
+        await conn.execute(_SUPERSEDED, {"b_seqs": unsent})
     terminal = [r for r in results if r.event.type in TERMINAL_EVENTS]
     delivered = [r.event.registration_id for r in terminal if r.accepted]
     dead = [

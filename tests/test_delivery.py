@@ -134,6 +134,30 @@ def test_progress_coalesces_behind_a_slow_receiver(service, upstream, hooks):
     assert len(service.attempts(reg["id"])) == len(arrivals)
 
 
+def test_a_progress_attempt_in_flight_when_the_task_ends_is_not_retried(
+    make_service, upstream, hooks
+):
+    """Progress is best effort: one not yet accepted when the terminal event is ready is
+    dropped, also when its attempt was in flight then and failed; the terminal event
+    does not wait out its retries (here a retry would come 600 s later)."""
+    service = make_service(delivery_timeout=3.0, delivery_retry_schedule=(600.0,))
+    hooks.receiver.plan("/hang", 200, delay=5.0)  # every attempt times out, for now
+    task = upstream.add(duration=1.0, queued=0)
+    events = ["video.completed", "video.progress"]
+    reg = service.register(task, f"{hooks.url}/hang", events=events).json()
+    eventually(lambda: service.client.get(f"/v1/videos/{task}").json()["status"] == "completed")
+    hooks.receiver.plan("/hang", 200)  # answers at once from now on
+    arrived = eventually(
+        lambda: [d for d in hooks.at("/hang") if d.json["type"] == "video.completed"], timeout=15
+    )
+    assert len(arrived) == 1
+    eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
+    attempts = service.attempts(reg["id"])
+    timed_out = [a for a in attempts if a["type"] == "video.progress" and a["status_code"] is None]
+    assert timed_out, attempts  # the progress attempt was in flight, and failed
+    assert all(a["attempt"] == 1 for a in attempts), attempts  # none was retried
+
+
 def test_a_registration_ends_quietly_when_its_terminal_event_is_not_wanted(
     service, upstream, hooks
 ):
