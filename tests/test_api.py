@@ -290,3 +290,32 @@ def test_the_key_is_checked_before_a_body_that_cannot_be_read(make_service, path
         headers={**garbage["headers"], "Authorization": "Bearer right-key"},
     )
     assert mine.status_code == 400, mine.text
+
+
+NOT_JSON = {
+    "nan": b'{"task_id": "video_nan", "callback_url": "https://example.com/h", "model": "m",'
+    b' "metadata": {"x": NaN}}',
+    "infinity": b'{"task_id": "video_inf", "callback_url": "https://example.com/h", "model": "m",'
+    b' "metadata": {"x": -Infinity}}',
+    "too-large": b'{"task_id": "video_big", "callback_url": "https://example.com/h", "model": "m",'
+    b' "metadata": {"x": 1e999}}',
+    "utf-16": '{"task_id": "video_u16", "callback_url": "https://example.com/h", "model": "m"}'.encode(
+        "utf-16"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_JSON))
+@pytest.mark.parametrize(
+    "path", ["/v1/registrations", "/v1/videos", "/v1/videos/video_x/remix", "/v1/webhook_test"]
+)
+def test_what_json_does_not_allow_is_400_on_every_json_route(service, upstream, path, name):
+    """NaN, Infinity, a number past a double and bodies not in UTF-8 are not JSON (RFC
+    8259 sections 6 and 8.1), though Python's parser takes them: the first three would
+    be stored as null, silently changing what the client sent."""
+    answer = service.client.post(
+        path, content=NOT_JSON[name], headers={"content-type": "application/json"}
+    )
+    assert envelope(answer, 400)["code"] == "invalid_json"
+    assert upstream.sim.created == []
+    assert service.client.get("/v1/registrations").json()["data"] == []

@@ -5,9 +5,9 @@ a thread hop per dependency per request, for work that takes microseconds."""
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -89,8 +89,12 @@ async def get_caller(
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json" and not media.endswith("+json"):
                 raise ApiError(415, "the body must be JSON, sent as Content-Type: application/json")
-            with contextlib.suppress(ValueError):  # not JSON: FastAPI has answered that
-                loads_once(await request.body())  # read already, by FastAPI
+            body = await request.body()  # read already, by FastAPI
+            try:
+                if body:  # an empty one is the body's validation's to refuse (422)
+                    loads_once(body)
+            except ValueError:  # what FastAPI's parser takes and JSON does not
+                raise ApiError(400, "the body is not valid JSON") from None
     return Caller(runtime, owner)
 
 
@@ -105,12 +109,34 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def _not_json(word: str) -> Any:
+    raise ValueError(f"{word} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"the number {text[:20]} is too large")
+    return number
+
+
 def loads_once(body: bytes) -> Any:
-    """A JSON body, parsed; 422 when one of its objects names a member twice (parsers
-    keep the last, so which one counts would be a guess: RFC 8259 section 4 leaves it
-    undefined). Raises ValueError for a body that is not JSON."""
+    """A JSON body, parsed (``loads_text``), which must be UTF-8 (RFC 8259 section 8.1;
+    Python's parser would also take UTF-16 and UTF-32). Raises what ``loads_text``
+    raises."""
+    return loads_text(body.decode("utf-8"))
+
+
+def loads_text(text: str) -> Any:
+    """JSON text, parsed; 422 when one of its objects names a member twice (parsers keep
+    the last, so which one counts would be a guess: RFC 8259 section 4 leaves it
+    undefined). Raises ValueError for text that is not JSON as RFC 8259 defines it,
+    including ``NaN`` and ``Infinity`` (section 6) and a number too large for a double,
+    which would otherwise be stored as null."""
     try:
-        return json.loads(body, object_pairs_hook=_once_each)
+        return json.loads(
+            text, object_pairs_hook=_once_each, parse_constant=_not_json, parse_float=_finite
+        )
     except _Twice as twice:
         name = str(twice)[:64]
         raise ApiError(422, f"{name!r} is given more than once in the body", name) from None

@@ -189,7 +189,7 @@ def form_values(fields: dict[str, list[str]]) -> dict[str, Any]:
 
 def _json_object(value: str, name: str) -> dict[str, Any]:
     try:
-        loaded = json.loads(value)
+        loaded = deps.loads_text(value)
     except ValueError:
         loaded = None
     if not isinstance(loaded, dict):
@@ -217,7 +217,7 @@ def _listed(value: str) -> list[str]:
     value = value.strip()
     if value.startswith("["):
         try:
-            items = json.loads(value)
+            items = deps.loads_text(value)
         except ValueError:
             message = "events must be a JSON array or names separated by commas"
             raise ApiError(422, message, "events") from None
