@@ -56,6 +56,9 @@ def create_app(
         # /docs works on a closed network; ReDoc would load from a CDN.
         docs_url=None,
         redoc_url=None,
+        # A path with a trailing slash is another path (404), never a redirect: Starlette's
+        # would send any caller, keyed or not, to a Location built from its Host header.
+        redirect_slashes=False,
     )
     errors.install(app)
     if api:  # innermost: below our middleware, before routing

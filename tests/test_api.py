@@ -319,3 +319,16 @@ def test_what_json_does_not_allow_is_400_on_every_json_route(service, upstream, 
     assert envelope(answer, 400)["code"] == "invalid_json"
     assert upstream.sim.created == []
     assert service.client.get("/v1/registrations").json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/registrations/"), ("GET", "/v1/videos/video_x/"), ("GET", "/v1/videos/")],
+)
+def test_a_trailing_slash_is_another_path_not_a_redirect(service, method, path):
+    """No redirect to a Location built from the Host header, for callers with no key."""
+    answer = httpx.request(
+        method, f"{service.url}{path}", headers={"Host": "elsewhere.example"}, json={}
+    )
+    assert "location" not in answer.headers
+    envelope(answer, 404)
