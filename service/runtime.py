@@ -97,6 +97,7 @@ class Runtime:
         await self._warn_unconfigured()
         if not self.with_workers:
             return
+        _warn_short_window(self.settings)
         self.deliverer = Deliverer(
             self.settings, self.db, self.delivery_client, secret, self.metrics, self.callback_guard
         )
@@ -308,3 +309,17 @@ async def load_secret(db: Database, settings: Settings) -> str:
             f"is malformed: {exc}; delete that row to have a new one generated, or set "
             "STATUS_PROXY_WEBHOOK_SECRET"
         ) from None
+
+
+def _warn_short_window(settings: Settings) -> None:
+    """A retry schedule whose whole span is shorter than the circuit's cool-down lets
+    events to an origin whose circuit opened die before its first probe, some never
+    sent: said at start, since both are the operator's to set."""
+    span = sum(settings.delivery_retry_schedule)
+    if span < settings.circuit_cooldown:
+        log.warning(
+            "STATUS_PROXY_DELIVERY_RETRY_SCHEDULE spans %gs, less than "
+            "STATUS_PROXY_CIRCUIT_COOLDOWN (%gs): webhooks waiting on an open circuit die "
+            "at the end of their retry window, before its first probe, some never sent",
+            span, settings.circuit_cooldown,
+        )  # fmt: skip

@@ -10,6 +10,8 @@ import time
 import pytest
 
 from service import callbacks, circuits
+from service import runtime as runtime_module
+from service.config import Settings
 from service.runtime import Runtime
 from tests.conftest import test_settings
 from tests.harness import eventually, sql
@@ -387,3 +389,17 @@ def test_replicas_share_one_circuit(make_service, upstream, rogue):
         == metric(second, "status_proxy_open_circuits")
         == 0
     )
+
+
+def test_a_retry_schedule_shorter_than_the_cool_down_is_warned_about(caplog):
+    """Webhooks waiting on an open circuit die at the end of their retry window: with a
+    window shorter than the cool-down, before the first probe."""
+    short = Settings(delivery_retry_schedule=(2.0, 4.0, 6.0), circuit_cooldown=30.0)
+    with caplog.at_level(logging.WARNING, "service.runtime"):
+        runtime_module._warn_short_window(short)
+        runtime_module._warn_short_window(Settings())  # the defaults: about 3 days against 30 s
+    assert [record.getMessage() for record in caplog.records] == [
+        "STATUS_PROXY_DELIVERY_RETRY_SCHEDULE spans 12s, less than STATUS_PROXY_CIRCUIT_COOLDOWN"
+        " (30s): webhooks waiting on an open circuit die at the end of their retry window,"
+        " before its first probe, some never sent"
+    ]
