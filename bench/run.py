@@ -47,6 +47,9 @@ BIN = Path(sys.executable).parent
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC0wMTIzNDU2Nzg5YWI="
 API_KEY = "bench-client-key"
 CONNECTIONS = 50
+# Webhook attempts in flight in figure 4: as many as the references have connections,
+# unless --in-flight says otherwise (STATUS_PROXY_DELIVERY_CONCURRENCY is 64 by default).
+IN_FLIGHT = CONNECTIONS
 # Where the service under test is imported from (--before), and where profiles go.
 SERVICE_PATH: str | None = None
 PROFILE_DIR: Path | None = None
@@ -260,11 +263,11 @@ def delivery_figure(size: dict[str, Any], work: Path) -> dict[str, Any]:
         db_url = f"sqlite:///{work / 'deliver.db'}"
         count = size["webhooks"]
         asyncio.run(seed.pending_webhooks(db_url, count, f"{receiver}/hook"))
-        # As many attempts in flight as the references have connections, all to the one
+        # IN_FLIGHT attempts at once (the references' connections by default), all to the one
         # receiver (a real deployment spreads them over many origins, 8 at most each).
         env = service_env(
-            db_url, "http://127.0.0.1:9", STATUS_PROXY_DELIVERY_CONCURRENCY=str(CONNECTIONS),
-            STATUS_PROXY_DELIVERY_CONCURRENCY_PER_ORIGIN=str(CONNECTIONS),
+            db_url, "http://127.0.0.1:9", STATUS_PROXY_DELIVERY_CONCURRENCY=str(IN_FLIGHT),
+            STATUS_PROXY_DELIVERY_CONCURRENCY_PER_ORIGIN=str(IN_FLIGHT),
         )  # fmt: skip
         start_count = httpx.get(f"{receiver}/count").json()["count"]
         with process(status_proxy("work"), cpu=0, env=env) as pid:
@@ -619,12 +622,16 @@ def main() -> int:
         "--profile", type=Path, metavar="DIR",
         help="record each status-proxy process under load with py-spy into DIR",
     )  # fmt: skip
+    parser.add_argument(
+        "--in-flight", type=int, default=CONNECTIONS, metavar="N",
+        help="webhook attempts in flight in figure 4 (default: the references' 50)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.client:
         print(json.dumps(run_client(json.loads(args.client))))
         return 0
-    global PROFILE_DIR
-    PROFILE_DIR = args.profile
+    global PROFILE_DIR, IN_FLIGHT
+    PROFILE_DIR, IN_FLIGHT = args.profile, args.in_flight
     size = SIZES["smoke" if args.smoke else "full"]
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
