@@ -292,6 +292,22 @@ def test_the_key_is_checked_before_a_body_that_cannot_be_read(make_service, path
     assert mine.status_code == 400, mine.text
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PATCH", "/v1/registrations"), ("OPTIONS", "/v1/videos/video_x"), ("PUT", "/v1/videos")],
+)
+def test_the_key_is_checked_before_a_method_the_path_does_not_take(make_service, method, path):
+    """Every /v1 route answers a caller without a valid key 401, whatever the method."""
+    service = make_service(api_keys=["right-key"])
+    for auth in ({}, {"Authorization": "Bearer wrong-key"}):
+        envelope(httpx.request(method, f"{service.url}{path}", headers=auth), 401)
+    mine = httpx.request(
+        method, f"{service.url}{path}", headers={"Authorization": "Bearer right-key"}
+    )
+    envelope(mine, 405)
+    assert mine.headers["allow"]
+
+
 NOT_JSON = {
     "nan": b'{"task_id": "video_nan", "callback_url": "https://example.com/h", "model": "m",'
     b' "metadata": {"x": NaN}}',

@@ -180,9 +180,10 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    # A method the path does not take, or a body not read: the key is checked first.
+    if exc.status_code in (400, 405) and (refused := await _before_routing(request)):
+        return refused
     if exc.status_code == 400:
-        if (refused := await _before_routing(request)) is not None:
-            return refused
         message = "the body could not be read as UTF-8 JSON"
     response = envelope(exc.status_code, message)
     response.headers.update(exc.headers or {})
