@@ -145,12 +145,14 @@ def test_two_workers_and_a_lease_that_runs_out_mid_attempt(db_url, upstream, hoo
             await asyncio.sleep(0.05)
         assert await b.turn() == 1  # the event is taken over
         [b_job] = b._inflight.values()
-        await asyncio.wait(set(a._inflight))
+        if a._inflight:  # (it may have finished already on a busy machine)
+            await asyncio.wait(set(a._inflight))
         await a.turn(claiming=False)  # the first worker's late outcome: not written
         row = await event_row(first)
         assert (row.lease_until, row.attempts, row.state) == (b_job.lease_until, 0, "pending")
         assert await attempt_rows(first) == []
-        await asyncio.wait(set(b._inflight))
+        if b._inflight:
+            await asyncio.wait(set(b._inflight))
         await b.turn(claiming=False)
         row = await event_row(first)
         assert (row.lease_until, row.attempts, row.state) == (None, 1, "delivered")
