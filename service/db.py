@@ -276,7 +276,8 @@ class _Compiled:
             for name, bind in compiled.binds.items()
             if (processor := bind.type.bind_processor(dialect)) is not None
         }
-        self.expanding = {name for name, bind in compiled.binds.items() if bind.expanding}
+        # Lists bound as IN (…), in a fixed order: their lengths name a sized SQL text.
+        self.expanding = tuple(sorted(n for n, bind in compiled.binds.items() if bind.expanding))
         self._sized: dict[tuple[int, ...], str] = {}
         described = (
             statement.column_descriptions
@@ -303,11 +304,11 @@ class _Compiled:
     def text(self, parameters: dict[str, Any]) -> str:
         if not self.expanding:
             return self.sql
-        sizes = tuple(len(parameters[name]) for name in sorted(self.expanding))
+        sizes = tuple(len(parameters[name]) for name in self.expanding)
         found = self._sized.get(sizes)
         if found is None:
             found = self.sql
-            for name, size in zip(sorted(self.expanding), sizes, strict=True):
+            for name, size in zip(self.expanding, sizes, strict=True):
                 if size == 0:
                     raise ValueError(f"an empty list for {name}: callers skip such statements")
                 found = found.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * size))
@@ -373,6 +374,7 @@ class InlineConnection:
         assert raw is not None
         try:
             if isinstance(parameters, list):
+                assert not compiled.expanding, "a list bound as IN (…) takes one set of values"
                 sql = compiled.sql
                 cursor = raw.executemany(sql, [compiled.values(each) for each in parameters])
             else:

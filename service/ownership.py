@@ -47,19 +47,16 @@ UPSTREAMS_SQL = (
 )
 # The same video, or the named upstream's, with its task's latest snapshot in one read by
 # key (the hot read's); the snapshot columns are NULL for a task that is not polled.
-SNAPSHOT_SQL = (
+_SNAPSHOTS = (
     "SELECT o.upstream, t.snapshot, t.snapshot_at FROM owned_videos AS o "
     "LEFT JOIN tasks AS t ON t.upstream = o.upstream AND t.task_id = o.task_id "
     "WHERE o.owner = :owner AND o.task_id = :task_id AND o.deleted_at IS NULL "
-    "ORDER BY CASE WHEN o.upstream = 'default' THEN 0 ELSE 1 END, o.created_at, o.upstream "
-    "LIMIT 1"
 )
-SNAPSHOT_ON_SQL = (
-    "SELECT o.upstream, t.snapshot, t.snapshot_at FROM owned_videos AS o "
-    "LEFT JOIN tasks AS t ON t.upstream = o.upstream AND t.task_id = o.task_id "
-    "WHERE o.owner = :owner AND o.upstream = :upstream AND o.task_id = :task_id "
-    "AND o.deleted_at IS NULL"
+SNAPSHOT_SQL = (
+    _SNAPSHOTS + "ORDER BY CASE WHEN o.upstream = 'default' THEN 0 ELSE 1 END, "
+    "o.created_at, o.upstream LIMIT 1"
 )
+SNAPSHOT_ON_SQL = _SNAPSHOTS + "AND o.upstream = :upstream"
 
 
 class UnknownCursor(Exception):

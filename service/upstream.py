@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
@@ -206,14 +206,7 @@ async def _read_reply(reply: sender.Reply) -> bytes:
     if "content-encoding" in reply.headers:
         coded = [("content-encoding", name) for name in reply.headers.getall("content-encoding")]
         return await _read_limited(httpx.Response(reply.status, headers=coded, stream=_Raw(reply)))
-    chunks = []
-    size = 0
-    while chunk := await reply.read(MAX_BODY + 1 - size):
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await _limited(_Raw(reply))
 
 
 class _Raw(httpx.AsyncByteStream):
@@ -228,9 +221,14 @@ class _Raw(httpx.AsyncByteStream):
 
 
 async def _read_limited(response: httpx.Response) -> bytes:
+    return await _limited(response.aiter_bytes())
+
+
+async def _limited(stream: AsyncIterable[bytes]) -> bytes:
+    """The whole of ``stream``; BodyTooLarge past MAX_BODY."""
     chunks = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in stream:
         size += len(chunk)
         if size > MAX_BODY:
             raise BodyTooLarge

@@ -29,7 +29,7 @@ NAMED = b"upstream="
 async def cached(call: shortcuts.Call) -> Response | None:
     """The route's answer when it is a stored snapshot; None to let the route answer."""
     task_id = call.scope["path"][len(PREFIX) :]
-    # "/" is another route or a redirect.
+    # With a "/", another route's path (or none's).
     if "/" in task_id or not valid_task_id(task_id):
         return None
     runtime = call.runtime
@@ -57,7 +57,7 @@ def _named_upstream(runtime: Runtime, query: bytes) -> str | None:
     (any other query: the route's to check)."""
     if not query:
         return None
-    if query[:9] != NAMED:
+    if not query.startswith(NAMED):
         return ""
-    name = query[9:].decode("latin-1")
+    name = query[len(NAMED) :].decode("latin-1")
     return name if name in runtime.upstreams else ""
