@@ -39,6 +39,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_HELD: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A port that refuses connections for as long as this process runs: bound, never
+    listening, so no server of a test running beside this one can take it (a port free
+    a moment ago can be)."""
+    if not _HELD:
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        _HELD.append(held)
+    return int(_HELD[0].getsockname()[1])
+
+
 class QuickServer(Server):
     """Notices ``should_exit`` within 10 ms, not uvicorn's 100 ms tick: the suite stops
     thousands of servers."""

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from service.simulator import video_bytes
-from tests.harness import ServerThread, eventually, free_port, sql
+from tests.harness import ServerThread, eventually, refused_port, sql
 
 IMAGE = bytes(range(256)) * 12_000  # ~3 MB "reference image"
 
@@ -570,7 +570,7 @@ def test_upstream_failures_say_what_happened(make_service, hanging_up_upstream):
     answer = service.client.post("/v1/videos", json={"model": "m"})
     assert answer.status_code == 502, answer.text
     assert "closed the connection" in answer.json()["error"]["message"]
-    refused = make_service(upstream_base_url=f"http://127.0.0.1:{free_port()}")
+    refused = make_service(upstream_base_url=f"http://127.0.0.1:{refused_port()}")
     answer = refused.client.post("/v1/videos", json={"model": "m"})
     assert answer.status_code == 502 and "unreachable" in answer.json()["error"]["message"]
 

@@ -10,7 +10,7 @@ import subprocess
 import httpx
 
 from service.config import Settings
-from tests.harness import eventually, free_port
+from tests.harness import eventually, free_port, refused_port
 from tests.test_process import COMMAND, Proc, env_for
 
 ONE_DELIVERY = "STATUS_PROXY_DELIVERY_RETRY_SCHEDULE"
@@ -143,7 +143,7 @@ def test_readiness_says_what_the_polls_see(tmp_path, upstream, hooks):
 
 
 def test_an_unreachable_upstream_is_not_ready_and_named(tmp_path, hooks):
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = f"http://127.0.0.1:{refused_port()}"
     proc = start(tmp_path, closed, STATUS_PROXY_POLL_INTERVAL_MAX="0.3")
     try:
         httpx.post(

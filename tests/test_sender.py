@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from service import sender, transport
-from tests.harness import Canned, free_port
+from tests.harness import Canned, refused_port
 from tests.test_transport import UNRESOLVABLE, Silent
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Answer: yes\r\n\r\n0123456789"
@@ -81,7 +81,7 @@ def test_a_body_that_has_not_all_come_closes_its_connection(answer, connections)
 
 def test_a_sender_names_each_failure():
     with pytest.raises(httpx.ConnectError, match=r"cannot connect to 127\.0\.0\.1"):
-        asyncio.run(_send(f"http://127.0.0.1:{free_port()}/"))
+        asyncio.run(_send(f"http://127.0.0.1:{refused_port()}/"))
     with pytest.raises(httpx.ConnectError, match=f"{re.escape(UNRESOLVABLE)} does not resolve"):
         asyncio.run(_send(f"http://{UNRESOLVABLE}/"))
     silent = Silent()

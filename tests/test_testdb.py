@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from tests import conftest
-from tests.harness import free_port
+from tests.harness import refused_port
 
 
 @pytest.mark.postgres
@@ -28,7 +28,7 @@ def test_a_server_that_cannot_be_used_gives_the_reason(monkeypatch):
 
 def test_a_server_that_is_not_there_gives_the_reason(monkeypatch):
     monkeypatch.setattr(
-        conftest, "PG_ADMIN_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+        conftest, "PG_ADMIN_URL", f"postgresql://postgres@127.0.0.1:{refused_port()}/postgres"
     )
     reason = asyncio.run(conftest._check())
     assert reason is not None and "cannot be reached" in reason, reason

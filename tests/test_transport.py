@@ -13,7 +13,7 @@ from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from service import transport
 from service.receiver import Receiver
-from tests.harness import ServerThread, eventually, free_port
+from tests.harness import ServerThread, eventually, free_port, refused_port
 
 UNRESOLVABLE = "status-proxy-test.invalid"  # RFC 2606: never resolves
 
@@ -57,7 +57,7 @@ async def _get(url: str, timeout: float = 2.0) -> httpx.Response:
 
 def test_refused_connection_is_a_connect_error():
     with pytest.raises(httpx.ConnectError) as caught:
-        asyncio.run(_get(f"http://127.0.0.1:{free_port()}/"))
+        asyncio.run(_get(f"http://127.0.0.1:{refused_port()}/"))
     assert not isinstance(caught.value, httpx.TimeoutException)
     assert "cannot connect to 127.0.0.1" in str(caught.value)
 
@@ -164,7 +164,7 @@ def test_webhook_attempt_to_unresolvable_host_names_the_real_error(make_service,
 def test_webhook_attempt_to_a_closed_port_is_refused_not_timed_out(make_service, upstream):
     service = make_service()
     task = upstream.add(duration=0.1, queued=0)
-    registration = service.register(task, f"http://127.0.0.1:{free_port()}/hook").json()
+    registration = service.register(task, f"http://127.0.0.1:{refused_port()}/hook").json()
     tries = eventually(lambda: service.attempts(registration["id"]))
     assert tries[0]["error"].startswith("ConnectError: cannot connect"), tries[0]
     assert tries[0]["status_code"] is None

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.harness import SECRET, free_port
+from tests.harness import SECRET, refused_port
 from tests.rogue import Rogue
 
 KEYS = ["receiver-key-one", "receiver-key-two"]
@@ -49,7 +49,7 @@ def test_webhook_test_reports_failures_as_the_receiver_gave_them(make_service, h
     hang = service.client.post("/v1/webhook_test", json={"callback_url": f"{hooks.url}/hang"})
     assert hang.json()["status_code"] is None and "timed out" in hang.json()["error"]
     dead = service.client.post(
-        "/v1/webhook_test", json={"callback_url": f"http://127.0.0.1:{free_port()}/x"}
+        "/v1/webhook_test", json={"callback_url": f"http://127.0.0.1:{refused_port()}/x"}
     )
     assert dead.status_code == 200 and dead.json()["status_code"] is None
     assert dead.json()["error"]
