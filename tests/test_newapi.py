@@ -172,14 +172,15 @@ def test_the_success_wrapper_is_unwrapped(make_service, newapi, hooks):
 @pytest.mark.parametrize("body", ["error", "html", "list", "null"])
 def test_a_200_that_is_not_a_video_is_a_passing_error(make_service, newapi, hooks, body):
     service = make_service(not_found_grace=0.5)
-    task = newapi.add(duration=0.5, queued=0)
+    task = newapi.add(duration=60, queued=0)  # runs until the faults are in place
     reg = service.register(task, f"{hooks.url}/n").json()
     eventually(lambda: service.registration(reg["id"])["task"] is not None)
     newapi.sim.faults.not_video_body = body
     newapi.sim.faults.not_video = 1.0
+    newapi.sim.tasks[task].duration = 0  # it has ended upstream, behind the faults
     polls = newapi.polls(task)
     eventually(lambda: newapi.polls(task) >= polls + 3)
-    time.sleep(1.0)  # past the task's end upstream and twice the grace
+    time.sleep(1.0)  # twice the grace
     assert hooks.at("/n") == [] and service.registration(reg["id"])["state"] == "active"
     snapshot = service.client.get(f"/v1/videos/{task}").json()
     assert snapshot["id"] == task  # the last video kept, never the error
