@@ -4,7 +4,6 @@ except those the operator allows by name (``CALLBACK_ALLOW_NETWORKS``)."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import ipaddress
 import socket
@@ -12,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-import aiohttp
 import httpx
 import idna
-from aiohttp.abc import AbstractResolver, ResolveResult
+
+from service import wire
 
 MAX_LENGTH = 2048
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -234,30 +233,19 @@ def _literal_refusal(url: str, guard: Guard) -> str | None:
     return None
 
 
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that vets every address it hands out, so connections go
-    only to the addresses that were checked (no DNS-rebinding window)."""
+def resolver(guard: Guard) -> wire.Resolve:
+    """The addresses to connect to for a host, each one vetted by ``guard``, so that
+    connections go only to the addresses that were checked (no DNS-rebinding window).
+    A refused or unresolvable host raises OSError with the guard's words."""
 
-    def __init__(self, guard: Guard) -> None:
-        self.guard = guard
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+    async def resolve_vetted(host: str, port: int) -> list[tuple[int, str, int]]:
         try:
-            results = await resolve(host, port, self.guard)
+            found = await resolve(host, port, guard)
         except CallbackRejected as exc:
-            # aiohttp shows strerror in its error, so the attempt log says why.
-            raise OSError(errno.EACCES, str(exc)) from None
-        return [ResolveResult(**item) for item in results]  # type: ignore[typeddict-item]
+            raise OSError(str(exc)) from None
+        return [(item["family"], item["host"], item["port"]) for item in found]
 
-    async def close(self) -> None:
-        return None
-
-
-def connector(guard: Guard, limit: int) -> aiohttp.TCPConnector:
-    """A connector whose every connection went through the guard."""
-    return aiohttp.TCPConnector(resolver=GuardedResolver(guard), limit=limit, limit_per_host=limit)
+    return resolve_vetted
 
 
 DEFAULT_PORTS = {"http": 80, "https": 443}

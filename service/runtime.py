@@ -6,13 +6,12 @@ import hashlib
 import logging
 import time
 
-import aiohttp
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 import service
-from service import callbacks, notifier, operator_events, signing, transport, upstreams
+from service import callbacks, notifier, operator_events, signing, transport, upstreams, wire
 from service.config import DEFAULT_UPSTREAM, Settings, UpstreamConfig
 from service.db import Database
 from service.delivery import Deliverer
@@ -69,19 +68,16 @@ class Runtime:
         self.families: dict[str, Family] = {
             name: upstream.family for name, upstream in self.upstreams.items()
         }
+        # Webhooks go through our own HTTP/1.1 client (service/wire.py), every
+        # connection to an address the callback guard has vetted.
         self.delivery_client = httpx.AsyncClient(
-            transport=transport.Transport(
-                client=lambda: _delivery_session(settings, self.callback_guard),
+            transport=wire.Transport(
+                wire.Pool(settings.delivery_concurrency, callbacks.resolver(self.callback_guard))
             ),
             follow_redirects=False,
         )
         # The operator's URL is its own setting: a client without the callback guard.
-        self.operator_client = httpx.AsyncClient(
-            transport=transport.Transport(
-                client=lambda: aiohttp.ClientSession(auto_decompress=False),
-            ),
-            follow_redirects=False,
-        )
+        self.operator_client = httpx.AsyncClient(transport=wire.Transport(), follow_redirects=False)
         self.secret = ""  # the webhook secret, loaded at start
         self.pollers: dict[str, Poller] = {}
         self.deliverer: Deliverer | None = None
@@ -260,13 +256,6 @@ def safe_database_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # an odd URL: say which kind only
         return url.partition("://")[0] + "://…"
-
-
-def _delivery_session(settings: Settings, guard: callbacks.Guard) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=callbacks.connector(guard, settings.delivery_concurrency),
-        auto_decompress=False,
-    )
 
 
 async def stored_secret(db: Database) -> str | None:

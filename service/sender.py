@@ -1,6 +1,7 @@
 """The lean path of the two hot requests, polls and webhook attempts: a request to a
-URL known in full goes straight to the aiohttp session under an ``httpx.AsyncClient``'s
-transport (``transport.RawTargetTransport``), its headers built once, and comes back as
+URL known in full goes straight below an ``httpx.AsyncClient``'s transport, to our own
+HTTP/1.1 client (``wire.Transport``, webhooks) or to the aiohttp session
+(``transport.RawTargetTransport``, polls), its headers built once, and comes back as
 a ``Reply`` (status, headers, a body read as far as wanted), with no ``httpx.Request``
 or ``httpx.Response`` around it. httpx's client layer, then its models, cost about a
 third, then an eighth, of a webhook's CPU (bench/README.md, issue 21). The request-target
@@ -19,28 +20,8 @@ import httpx
 import yarl
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from service import transport
-
-
-class Reply:
-    """An answer whose status line and headers have come, its body still unread: read
-    it with ``read`` as far as wanted, then ``close`` it (the connection is kept for
-    the next request when the whole body had come, else closed)."""
-
-    __slots__ = ("headers", "status")
-
-    def __init__(self, status: int, headers: CIMultiDictProxy[str]) -> None:
-        self.status = status
-        self.headers = headers
-
-    async def read(self, size: int) -> bytes:
-        """At most ``size`` (> 0) bytes of the body as they come, as sent (no decoding);
-        ``b""`` at its end. Raises the httpx error that names a failure (``transport.failure``)."""
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        """Give the connection back, or close it when the body has not all come."""
-        raise NotImplementedError
+from service import transport, wire
+from service.wire import Reply as Reply
 
 
 class _Session(Reply):
@@ -90,9 +71,10 @@ class Sender:
     """Sends requests to absolute URLs below an ``httpx.AsyncClient``'s client layer:
     the URL is taken as given (no base to merge), with no cookies of httpx's, auth
     flow, redirects (a 3xx is an answer) or event hooks, and the client's default
-    headers. Over ``transport.RawTargetTransport`` (ours) a request goes straight to its aiohttp
-    session; over any other transport (a test's ``httpx.MockTransport``) it goes
-    through that transport as an ``httpx.Request``. Parsed origins are kept, so an
+    headers. Over ``wire.Transport`` a request goes straight to its pool; over
+    ``transport.RawTargetTransport`` straight to its aiohttp session; over any other
+    transport (a test's ``httpx.MockTransport``) through that transport as an
+    ``httpx.Request``. Parsed origins are kept, so an
     origin sent to again is not parsed again."""
 
     ORIGINS = 4096  # parsed origins kept; the oldest half goes when full
@@ -101,7 +83,7 @@ class Sender:
         self.transport = client._transport
         # Sent as they always went (through httpx.Headers): names in lower case.
         self._defaults = {name.lower(): value for name, value in client.headers.multi_items()}
-        self._origins: dict[str, str] = {}
+        self._origins: dict[str, _Place] = {}
 
     @classmethod
     def of(cls, client: httpx.AsyncClient) -> Sender:
@@ -132,6 +114,13 @@ class Sender:
         for name, value in headers:
             merged[name.lower()] = value
         below = self.transport
+        if isinstance(below, wire.Transport):
+            origin, rest = _split(url)
+            place = self._place(origin)
+            return await below.pool.request(
+                method, place.scheme, place.host, place.port,
+                self._target(url, rest, target), merged.items(), content, timeout,
+            )  # fmt: skip
         if not isinstance(below, transport.RawTargetTransport):
             return await self._through(below, method, url, merged, content, timeout)
         try:
@@ -164,16 +153,36 @@ class Sender:
         request-target is ``target``, else the URL's own when httpx would send it
         unchanged (a plain path, as a status path is), else httpx's reading of it."""
         origin, rest = _split(url)
-        if target is None:
-            target = rest if _PLAIN_PATH.fullmatch(rest) else httpx.URL(url).raw_path.decode()
-        prefix = self._origins.get(origin)
-        if prefix is None:
+        prefix = self._place(origin).prefix
+        return yarl.URL(prefix + self._target(url, rest, target), encoded=True)
+
+    @staticmethod
+    def _target(url: str, rest: str, target: str | None) -> str:
+        if target is not None:
+            return target
+        return rest if _PLAIN_PATH.fullmatch(rest) else httpx.URL(url).raw_path.decode()
+
+    def _place(self, origin: str) -> _Place:
+        found = self._origins.get(origin)
+        if found is None:
             if len(self._origins) >= self.ORIGINS:
                 for old in list(self._origins)[: self.ORIGINS // 2]:
                     del self._origins[old]
-            parsed = httpx.URL(origin)
-            prefix = self._origins[origin] = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
-        return yarl.URL(prefix + target, encoded=True)
+            found = self._origins[origin] = _Place(httpx.URL(origin))
+        return found
+
+
+class _Place:
+    """An origin as httpx reads it: ``scheme://netloc`` (ASCII, no user info), and its
+    scheme, host (IDNA, no brackets) and port (None: the scheme's)."""
+
+    __slots__ = ("host", "port", "prefix", "scheme")
+
+    def __init__(self, parsed: httpx.URL) -> None:
+        self.scheme = parsed.scheme
+        self.host = parsed.raw_host.decode("ascii")
+        self.port = parsed.port
+        self.prefix = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
 
 
 # A path httpx sends as written: unreserved characters and %XX escapes only, no query,

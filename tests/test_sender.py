@@ -1,5 +1,6 @@
-"""The lean path of polls and webhooks: straight to the aiohttp session, byte for byte,
-each failure named as the transport names it (real servers on 127.0.0.1)."""
+"""The lean path of polls and webhooks: straight to the aiohttp session (polls) or our
+own HTTP/1.1 client (webhooks), byte for byte, each failure named as the transport
+names it (real servers on 127.0.0.1)."""
 
 import asyncio
 import re
@@ -7,16 +8,25 @@ import re
 import httpx
 import pytest
 
-from service import sender, transport
+from service import sender, transport, wire
 from tests.harness import Canned, refused_port
 from tests.test_transport import UNRESOLVABLE, Silent
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Answer: yes\r\n\r\n0123456789"
 
 
-async def _send(url: str, **options) -> tuple[int, bytes]:
-    """Send through a sender over the service's transport; the status and whole body."""
-    async with httpx.AsyncClient(transport=transport.Transport()) as client:
+# Below the sender: aiohttp under the poll and gateway clients, ours under webhooks.
+BELOW = {"aiohttp": transport.Transport, "wire": wire.Transport}
+
+
+@pytest.fixture(params=sorted(BELOW))
+def below(request) -> type[httpx.AsyncBaseTransport]:
+    return BELOW[request.param]
+
+
+async def _send(url: str, below: type[httpx.AsyncBaseTransport], **options) -> tuple[int, bytes]:
+    """Send through a sender over ``below``; the status and whole body."""
+    async with httpx.AsyncClient(transport=below()) as client:
         reply = await sender.Sender.of(client).send("GET", url, timeout=0.5, **options)
         chunks = []
         try:
@@ -27,13 +37,13 @@ async def _send(url: str, **options) -> tuple[int, bytes]:
             await reply.close()
 
 
-def test_a_sender_sends_the_target_and_headers_as_built():
+def test_a_sender_sends_the_target_and_headers_as_built(below):
     odd = "/a;v=1/b%2Fc/./d?sp=%2Fx&y=a+b&z=%7e&w=%41"
 
     async def go() -> tuple[Canned, list[bytes]]:
         async with (
             Canned(OK) as server,
-            httpx.AsyncClient(transport=transport.Transport()) as client,
+            httpx.AsyncClient(transport=below()) as client,
         ):
             url = server.url + odd
             outgoing = sender.Sender.of(client)
@@ -63,11 +73,11 @@ def test_a_sender_sends_the_target_and_headers_as_built():
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123", 2),  # closed, not drained
     ],
 )
-def test_a_body_that_has_not_all_come_closes_its_connection(answer, connections):
+def test_a_body_that_has_not_all_come_closes_its_connection(below, answer, connections):
     async def go() -> Canned:
         async with (
             Canned(answer) as server,
-            httpx.AsyncClient(transport=transport.Transport()) as client,
+            httpx.AsyncClient(transport=below()) as client,
         ):
             outgoing = sender.Sender.of(client)
             for _ in range(2):
@@ -79,15 +89,15 @@ def test_a_body_that_has_not_all_come_closes_its_connection(answer, connections)
     assert asyncio.run(go()).connections == connections
 
 
-def test_a_sender_names_each_failure():
+def test_a_sender_names_each_failure(below):
     with pytest.raises(httpx.ConnectError, match=r"cannot connect to 127\.0\.0\.1"):
-        asyncio.run(_send(f"http://127.0.0.1:{refused_port()}/"))
+        asyncio.run(_send(f"http://127.0.0.1:{refused_port()}/", below))
     with pytest.raises(httpx.ConnectError, match=f"{re.escape(UNRESOLVABLE)} does not resolve"):
-        asyncio.run(_send(f"http://{UNRESOLVABLE}/"))
+        asyncio.run(_send(f"http://{UNRESOLVABLE}/", below))
     silent = Silent()
     try:
         with pytest.raises(httpx.ReadTimeout):
-            asyncio.run(_send(silent.url))
+            asyncio.run(_send(silent.url, below))
     finally:
         silent.close()
 
@@ -95,7 +105,7 @@ def test_a_sender_names_each_failure():
 
     async def go() -> None:
         async with Canned(cut, hang_up=True) as server:
-            await _send(server.url)
+            await _send(server.url, below)
 
     with pytest.raises(httpx.ReadError):
         asyncio.run(go())
