@@ -263,10 +263,15 @@ async def post(
             "POST", url, timeout=timeout, headers=headers, content=body, target=_target(url)
         )
     duration_ms = int((time.monotonic() - clock) * 1000)
-    try:
-        text = await _read_answer(reply)
-    finally:
-        await _close(reply)
+    text = reply.whole()
+    if text is not None:  # the usual small answer, come whole with its status line
+        text = text[:MAX_RESPONSE]
+        await reply.close()  # its connection kept, nothing to wait for
+    else:
+        try:
+            text = await _read_answer(reply)
+        finally:
+            await _close(reply)
     retry_after = None
     if reply.status in (429, 503):
         retry_after = retry.parse_retry_after(reply.headers.get("retry-after"), time.time())

@@ -11,6 +11,7 @@ service/transport.py).
 
 from __future__ import annotations
 
+import functools
 import re
 import weakref
 from collections.abc import Iterable
@@ -190,6 +191,7 @@ class _Place:
 _PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))(?:[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2})*)+")
 
 
+@functools.lru_cache(maxsize=4096)
 def _split(url: str) -> tuple[str, str]:
     """An absolute URL's origin (scheme and authority) and the rest, as written."""
     start = url.find("://") + 3

@@ -92,6 +92,11 @@ class Reply:
         """Give the connection back, or close it when the body has not all come."""
         raise NotImplementedError
 
+    def whole(self) -> bytes | None:
+        """The rest of the body when all of it has come already (taken, so that the
+        next ``read`` is ``b""``), else None; it never waits."""
+        return None
+
 
 class _Origin:
     """Where requests to one ``scheme://host:port`` go, and its kept connections."""
@@ -289,6 +294,17 @@ class _Answer(Reply):
         connection, self._connection = self._connection, None
         if connection is not None:
             self._pool._release(connection)
+
+    def whole(self) -> bytes | None:
+        connection = self._connection
+        if connection is None:
+            return b""
+        if not connection.complete:
+            return None
+        body = b"".join(connection.body)
+        connection.body.clear()
+        connection.buffered = 0
+        return body
 
 
 async def _wait(connection: _Connection, timeout: float) -> None:

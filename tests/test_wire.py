@@ -327,3 +327,27 @@ def test_through_httpx_a_request_and_its_answer_are_whole():
     assert server.heads[0].startswith(b"POST /a?x=%7e HTTP/1.1\r\n")
     assert server.header(0, b"content-length") == [b"7"]
     assert server.header(1, b"content-length") == [b"8"] and server.connections == 1
+
+
+def test_whole_takes_a_body_that_has_all_come_and_never_waits():
+    async def handler(reader, writer, number) -> None:
+        await _request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        await writer.drain()
+        await _request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def go() -> list:
+        async with Scripted(handler) as server:
+            pool, place = wire.Pool(), httpx.URL(server.url)
+            seen = []
+            for _ in range(2):
+                reply = await pool.request("GET", "http", place.host, place.port, "/", [], None, 2)
+                await asyncio.sleep(0.1)  # whatever was sent has come
+                seen += [reply.whole(), await reply.read(100)]
+                await reply.close()
+            return seen
+
+    assert asyncio.run(go()) == [b"done", b"", None, b"part"]
