@@ -238,12 +238,11 @@ def upstream_problems(name: str, poller: Poller) -> list[str]:
 
 
 def _upstream_client(config: UpstreamConfig) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=transport.Transport(
-            limits=httpx.Limits(max_connections=config.max_concurrency + 4)
-        ),
-        follow_redirects=False,
-    )
+    """Polls go through our own HTTP/1.1 client (at most the upstream's concurrency at
+    once); the gateway's requests, with their streamed bodies, through aiohttp."""
+    below = transport.Transport(limits=httpx.Limits(max_connections=config.max_concurrency + 4))
+    below.pool = wire.Pool(config.max_concurrency)
+    return httpx.AsyncClient(transport=below, follow_redirects=False)
 
 
 def _count_keys(count: int) -> str:

@@ -1,7 +1,8 @@
 """The lean path of the two hot requests, polls and webhook attempts: a request to a
 URL known in full goes straight below an ``httpx.AsyncClient``'s transport, to our own
-HTTP/1.1 client (``wire.Transport``, webhooks) or to the aiohttp session
-(``transport.RawTargetTransport``, polls), its headers built once, and comes back as
+HTTP/1.1 client (``wire.Pool``: webhooks, and polls of the service's upstream clients)
+or to the aiohttp session (``transport.RawTargetTransport``), its headers built once,
+and comes back as
 a ``Reply`` (status, headers, a body read as far as wanted), with no ``httpx.Request``
 or ``httpx.Response`` around it. httpx's client layer, then its models, cost about a
 third, then an eighth, of a webhook's CPU (bench/README.md, issue 21). The request-target
@@ -72,8 +73,9 @@ class Sender:
     """Sends requests to absolute URLs below an ``httpx.AsyncClient``'s client layer:
     the URL is taken as given (no base to merge), with no cookies of httpx's, auth
     flow, redirects (a 3xx is an answer) or event hooks, and the client's default
-    headers. Over ``wire.Transport`` a request goes straight to its pool; over
-    ``transport.RawTargetTransport`` straight to its aiohttp session; over any other
+    headers. Over ``wire.Transport`` (or a ``transport.RawTargetTransport`` given a
+    pool) a request goes straight to its pool; over ``transport.RawTargetTransport``
+    without one straight to its aiohttp session; over any other
     transport (a test's ``httpx.MockTransport``) through that transport as an
     ``httpx.Request``. Parsed origins are kept, so an
     origin sent to again is not parsed again."""
@@ -115,10 +117,13 @@ class Sender:
         for name, value in headers:
             merged[name.lower()] = value
         below = self.transport
-        if isinstance(below, wire.Transport):
+        pool = (
+            below.pool if isinstance(below, wire.Transport | transport.RawTargetTransport) else None
+        )
+        if pool is not None:
             origin, rest = _split(url)
             place = self._place(origin)
-            return await below.pool.request(
+            return await pool.request(
                 method, place.scheme, place.host, place.port,
                 self._target(url, rest, target), merged.items(), content, timeout,
             )  # fmt: skip
@@ -185,6 +190,8 @@ class _Place:
         self.port = parsed.port
         self.prefix = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
 
+
+_POOLED = (wire.Transport, transport.RawTargetTransport)  # transports that may have a pool
 
 # A path httpx sends as written: unreserved characters and %XX escapes only, no query,
 # no "." or ".." segment (which it would drop).

@@ -37,6 +37,8 @@ from aiohttp import ClientSession, ClientTimeout
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
+from service import wire
+
 
 def target(url: str) -> str:
     """The request-target of an absolute URL as written: path and query byte for byte,
@@ -66,7 +68,16 @@ def client_timeout(connect: float | None, read: float | None, pool: float | None
 
 
 class RawTargetTransport(AiohttpTransport):
-    """``AiohttpTransport`` that sends the request-target unchanged."""
+    """``AiohttpTransport`` that sends the request-target unchanged. With a ``pool``,
+    ``sender.Sender``'s requests (polls) go through that pool of our own HTTP/1.1
+    client instead, and the aiohttp session serves the rest (the gateway's streams)."""
+
+    pool: wire.Pool | None = None
+
+    async def aclose(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        await super().aclose()
 
     def session(self) -> ClientSession:
         """The aiohttp session this transport sends through, made on first use."""

@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 from service import sender, transport, wire
+from service.config import Settings
+from service.runtime import _upstream_client
 from tests.harness import Canned, refused_port
 from tests.test_transport import UNRESOLVABLE, Silent
 
@@ -137,3 +139,22 @@ def test_a_sender_sends_a_url_as_httpx_reads_it(url):
             return str(sender.Sender.of(client)._wire(url, None))
 
     assert asyncio.run(go()) == str(transport.wire_url(httpx.URL(url)))
+
+
+def test_the_service_polls_through_its_own_client_and_streams_through_aiohttp():
+    async def go() -> tuple[int, int]:
+        [config] = Settings(upstream_base_url="http://127.0.0.1:9").upstream_configs().values()
+        client = _upstream_client(config)
+        below = client._transport
+        assert isinstance(below, transport.Transport) and below.pool is not None
+        async with Canned(OK) as server:
+            reply = await sender.Sender.of(client).send("GET", server.url + "/p", timeout=2)
+            assert reply.status == 200 and await reply.read(100) == b"0123456789"
+            await reply.close()
+            pooled = len(below.pool._origins)
+            streamed = await client.get(server.url + "/s")  # the gateway's way
+            assert streamed.content == b"0123456789"
+        await client.aclose()
+        return pooled, server.connections
+
+    assert asyncio.run(go()) == (1, 2)  # one connection of ours, one of aiohttp's
