@@ -351,3 +351,15 @@ def test_whole_takes_a_body_that_has_all_come_and_never_waits():
             return seen
 
     assert asyncio.run(go()) == [b"done", b"", None, b"part"]
+
+
+def test_ssl_cert_file_names_the_roots_to_trust(authority, tmp_path, monkeypatch):
+    roots = tmp_path / "roots.pem"
+    authority.cert_pem.write_to_path(str(roots))
+    monkeypatch.setenv("SSL_CERT_FILE", str(roots))
+
+    async def go() -> tuple[int, bytes]:
+        async with Scripted(_answer_ok, tls=_tls_server(authority)) as server:
+            return await _ask(wire.Pool(), server.url.replace("127.0.0.1", "localhost") + "/r")
+
+    assert asyncio.run(go()) == (200, b"secret")
