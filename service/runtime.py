@@ -69,15 +69,19 @@ class Runtime:
             name: upstream.family for name, upstream in self.upstreams.items()
         }
         # Webhooks go through our own HTTP/1.1 client (service/wire.py), every
-        # connection to an address the callback guard has vetted.
+        # connection to an address the callback guard has vetted. A receiver's answer
+        # is kept as sent (for the attempt log): none is asked to come compressed.
         self.delivery_client = httpx.AsyncClient(
             transport=wire.Transport(
                 wire.Pool(settings.delivery_concurrency, callbacks.resolver(self.callback_guard))
             ),
             follow_redirects=False,
+            headers=_AS_SENT,
         )
         # The operator's URL is its own setting: a client without the callback guard.
-        self.operator_client = httpx.AsyncClient(transport=wire.Transport(), follow_redirects=False)
+        self.operator_client = httpx.AsyncClient(
+            transport=wire.Transport(), follow_redirects=False, headers=_AS_SENT
+        )
         self.secret = ""  # the webhook secret, loaded at start
         self.pollers: dict[str, Poller] = {}
         self.deliverer: Deliverer | None = None
@@ -235,6 +239,9 @@ def upstream_problems(name: str, poller: Poller) -> list[str]:
     if unreachable := poller.health.problem():
         found.append(f"upstream {name}: {unreachable}")
     return found
+
+
+_AS_SENT = {"Accept-Encoding": "identity"}
 
 
 def _upstream_client(config: UpstreamConfig) -> httpx.AsyncClient:

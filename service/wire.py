@@ -43,6 +43,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 Resolve = Callable[[str, int], Awaitable[list[tuple[int, str, int]]]]
 
 KEEP_IDLE = 15.0  # seconds a kept connection waits for its next request
+MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
+MAX_FIELDS = 256  # header lines of an answer
 HIGH_WATER = 256 * 1024  # body bytes buffered before reading from the socket pauses
 
 
@@ -108,7 +110,8 @@ class _Origin:
         self.host = host  # ASCII (IDNA), an IPv6 address without its brackets
         default = 443 if self.tls else 80
         self.port = port or default
-        bracketed = f"[{host}]" if ":" in host else host
+        # An IPv6 zone (fe80::1%eth0) means something on this host only (RFC 6874).
+        bracketed = f"[{host.split('%', 1)[0]}]" if ":" in host else host
         self.host_header = bracketed if self.port == default else f"{bracketed}:{self.port}"
         self.idle: deque[_Connection] = deque()
 
@@ -121,6 +124,11 @@ class _Connection(asyncio.Protocol):
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # RFC 9112 asks a client to take obs-fold (5.2) and may take a bare LF (2.2);
+        # neither touches framing: Content-Length and chunked stay strict.
+        self.parser.set_dangerous_leniencies(
+            lenient_headers=True, lenient_optional_cr_before_lf=True
+        )
         self.closed = False
         self.used = False  # has carried a request before the one in progress
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -132,6 +140,8 @@ class _Connection(asyncio.Protocol):
         self.raw: list[tuple[str, str]] = []
         self.framed = False  # Content-Length or chunked: the body does not end at EOF
         self.answered = False  # any byte of an answer has come
+        self.head_size = 0  # bytes of the answer's head so far
+        self.refusal: str | None = None  # why a callback stopped the parser
         self.body: deque[bytes] = deque()
         self.buffered = 0
         self.complete = False
@@ -154,11 +164,20 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+            return
         except httptools.HttpParserError as exc:
             if self.complete:  # a second answer began (on_message_begin stopped it)
                 self._close()
+            elif self.refusal is not None:
+                self._fail(httpx.RemoteProtocolError(self.refusal))
             else:
-                self._fail(httpx.RemoteProtocolError(f"not an HTTP/1.1 answer: {_words(exc)}"))
+                words = _words(exc)
+                self._fail(httpx.RemoteProtocolError(f"not an HTTP/1.1 answer ({words})"))
+            return
+        if self.status == 0 and not self.closed:  # its head goes on: bounded
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD:
+                self._fail(httpx.RemoteProtocolError(f"the answer's head passed {MAX_HEAD} bytes"))
 
     def eof_received(self) -> bool | None:
         return False  # close; connection_lost follows
@@ -170,8 +189,10 @@ class _Connection(asyncio.Protocol):
         if self.head is None or self.complete:
             return
         if not self.head.done():
-            if exc is None or not self.answered:
+            if not self.answered:
                 self._fail(_HungUp("the server closed the connection without an answer"))
+            elif exc is None:
+                self._fail(httpx.RemoteProtocolError("the server closed the connection mid-head"))
             else:
                 self._fail(httpx.ReadError(_words(exc)))
         elif exc is None and not self.framed:
@@ -191,13 +212,16 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self.complete:
-            raise _Unasked  # stops the parser: nothing past the answer is read
+            raise _Stop  # nothing past the answer is read
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1")
         lower = key.lower()
         if lower == "content-length" or lower == "transfer-encoding":
             self.framed = True
+        if len(self.raw) >= MAX_FIELDS:
+            self.refusal = f"the answer has more than {MAX_FIELDS} header lines"
+            raise _Stop
         self.raw.append((key, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -251,8 +275,8 @@ class _Connection(asyncio.Protocol):
         return self.complete and self.keep_alive and not self.closed and self.failed is None
 
 
-class _Unasked(Exception):
-    """An answer began after the one the request asked for."""
+class _Stop(Exception):
+    """Raised in a parser callback to stop the parser (it raises HttpParserCallbackError)."""
 
 
 class _HungUp(httpx.RemoteProtocolError):
@@ -381,9 +405,9 @@ class Pool:
                 connection = await self._connect(origin, timeout)
             try:
                 return await self._ask(connection, head, timeout)
-            except _HungUp:
-                if not reused:
-                    raise
+            except _HungUp as exc:
+                if not reused:  # no kept connection closed meanwhile: the receiver's doing
+                    raise httpx.RemoteProtocolError(str(exc)) from None
 
     async def _ask(self, connection: _Connection, head: bytes, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()

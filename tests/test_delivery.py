@@ -31,6 +31,7 @@ def test_terminal_webhook_is_signed_and_shaped(service, upstream, hooks):
     assert event["metadata"] == {"order_id": "42"} and event["timestamp"].endswith("Z")
     assert event["data"]["id"] == task and event["data"]["status"] == "completed"
     assert delivery.headers["content-type"] == "application/json"
+    assert delivery.headers["accept-encoding"] == "identity"  # its answer is logged as sent
     assert abs(int(delivery.headers["webhook-timestamp"]) - time.time()) < 10
     eventually(lambda: service.registration(reg["id"])["state"] == "delivered")
     [attempt] = service.attempts(reg["id"])

@@ -363,3 +363,82 @@ def test_ssl_cert_file_names_the_roots_to_trust(authority, tmp_path, monkeypatch
             return await _ask(wire.Pool(), server.url.replace("127.0.0.1", "localhost") + "/r")
 
     assert asyncio.run(go()) == (200, b"secret")
+
+
+async def _endless_head(reader, writer, number) -> None:
+    await _request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+    for _ in range(64):  # 4 MiB of one header's value, unless the client stops reading
+        writer.write(b"a" * 65536)
+        await writer.drain()
+
+
+@pytest.mark.parametrize(
+    ("handler", "words"),
+    [
+        (_endless_head, "head passed"),
+        (None, "more than 256 header lines"),
+    ],
+)
+def test_an_answer_head_is_bounded(handler, words):
+    many = b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 300 + b"Content-Length: 0\r\n\r\n"
+
+    async def canned(reader, writer, number) -> None:
+        await _request(reader)
+        writer.write(many)
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async def go() -> None:
+        async with Scripted(handler or canned) as server:
+            await _ask(wire.Pool(), server.url + "/h")
+
+    with pytest.raises(httpx.RemoteProtocolError, match=words):
+        asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n two\r\nContent-Length: 2\r\n\r\nok",  # obs-fold
+        b"HTTP/1.1 200 OK\nX-Folded: one two\nContent-Length: 2\n\nok",  # bare LF
+    ],
+)
+def test_answers_rfc_9112_asks_a_client_to_take_are_taken(answer):
+    async def go() -> tuple[int, str, bytes]:
+        async with Canned(answer) as server:
+            place = httpx.URL(server.url)
+            reply = await wire.Pool().request(
+                "GET", "http", place.host, place.port, "/", [], None, 2
+            )
+            body = await reply.read(10)
+            await reply.close()
+            return reply.status, reply.headers["x-folded"], body
+
+    assert asyncio.run(go()) == (200, "one two", b"ok")
+
+
+def test_failures_are_named_by_httpx_classes_and_plain_words():
+    async def hang_up(reader, writer, number) -> None:
+        await _request(reader)
+
+    async def go() -> list[BaseException]:
+        seen = []
+        async with Scripted(hang_up) as server, Canned(b"http/1.1 200 ok\r\n\r\n") as odd:
+            for url in (server.url, odd.url):
+                try:
+                    await _ask(wire.Pool(), url + "/")
+                except httpx.HTTPError as exc:
+                    seen.append(exc)
+        return seen
+
+    hung, odd = asyncio.run(go())
+    assert type(hung) is httpx.RemoteProtocolError and "without an answer" in str(hung)
+    assert type(odd) is httpx.RemoteProtocolError
+    assert str(odd).startswith("not an HTTP/1.1 answer (")
+
+
+def test_an_ipv6_zone_stays_off_the_host_header():
+    assert wire._Origin("http", "fe80::1%eth0", 8080).host_header == "[fe80::1]:8080"
+    assert wire._Origin("https", "::1", None).host_header == "[::1]"
+    assert wire._Origin("http", "example.com", 80).host_header == "example.com"
