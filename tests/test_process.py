@@ -178,7 +178,10 @@ def test_uvicorn_factory_runs_the_workers(tmp_path, upstream, hooks):
 
 def test_sigkill_while_tasks_finish_loses_no_webhook(db_url, upstream, hooks):
     hooks.receiver.plan("/k", 200, delay=0.3)  # keep deliveries in flight when the kill lands
-    proc = serve(db_url, upstream.url, STATUS_PROXY_DELIVERY_TIMEOUT="2").wait_ready()
+    # Short timeouts, short leases: a poll's is the upstream timeout + 5 s, a delivery's
+    # the delivery timeout + 10 s (the default upstream timeout would hold a task 35 s).
+    knobs = {"STATUS_PROXY_DELIVERY_TIMEOUT": "2", "STATUS_PROXY_UPSTREAM_TIMEOUT": "2"}
+    proc = serve(db_url, upstream.url, **knobs).wait_ready()
     tasks = [upstream.add(duration=0.5 + n * 0.05, queued=0) for n in range(25)]
     for task in tasks:
         response = httpx.post(
@@ -188,9 +191,9 @@ def test_sigkill_while_tasks_finish_loses_no_webhook(db_url, upstream, hooks):
     eventually(lambda: len(hooks.at("/k")) >= 3, timeout=20)
     proc.stop(signal.SIGKILL)
     assert len({d.json["data"]["id"] for d in hooks.at("/k")}) < len(tasks)
-    restarted = serve(db_url, upstream.url, STATUS_PROXY_DELIVERY_TIMEOUT="2").wait_ready()
+    restarted = serve(db_url, upstream.url, **knobs).wait_ready()
     try:
-        # Leases of the killed process expire (delivery timeout + 30 s at most).
+        # Leases of the killed process expire (12 s at most).
         eventually(lambda: {d.json["data"]["id"] for d in hooks.at("/k")} == set(tasks), timeout=60)
     finally:
         assert restarted.stop() == 0
