@@ -288,6 +288,7 @@ def test_compose_file_is_valid(tmp_path):
     assert bad.returncode != 0  # the check can fail
 
 
+@pytest.mark.slow
 def test_demo_shows_the_loop(tmp_path):
     result = subprocess.run(
         [COMMAND, "demo", "--timeout", "45"], cwd=tmp_path, capture_output=True, timeout=90
@@ -303,6 +304,7 @@ def test_demo_shows_the_loop(tmp_path):
     assert "downloaded the video through status-proxy: HTTP 200, 262144 bytes of video/mp4" in out
 
 
+@pytest.mark.slow
 def test_demo_plays_vanilla_new_api_too(tmp_path):
     result = subprocess.run(
         [COMMAND, "demo", "--profile", "new-api", "--timeout", "45"],
@@ -317,6 +319,7 @@ def test_demo_plays_vanilla_new_api_too(tmp_path):
     assert "downloaded the video through status-proxy: HTTP 200, 262144 bytes of video/mp4" in out
 
 
+@pytest.mark.slow
 def test_rolling_restart_loses_nothing(db_url, upstream, hooks):
     """Start B next to A, stop A while tasks finish: every webhook arrives, once."""
     hooks.receiver.plan("/roll", 200, delay=0.2)

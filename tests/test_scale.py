@@ -59,6 +59,7 @@ def requests_for(upstream, tasks):
     return sum(upstream.polls(task) for task in tasks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_replicas_share_the_work_and_a_killed_worker_loses_nothing(db_url, upstream, hooks):
     hooks.receiver.plan("/one", 200, delay=0.2)
