@@ -1,9 +1,15 @@
 """Closed-loop load: ``connections`` clients, each sending its next request when the
-last one is answered, for ``seconds``. Client libraries: aiohttp, or plain httpx."""
+last one is answered, for ``seconds``. Client libraries: aiohttp, or plain httpx.
+
+    python -m bench.load SPEC     one load generator, as bench.run starts them: SPEC is
+                                  bench.run's spec() as JSON; prints the rate as JSON
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,3 +85,39 @@ async def httpx_load(
         start = time.monotonic()
         await asyncio.gather(*(client() for _ in range(connections)))
         return Measured(done, errors, time.monotonic() - start)
+
+
+def run(spec: dict[str, Any]) -> dict[str, float]:
+    """One load generator of bench.run: the rate, errors and requests it measured."""
+    base = spec["url"]
+    body: Callable[[int], Any] | None = None
+    if spec.get("body") == "registration":
+        callback = spec["callback"]
+
+        def body(n: int) -> dict[str, Any]:
+            return {"task_id": f"video_{spec['tag']}_{n}", "callback_url": callback}
+
+    elif spec.get("body") == "webhook":
+        sample = spec["sample"]
+
+        def body(n: int) -> dict[str, Any]:
+            return sample
+
+    def url(n: int) -> str:
+        return base
+
+    if spec["library"] == "httpx":
+        measured = asyncio.run(
+            httpx_load(spec["method"], url, spec["seconds"], spec["connections"], body)
+        )
+    else:
+        measured = asyncio.run(
+            aiohttp_load(
+                spec["method"], url, spec["seconds"], spec["connections"], body, spec["headers"]
+            )
+        )
+    return {"rate": measured.rate, "errors": measured.errors, "requests": measured.requests}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(json.loads(sys.argv[1]))))

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_bench_smoke_run_produces_every_figure(tmp_path):
     out = tmp_path / "results.json"
     done = subprocess.run(

@@ -4,6 +4,7 @@ import itertools
 import json
 import time
 
+import pytest
 from standardwebhooks.webhooks import Webhook
 
 from service.receiver import Receiver
@@ -278,6 +279,7 @@ def test_the_guard_is_applied_again_at_delivery(make_service, upstream, hooks):
     assert hooks.at("/literal") == [] and hooks.at("/named") == []
 
 
+@pytest.mark.slow
 def test_failing_receivers_never_delay_a_fresh_webhook(make_service, upstream, hooks):
     service = make_service(
         delivery_concurrency=4, delivery_timeout=5.0, delivery_retry_schedule=(0.1,) * 20

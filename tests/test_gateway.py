@@ -362,6 +362,7 @@ def _peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_memory_stays_flat_whatever_the_size(db_url, upstream, counting_upstream):
     """200 MB down and 120 MB up through a real process: its peak memory barely moves."""

@@ -86,6 +86,7 @@ def test_hot_queries_use_indexes_not_scans(service):
             assert re.search(index, found[name]), (name, found[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_short_budget_polls_every_task_in_turn(make_service, upstream, hooks, db_url):
     """500 tasks that each want a poll a second, and a budget of 100 polls a second:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 
 import httpx
+import pytest
 
 from service.config import Settings
 from tests.harness import eventually, free_port, refused_port
@@ -188,6 +189,7 @@ def bare_env(**extra):
     return {**env, **extra}
 
 
+@pytest.mark.slow
 def test_secret_finds_the_services_database_or_says_there_is_none(tmp_path):
     service_dir, elsewhere = tmp_path / "service", tmp_path / "elsewhere"
     service_dir.mkdir()
@@ -225,6 +227,7 @@ def test_migrate_without_a_database_says_so_in_one_line(tmp_path):
     assert b"pw-not-shown" not in answer.stderr + answer.stdout
 
 
+@pytest.mark.slow
 def test_help_names_every_setting_and_default_and_there_is_a_version():
     version = run(["--version"], None, bare_env())
     assert version.returncode == 0 and version.stdout.decode().startswith("status-proxy ")
@@ -238,6 +241,7 @@ def test_help_names_every_setting_and_default_and_there_is_a_version():
     assert "(default: 20.0)" in simulate and "queued for 0.5 s" in simulate
 
 
+@pytest.mark.slow
 def test_demo_keep_leaves_the_loop_running(tmp_path):
     proc = Proc([COMMAND, "demo", "--keep"], bare_env(), cwd=tmp_path)
     try:
@@ -287,6 +291,7 @@ def _answers(url):
         return None
 
 
+@pytest.mark.slow
 def test_serve_reads_env_in_its_directory_and_the_environment_wins(tmp_path, upstream):
     (tmp_path / ".env").write_text(
         "STATUS_PROXY_API_KEYS=from-dotenv\nSTATUS_PROXY_LOG_LEVEL=\nSTATUS_PROXY_WEBHOOK_SECRET=\n"

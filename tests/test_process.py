@@ -178,7 +178,10 @@ def test_uvicorn_factory_runs_the_workers(tmp_path, upstream, hooks):
 
 def test_sigkill_while_tasks_finish_loses_no_webhook(db_url, upstream, hooks):
     hooks.receiver.plan("/k", 200, delay=0.3)  # keep deliveries in flight when the kill lands
-    proc = serve(db_url, upstream.url, STATUS_PROXY_DELIVERY_TIMEOUT="2").wait_ready()
+    # Short timeouts, short leases: a poll's is the upstream timeout + 5 s, a delivery's
+    # the delivery timeout + 10 s (the default upstream timeout would hold a task 35 s).
+    knobs = {"STATUS_PROXY_DELIVERY_TIMEOUT": "2", "STATUS_PROXY_UPSTREAM_TIMEOUT": "2"}
+    proc = serve(db_url, upstream.url, **knobs).wait_ready()
     tasks = [upstream.add(duration=0.5 + n * 0.05, queued=0) for n in range(25)]
     for task in tasks:
         response = httpx.post(
@@ -188,9 +191,9 @@ def test_sigkill_while_tasks_finish_loses_no_webhook(db_url, upstream, hooks):
     eventually(lambda: len(hooks.at("/k")) >= 3, timeout=20)
     proc.stop(signal.SIGKILL)
     assert len({d.json["data"]["id"] for d in hooks.at("/k")}) < len(tasks)
-    restarted = serve(db_url, upstream.url, STATUS_PROXY_DELIVERY_TIMEOUT="2").wait_ready()
+    restarted = serve(db_url, upstream.url, **knobs).wait_ready()
     try:
-        # Leases of the killed process expire (delivery timeout + 30 s at most).
+        # Leases of the killed process expire (12 s at most).
         eventually(lambda: {d.json["data"]["id"] for d in hooks.at("/k")} == set(tasks), timeout=60)
     finally:
         assert restarted.stop() == 0
@@ -285,6 +288,7 @@ def test_compose_file_is_valid(tmp_path):
     assert bad.returncode != 0  # the check can fail
 
 
+@pytest.mark.slow
 def test_demo_shows_the_loop(tmp_path):
     result = subprocess.run(
         [COMMAND, "demo", "--timeout", "45"], cwd=tmp_path, capture_output=True, timeout=90
@@ -300,6 +304,7 @@ def test_demo_shows_the_loop(tmp_path):
     assert "downloaded the video through status-proxy: HTTP 200, 262144 bytes of video/mp4" in out
 
 
+@pytest.mark.slow
 def test_demo_plays_vanilla_new_api_too(tmp_path):
     result = subprocess.run(
         [COMMAND, "demo", "--profile", "new-api", "--timeout", "45"],
@@ -314,6 +319,7 @@ def test_demo_plays_vanilla_new_api_too(tmp_path):
     assert "downloaded the video through status-proxy: HTTP 200, 262144 bytes of video/mp4" in out
 
 
+@pytest.mark.slow
 def test_rolling_restart_loses_nothing(db_url, upstream, hooks):
     """Start B next to A, stop A while tasks finish: every webhook arrives, once."""
     hooks.receiver.plan("/roll", 200, delay=0.2)

@@ -272,6 +272,7 @@ def all_delivered(service, regs, rogue):
         raise
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_dead_origin_costs_a_handful_of_requests_and_holds_nobody_up(
     make_service, upstream, hooks, rogue
@@ -366,6 +367,7 @@ def test_streaks_count_failures_after_the_last_success():
     assert streaks == {"a": (True, 1, False), "b": (False, 2, True), "c": (True, 0, False)}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_replicas_share_one_circuit(make_service, upstream, rogue):
     """Two processes on one database: one probe per cool-down between them."""

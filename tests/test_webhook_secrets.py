@@ -322,6 +322,7 @@ def test_a_malformed_configured_secret_refuses_to_start(tmp_path, command, value
     assert not database.exists()  # refused before anything was opened
 
 
+@pytest.mark.slow
 def test_the_secret_command_prints_a_keys_secret(db_url, make_service):
     service = make_service(api_keys=list(KEYS))
     env = env_for(db_url, "http://127.0.0.1:9", STATUS_PROXY_API_KEYS=",".join(KEYS))
