@@ -37,7 +37,9 @@ class Admission:
         self.inflight: Counter[str] = Counter()
         self.probes: set[int] = set()  # seqs of events sent as their circuit's probe
         self.unsent: set[int] = set()  # seqs that died waiting, with no request made
-        self._busy: defaultdict[str, deque[int]] = defaultdict(lambda: deque(maxlen=REMEMBERED))
+        # Per origin, the events waiting for a slot, oldest first (an ordered set): an event
+        # leaves when it is claimed again, so a wake-up never goes to one already sent.
+        self._busy: defaultdict[str, dict[int, None]] = defaultdict(dict)
         self._tripped: defaultdict[str, deque[int]] = defaultdict(lambda: deque(maxlen=REMEMBERED))
 
     async def admit(
@@ -56,11 +58,18 @@ class Admission:
         for event in claimed:
             name = event.origin
             until: float | None = None
+            if (waiting := self._busy.get(name)) is not None:
+                waiting.pop(event.seq, None)  # claimed again: no longer waiting
+                if not waiting:
+                    del self._busy[name]
             if name in tripped:
                 until = await self._through_open(conn, event, tripped[name], probing, now)
             elif self.inflight[name] + batch[name] >= self.per_origin:
                 until = now + self.settings.delivery_timeout  # woken sooner, as slots free
-                self._busy[name].append(event.seq)
+                waiting = self._busy[name]
+                waiting[event.seq] = None
+                if len(waiting) > REMEMBERED:
+                    del waiting[next(iter(waiting))]
             if until is None:
                 going.append(event)
                 batch[name] += 1
@@ -132,9 +141,11 @@ class Admission:
         )
         wake: list[int] = []
         for name, slots in freed.items():
-            waiting = self._busy.pop(name, deque())
+            waiting = self._busy.pop(name, {})
             while waiting and slots:
-                wake.append(waiting.popleft())
+                seq = next(iter(waiting))
+                del waiting[seq]
+                wake.append(seq)
                 slots -= 1
             if waiting:
                 self._busy[name] = waiting
