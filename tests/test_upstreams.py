@@ -119,7 +119,7 @@ def test_a_rate_limit_on_one_upstream_never_slows_another(make_service, upstream
     # The other upstream's tasks are polled and delivered while the default one waits
     # out its Retry-After (two minutes, far beyond this wait).
     eventually(lambda: len(hooks.at("/free")) == 3, timeout=30)
-    assert all(other.polls(task) >= 2 for task in free)
+    assert all(other.polls(task) >= 1 for task in free)  # a slow first poll may see the end
     assert upstream.sim.requests == paused_at and hooks.at("/held") == []
     ready = service.client.get("/readyz").json()
     assert ready["upstreams"]["default"]["rate_limited"] is True
