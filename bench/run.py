@@ -430,7 +430,7 @@ def rss_mb(pid: int) -> float:
 
 def machine() -> dict[str, Any]:
     packages = ["fastapi", "uvicorn", "httpx", "aiohttp", "httpx-aiohttp", "sqlalchemy",
-                "aiosqlite", "uvloop"]  # fmt: skip
+                "aiosqlite", "uvloop", "httptools"]  # fmt: skip
     return {
         "cores": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
