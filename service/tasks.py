@@ -156,9 +156,20 @@ def _decide_ok(
     values.update(
         interval=interval,
         empty_completions=empty,
-        next_poll_at=now + _jittered(interval, settings),
+        next_poll_at=next_poll(task, _jittered(interval, settings), now, settings),
     )
     return Decision(values, progressed=changed and not holding, snapshot=text)
+
+
+def next_poll(task: Claimed, wait: float, now: float, settings: Settings) -> float:
+    """When to poll a task again (seconds since the epoch): ``wait`` after this poll was
+    due, not after its answer was written, so that a poller running behind does not add
+    its lag to every interval (POLL_INTERVAL_MAX bounds the time between polls). Never
+    sooner than POLL_INTERVAL_MIN after ``now``; and from ``now`` when the poll came a
+    whole ``wait`` late (after an outage, or in a rotation slower than the intervals),
+    so that a backlog is not polled twice in quick succession."""
+    base = task.due_at if now - task.due_at < wait else now
+    return max(base + wait, now + settings.poll_interval_min)
 
 
 def give_up(common: dict[str, Any], code: str, error: dict[str, Any] | None = None) -> Decision:

@@ -159,3 +159,22 @@ def test_given_up_data_reads_a_snapshot_with_a_byte_order_mark():
         tasks.given_up_data("t", '\ufeff{"id":"t","progress":40}', "status_proxy_timeout")
     )
     assert data["progress"] == 40 and data["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("due_at", "expected"),
+    [
+        (NOW, NOW + 30),  # on time
+        (NOW - 2, NOW + 28),  # answered 2 s late: the task keeps its cadence
+        (NOW - 27, NOW + 5),  # never sooner than the minimum after this answer
+        (NOW - 45, NOW + 30),  # more than a whole wait late: from now, no quick second poll
+    ],
+)
+def test_the_next_poll_counts_from_when_this_one_was_due(due_at, expected):
+    quiet = Settings(
+        poll_interval_min=5, poll_interval_max=30, task_timeout=1000, not_found_grace=20
+    )
+    decision = tasks.decide(
+        claimed(interval=30, due_at=due_at), ok({"status": "queued", "progress": 0}), NOW, quiet
+    )
+    assert decision.values["next_poll_at"] == pytest.approx(expected)
