@@ -73,6 +73,20 @@ async def _ask(
     return reply.status, b"".join(chunks)
 
 
+def _answering(*answers: bytes) -> Handler:
+    """A handler that answers a connection's requests with ``answers`` in turn, then
+    holds it open without a word."""
+
+    async def handler(reader, writer, number) -> None:
+        for answer in answers:
+            await _request(reader)
+            writer.write(answer)
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    return handler
+
+
 def _run(answers: list[bytes], *asks: str, pool: wire.Pool | None = None) -> tuple[list, int]:
     """Each path of ``asks`` asked in turn of a Canned server answering ``answers[0]``."""
 
@@ -183,11 +197,7 @@ def test_bytes_no_request_asked_for_close_the_connection():
 
 
 def test_a_slow_body_is_a_read_timeout():
-    async def handler(reader, writer, number) -> None:
-        await _request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01")
-        await writer.drain()
-        await asyncio.sleep(5)
+    handler = _answering(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01")
 
     async def go() -> None:
         async with Scripted(handler) as server:
@@ -330,14 +340,10 @@ def test_through_httpx_a_request_and_its_answer_are_whole():
 
 
 def test_whole_takes_a_body_that_has_all_come_and_never_waits():
-    async def handler(reader, writer, number) -> None:
-        await _request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
-        await writer.drain()
-        await _request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart")
-        await writer.drain()
-        await asyncio.sleep(5)
+    handler = _answering(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\npart",
+    )
 
     async def go() -> list:
         async with Scripted(handler) as server:
@@ -383,14 +389,8 @@ async def _endless_head(reader, writer, number) -> None:
 def test_an_answer_head_is_bounded(handler, words):
     many = b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 300 + b"Content-Length: 0\r\n\r\n"
 
-    async def canned(reader, writer, number) -> None:
-        await _request(reader)
-        writer.write(many)
-        await writer.drain()
-        await asyncio.sleep(1)
-
     async def go() -> None:
-        async with Scripted(handler or canned) as server:
+        async with Scripted(handler or _answering(many)) as server:
             await _ask(wire.Pool(), server.url + "/h")
 
     with pytest.raises(httpx.RemoteProtocolError, match=words):
