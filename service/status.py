@@ -120,12 +120,17 @@ def unwrap(body: Any) -> Any:
 def is_video_of(body: Any, task_id: str) -> bool:
     """Whether a 200 body is a video object of this task: an object with a status, or
     with this task's ``id``/``task_id`` (Sora's stored error body has no status). An
-    error envelope, an HTML page, ``[]`` or ``null`` is not."""
+    error envelope, an HTML page, ``[]`` or ``null`` is not, nor an object that names
+    only another task (an answer that is not to this request: a gateway always names
+    the task it answers for, UPSTREAM.md)."""
     if not isinstance(body, dict):
+        return False
+    named = [value for value in (body.get("id"), body.get("task_id")) if value]
+    if named and task_id not in named:
         return False
     if not absent(body.get("status")):
         return True
-    return task_id in (body.get("id"), body.get("task_id"))
+    return task_id in named
 
 
 def is_task_of(body: Any, task_id: str, key: str = "id") -> bool:

@@ -89,6 +89,12 @@ def test_link_found_pending_or_absent(video, url, pending):
         ({"id": "task_1", "error": {"message": "blocked"}}, "task_1", True),
         ({"error": {"message": "upstream request timed out, please retry"}}, "task_1", False),
         ({"id": "task_2", "error": {"message": "x"}}, "task_1", False),
+        # Another task's answer (a stray on a kept connection) is never this task's.
+        ({"id": "task_2", "status": "completed"}, "task_1", False),
+        ({"id": "task_2", "task_id": "task_2", "status": "completed"}, "task_1", False),
+        ({"code": "success", "data": {"task_id": "task_2", "status": "SUCCESS"}}, "task_1", False),
+        ({"id": "video_9", "task_id": "task_1", "status": "queued"}, "task_1", True),
+        ({"id": "", "status": "queued"}, "task_1", True),  # octopusx's placeholders
         ({"code": "success", "data": None}, "task_1", False),
         ([], "task_1", False),
         (None, "task_1", False),
