@@ -8,7 +8,6 @@ import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import httpx
@@ -168,8 +167,9 @@ class Guard:
             )
 
 
-async def resolve(host: str, port: int, guard: Guard) -> list[dict[str, Any]]:
-    """Resolve ``host``; refuse it when any address is one the guard does not permit."""
+async def resolve(host: str, port: int, guard: Guard) -> list[tuple[int, str, int]]:
+    """Resolve ``host`` to the addresses to connect to, each (family, address, port);
+    refuse it when any address is one the guard does not permit."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(
@@ -179,20 +179,11 @@ async def resolve(host: str, port: int, guard: Guard) -> list[dict[str, Any]]:
         raise CallbackRejected(f"callback host {host!r} does not resolve") from exc
     if not infos:
         raise CallbackRejected(f"callback host {host!r} does not resolve")
-    results = []
-    for family, _type, proto, _canon, sockaddr in infos:
+    results: list[tuple[int, str, int]] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         guard.vet(address, host)
-        results.append(
-            {
-                "hostname": host,
-                "host": str(address),
-                "port": int(sockaddr[1]),
-                "family": family,
-                "proto": proto,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        )
+        results.append((family, str(address), int(sockaddr[1])))
     return results
 
 
@@ -242,10 +233,9 @@ def resolver(guard: Guard) -> wire.Resolve:
 
     async def resolve_vetted(host: str, port: int) -> list[tuple[int, str, int]]:
         try:
-            found = await resolve(host, port, guard)
+            return await resolve(host, port, guard)
         except CallbackRejected as exc:
             raise OSError(str(exc)) from None
-        return [(item["family"], item["host"], item["port"]) for item in found]
 
     return resolve_vetted
 

@@ -2,12 +2,11 @@
 URL known in full goes straight below an ``httpx.AsyncClient``'s transport, to our own
 HTTP/1.1 client (``wire.Pool``: webhooks, and polls of the service's upstream clients)
 or to the aiohttp session (``transport.RawTargetTransport``), its headers built once,
-and comes back as
-a ``Reply`` (status, headers, a body read as far as wanted), with no ``httpx.Request``
-or ``httpx.Response`` around it. httpx's client layer, then its models, cost about a
-third, then an eighth, of a webhook's CPU (bench/README.md, issue 21). The request-target
-goes as built and failures are named as ``transport.Transport`` names them (see
-service/transport.py).
+and comes back as a ``Reply`` (status, headers, a body read as far as wanted), with no
+``httpx.Request`` or ``httpx.Response`` around it. httpx's client layer, then its
+models, cost about a third, then an eighth, of a webhook's CPU (bench/README.md, issue
+21). The request-target goes as built and failures are named as ``transport.Transport``
+names them (see service/transport.py).
 """
 
 from __future__ import annotations
@@ -75,18 +74,13 @@ class Sender:
     flow, redirects (a 3xx is an answer) or event hooks, and the client's default
     headers. Over ``wire.Transport`` (or a ``transport.RawTargetTransport`` given a
     pool) a request goes straight to its pool; over ``transport.RawTargetTransport``
-    without one straight to its aiohttp session; over any other
-    transport (a test's ``httpx.MockTransport``) through that transport as an
-    ``httpx.Request``. Parsed origins are kept, so an
-    origin sent to again is not parsed again."""
-
-    ORIGINS = 4096  # parsed origins kept; the oldest half goes when full
+    without one straight to its aiohttp session; over any other transport (a test's
+    ``httpx.MockTransport``) through that transport as an ``httpx.Request``."""
 
     def __init__(self, client: httpx.AsyncClient) -> None:
         self.transport = client._transport
         # Sent as they always went (through httpx.Headers): names in lower case.
         self._defaults = {name.lower(): value for name, value in client.headers.multi_items()}
-        self._origins: dict[str, _Place] = {}
 
     @classmethod
     def of(cls, client: httpx.AsyncClient) -> Sender:
@@ -117,12 +111,10 @@ class Sender:
         for name, value in headers:
             merged[name.lower()] = value
         below = self.transport
-        pool = (
-            below.pool if isinstance(below, wire.Transport | transport.RawTargetTransport) else None
-        )
+        pool = below.pool if isinstance(below, _POOLED) else None
         if pool is not None:
             origin, rest = _split(url)
-            place = self._place(origin)
+            place = _place(origin)
             return await pool.request(
                 method, place.scheme, place.host, place.port,
                 self._target(url, rest, target), merged.items(), content, timeout,
@@ -159,7 +151,7 @@ class Sender:
         request-target is ``target``, else the URL's own when httpx would send it
         unchanged (a plain path, as a status path is), else httpx's reading of it."""
         origin, rest = _split(url)
-        prefix = self._place(origin).prefix
+        prefix = _place(origin).prefix
         return yarl.URL(prefix + self._target(url, rest, target), encoded=True)
 
     @staticmethod
@@ -167,15 +159,6 @@ class Sender:
         if target is not None:
             return target
         return rest if _PLAIN_PATH.fullmatch(rest) else httpx.URL(url).raw_path.decode()
-
-    def _place(self, origin: str) -> _Place:
-        found = self._origins.get(origin)
-        if found is None:
-            if len(self._origins) >= self.ORIGINS:
-                for old in list(self._origins)[: self.ORIGINS // 2]:
-                    del self._origins[old]
-            found = self._origins[origin] = _Place(httpx.URL(origin))
-        return found
 
 
 class _Place:
@@ -189,6 +172,12 @@ class _Place:
         self.host = parsed.raw_host.decode("ascii")
         self.port = parsed.port
         self.prefix = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _place(origin: str) -> _Place:
+    """An origin parsed once: most requests go to origins sent to before."""
+    return _Place(httpx.URL(origin))
 
 
 _POOLED = (wire.Transport, transport.RawTargetTransport)  # transports that may have a pool

@@ -119,8 +119,7 @@ class _Origin:
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the answer in progress on it."""
 
-    def __init__(self, pool: Pool, origin: _Origin) -> None:
-        self.pool = pool
+    def __init__(self, origin: _Origin) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -130,7 +129,6 @@ class _Connection(asyncio.Protocol):
             lenient_headers=True, lenient_optional_cr_before_lf=True
         )
         self.closed = False
-        self.used = False  # has carried a request before the one in progress
         self.idle_timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -179,9 +177,6 @@ class _Connection(asyncio.Protocol):
             if self.head_size > MAX_HEAD:
                 self._fail(httpx.RemoteProtocolError(f"the answer's head passed {MAX_HEAD} bytes"))
 
-    def eof_received(self) -> bool | None:
-        return False  # close; connection_lost follows
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.idle_timer is not None:
@@ -201,12 +196,6 @@ class _Connection(asyncio.Protocol):
         else:
             why = _words(exc) if exc is not None else "the connection closed"
             self._fail(httpx.ReadError(f"{why} before the whole body came"))
-
-    def pause_writing(self) -> None:
-        pass  # requests are small and one at a time
-
-    def resume_writing(self) -> None:
-        pass
 
     # httptools callbacks
 
@@ -432,7 +421,6 @@ class Pool:
                 connection.idle_timer.cancel()
                 connection.idle_timer = None
             if not connection.closed:
-                connection.used = True
                 return connection
         return None
 
@@ -449,7 +437,7 @@ class Pool:
                 for family, address, port in addresses:
                     try:
                         _, protocol = await loop.create_connection(
-                            lambda: _Connection(self, origin),
+                            lambda: _Connection(origin),
                             address, port, family=family, ssl=tls,
                             server_hostname=origin.host if tls else None,
                         )  # fmt: skip
